@@ -1,0 +1,29 @@
+# Everything a fresh machine needs, behind two commands:
+#   make train    set up, then the embedded default training run (ARGS="..." adds Hydra overrides)
+#   make test     set up, then lint and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Machines without an NVIDIA GPU get torch's CPU build: the CUDA one is several GB of
+# unused downloads. Set TORCH_INDEX=https://download.pytorch.org/whl/cpu where PyPI would
+# hand out the CUDA build.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
+TORCH_INDEX ?=
+
+.PHONY: setup train test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+train: setup
+	$(BIN)/python launch/train.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,188 @@
+"""Typed configuration: one dataclass per Hydra config group, plus cross-field checks.
+
+Hydra composes YAML from `conf/` onto these schemas, so an unknown key or a value of the
+wrong type fails at composition time. `from_hydra` turns the composed config into plain
+dataclasses and applies the checks that need more than one field; workers only ever see
+the dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    # Hub id or local directory of a pretrained causal LM. None builds a small Llama from
+    # the fields below, with random weights and a tokenizer trained on the run's data.
+    name_or_path: str | None = None
+    trust_remote_code: bool = False
+    # Used when the tokenizer has no chat template of its own.
+    chat_template: str = "chatml"
+    # Architecture of the model built from config (ignored with name_or_path).
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 4096
+
+
+@dataclass
+class DataConfig:
+    # JSON / JSONL file of records (alpaca or `messages`). None generates the built-in
+    # demo instruction set (single- and multi-turn) from `demo_examples` and the seed.
+    path: str | None = None
+    demo_examples: int = 3000
+    max_seq_len: int = 512
+    packing: bool = True
+
+
+@dataclass
+class ParallelismConfig:
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 150
+    seed: int = 1234
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    save_every: int = 100
+    # auto: bf16 on GPUs that support it, fp32 otherwise (bf16 on CPU is many times slower).
+    precision: str = "auto"
+
+
+@dataclass
+class ClusterConfig:
+    # None starts a private local Ray; "auto" (or host:port) joins a running cluster.
+    # RAY_ADDRESS in the environment is honoured when this is None.
+    address: str | None = None
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+
+
+@dataclass
+class LoggerConfig:
+    # "wandb" or "none"
+    backend: str = "wandb"
+    project: str = "instruct-sft"
+    entity: str | None = None
+    # auto: online when an API key is configured, offline otherwise.
+    mode: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny-sft"
+    output_dir: str = "outputs/${run.name}"
+    # Where built tokenizers are cached between runs.
+    cache_dir: str = "${oc.env:HOME,/tmp}/.cache/instruct-sft"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register_schemas() -> None:
+    """Make `train_schema` available to `conf/train.yaml`'s defaults list."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def from_hydra(raw: DictConfig) -> TrainConfig:
+    """Resolve a composed Hydra config into checked dataclasses with absolute paths."""
+    cfg: TrainConfig = OmegaConf.to_object(raw)
+    cfg.run.output_dir = _absolute(cfg.run.output_dir)
+    cfg.run.cache_dir = _absolute(cfg.run.cache_dir)
+    if cfg.data.path is not None:
+        cfg.data.path = _absolute(cfg.data.path)
+    validate(cfg)
+    return cfg
+
+
+def _absolute(path: str) -> str:
+    # Ray workers run in their own working directories, so relative paths must be fixed
+    # against the directory the user launched from.
+    return str(Path(os.path.expanduser(path)).resolve())
+
+
+_CHOICES = {
+    "trainer.precision": ("auto", "fp32", "bf16"),
+    "logger.backend": ("wandb", "none"),
+    "logger.mode": ("auto", "online", "offline", "disabled"),
+    "parallelism.zero_stage": (0, 1, 2, 3),
+}
+
+_POSITIVE = (
+    "trainer.max_steps",
+    "trainer.micro_batch_size",
+    "trainer.grad_accum_steps",
+    "trainer.lr",
+    "trainer.log_every",
+    "trainer.save_every",
+    "data.max_seq_len",
+    "data.demo_examples",
+    "cluster.num_workers",
+    "cluster.cpus_per_worker",
+)
+
+
+def _get(cfg: TrainConfig, key: str):
+    group, name = key.split(".")
+    return getattr(getattr(cfg, group), name)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first key whose value cannot work."""
+    for key, allowed in _CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {list(allowed)}")
+    for key in _POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
+    if cfg.trainer.warmup_steps < 0 or cfg.trainer.max_grad_norm < 0:
+        raise ConfigError("trainer.warmup_steps and trainer.max_grad_norm must be >= 0")
+    offload = cfg.parallelism.offload_optimizer or cfg.parallelism.offload_params
+    if cfg.parallelism.offload_params and cfg.parallelism.zero_stage != 3:
+        raise ConfigError(
+            "parallelism.offload_params needs parallelism.zero_stage=3 "
+            "(use parallelism=zero3_offload)"
+        )
+    if offload and cfg.parallelism.zero_stage == 0:
+        raise ConfigError("parallelism.offload_optimizer needs parallelism.zero_stage >= 1")
+    if cfg.model.name_or_path is None and cfg.data.max_seq_len > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_seq_len={cfg.data.max_seq_len} exceeds "
+            f"model.max_position_embeddings={cfg.model.max_position_embeddings}"
+        )
+    if cfg.data.path is not None and not Path(cfg.data.path).is_file():
+        raise ConfigError(
+            f"data.path: no such file {cfg.data.path}; point data.path at a JSON/JSONL file "
+            "or set data.path=null for the built-in demo data"
+        )

@@ -1,0 +1,69 @@
+"""Causal LMs: a pretrained one by hub id or path, or a small Llama built from config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from framework.config import ConfigError, ModelConfig
+
+
+def check_model_source(cfg: ModelConfig) -> None:
+    """Fail early, on the driver, when `model.name_or_path` cannot be loaded."""
+    if cfg.name_or_path is None:
+        return
+    looks_local = (
+        cfg.name_or_path.startswith(("/", "./", "../", "~")) or Path(cfg.name_or_path).exists()
+    )
+    if looks_local and not Path(cfg.name_or_path).expanduser().is_dir():
+        raise ConfigError(
+            f"model.name_or_path: no such directory {cfg.name_or_path}; give a model "
+            "directory saved with save_pretrained, a hub id such as Qwen/Qwen2.5-7B-Instruct, "
+            "or model.name_or_path=null for the built-in tiny model"
+        )
+    try:
+        AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model.name_or_path={cfg.name_or_path!r} could not be loaded ({err}). Check the "
+            "id, the network or HF_HOME cache, and model.trust_remote_code for custom code"
+        ) from None
+
+
+def build_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype
+) -> PreTrainedModel:
+    """Random-init Llama when no name_or_path is given (seed the RNG first), else the
+    pretrained weights, always with SDPA attention."""
+    if cfg.name_or_path is not None:
+        return AutoModelForCausalLM.from_pretrained(
+            cfg.name_or_path,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).to(dtype)

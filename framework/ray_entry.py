@@ -1,0 +1,69 @@
+"""Ray Train: places one worker per data-parallel rank and runs `loop.train` in each.
+The only module that imports Ray."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer, get_device
+
+from framework.config import ConfigError, TrainConfig
+from framework.loop import WorkerContext, train
+
+
+class RunFailed(RuntimeError):
+    """Training failed on a worker; the message carries the worker's error."""
+
+
+def _worker_main(config: dict) -> None:
+    context = ray.train.get_context()
+    ctx = WorkerContext(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=get_device(),
+        report=ray.train.report,
+    )
+    train(config["cfg"], ctx)
+
+
+def connect(cfg: TrainConfig) -> None:
+    """Join `cluster.address` (or RAY_ADDRESS), else start a private local Ray, and check
+    that the cluster can hold the requested workers."""
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+    total = ray.cluster_resources()
+    cpus = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
+    gpus = cfg.cluster.num_workers if cfg.cluster.use_gpu else 0
+    if total.get("CPU", 0) < cpus or total.get("GPU", 0) < gpus:
+        raise ConfigError(
+            f"cluster.num_workers={cfg.cluster.num_workers} needs {cpus} CPUs and {gpus} GPUs "
+            f"but the Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} "
+            "GPUs; lower cluster.num_workers or cluster.cpus_per_worker, set "
+            "cluster.use_gpu=false on CPU machines, or add nodes"
+        )
+
+
+def run(cfg: TrainConfig) -> None:
+    """Train on the Ray cluster; raises RunFailed with the worker's error on failure."""
+    connect(cfg)
+    trainer = TorchTrainer(
+        _worker_main,
+        train_loop_config={"cfg": cfg},
+        torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.cluster.num_workers,
+            use_gpu=cfg.cluster.use_gpu,
+            resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=os.path.join(cfg.run.output_dir, "ray"),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise RunFailed(f"training failed on a worker: {err}") from err

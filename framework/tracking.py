@@ -1,0 +1,71 @@
+"""Run tracking on rank 0: metrics.jsonl, wandb and a progress bar. Other ranks get a no-op."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import netrc
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from framework.config import LoggerConfig, TrainConfig
+
+
+def wandb_mode(cfg: LoggerConfig) -> str:
+    """`auto` is online only when an API key is configured, so offline machines never hang."""
+    if cfg.mode != "auto":
+        return cfg.mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        has_login = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        has_login = False
+    return "online" if has_login else "offline"
+
+
+class Tracker:
+    def __init__(self, cfg: TrainConfig, *, enabled: bool, start_step: int = 0):
+        self.enabled = enabled
+        self.run = None
+        if not enabled:
+            return
+        out = Path(cfg.run.output_dir)
+        self.metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
+        if cfg.logger.backend == "wandb":
+            import wandb
+
+            self.run = wandb.init(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                name=cfg.run.name,
+                dir=str(out),
+                config=dataclasses.asdict(cfg),
+                mode=wandb_mode(cfg.logger),
+                # Ray already captures worker output; a second capture garbles both.
+                settings=wandb.Settings(console="off"),
+            )
+
+    def step(self) -> None:
+        if self.enabled:
+            self.progress.update(1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.progress.close()
+        self.metrics_file.close()
+        if self.run is not None:
+            self.run.finish()

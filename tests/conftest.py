@@ -1,0 +1,29 @@
+"""Shared fixtures: small real components (a trained BPE tokenizer, a tiny Llama)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from framework.config import TrainConfig, from_hydra, register_schemas
+from framework.data.demo import demo_conversations
+from framework.tokenizer import train_bpe
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(ROOT / "conf")
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+register_schemas()
+
+
+def compose_config(overrides: list[str] | None = None) -> TrainConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return from_hydra(compose(config_name="train", overrides=overrides or []))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    texts = [m["content"] for r in demo_conversations(300, seed=0) for m in r["messages"]]
+    return train_bpe(texts, vocab_size=512)

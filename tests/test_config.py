@@ -1,0 +1,101 @@
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from framework.config import ConfigError
+from tests.conftest import CONF_DIR, compose_config
+
+GROUPS = ("model", "data", "parallelism", "trainer", "cluster", "logger")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def test_default_composes_to_typed_config():
+    cfg = compose_config()
+    assert cfg.parallelism.zero_stage == 2
+    assert cfg.cluster.num_workers == 2 and not cfg.cluster.use_gpu
+    assert cfg.model.name_or_path is None
+    assert Path(cfg.run.output_dir).is_absolute()
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        dict(zip(GROUPS, combo, strict=True))
+        for combo in itertools.product(*(_options(g) for g in GROUPS))
+    ],
+    ids=lambda c: ",".join(c.values()),
+)
+def test_every_group_combination_composes(choice):
+    cfg = compose_config([f"{group}={name}" for group, name in choice.items()])
+    assert cfg.parallelism.zero_stage in (0, 1, 2, 3)
+
+
+def test_documented_overrides_apply():
+    cfg = compose_config(
+        [
+            "trainer.max_steps=7",
+            "trainer.seed=3",
+            "trainer.micro_batch_size=2",
+            "trainer.grad_accum_steps=4",
+            "trainer.lr=1e-4",
+            "trainer.log_every=2",
+            "trainer.save_every=5",
+            "data.max_seq_len=256",
+            "data.packing=false",
+            "parallelism=zero3_offload",
+            "cluster.num_workers=1",
+            "cluster.use_gpu=true",
+            "cluster.address=auto",
+            "logger=none",
+            "run.output_dir=/tmp/somewhere",
+        ]
+    )
+    assert (cfg.trainer.max_steps, cfg.trainer.seed, cfg.trainer.micro_batch_size) == (7, 3, 2)
+    assert (cfg.trainer.grad_accum_steps, cfg.trainer.lr) == (4, 1e-4)
+    assert (cfg.trainer.log_every, cfg.trainer.save_every) == (2, 5)
+    assert (cfg.data.max_seq_len, cfg.data.packing) == (256, False)
+    assert cfg.parallelism.zero_stage == 3 and cfg.parallelism.offload_params
+    assert (cfg.cluster.num_workers, cfg.cluster.use_gpu, cfg.cluster.address) == (1, True, "auto")
+    assert cfg.logger.backend == "none"
+    assert cfg.run.output_dir == "/tmp/somewhere"
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["trainer.max_stepz=3"])
+    assert isinstance(err.value.__cause__, ConfigAttributeError)
+    assert "max_stepz" in str(err.value.__cause__)
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["trainer.max_steps=many"])
+    assert isinstance(err.value.__cause__, ValidationError)
+
+
+def test_unknown_group_option_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="zero9"):
+        compose_config(["parallelism=zero9"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("logger.mode=sometimes", "logger.mode"),
+        ("parallelism.zero_stage=5", "parallelism.zero_stage"),
+        ("parallelism.offload_params=true", "parallelism.offload_params"),
+        ("data.max_seq_len=100000", "data.max_seq_len"),
+        ("data.path=/no/such/file.jsonl", "data.path"),
+    ],
+)
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose_config([override])

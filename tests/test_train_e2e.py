@@ -1,0 +1,93 @@
+"""The real command: Hydra -> Ray Train (2 CPU workers) -> DeepSpeed, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from framework.checkpoint import committed
+from tests.conftest import ROOT
+
+SHORT_RUN = [
+    "trainer.max_steps=30",
+    "trainer.log_every=5",
+    "trainer.save_every=15",
+    "trainer.warmup_steps=5",
+    "data.demo_examples=600",
+]
+
+
+def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("parallelism", "logger"),
+    [("zero2", "logger.mode=offline"), ("zero3", "logger=none")],
+)
+def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, logger):
+    out = tmp_path / "run"
+    result = train(out, f"parallelism={parallelism}", logger, *SHORT_RUN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(metrics[0])
+    assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
+
+    assert [p.name for p in committed(out / "checkpoints")] == ["step_00000015", "step_00000030"]
+    assert f"zero_stage: {parallelism[-1]}" in (out / "config.yaml").read_text()
+    if logger == "logger.mode=offline":
+        assert list((out / "wandb").glob("offline-run-*"))
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "hf")
+    model = AutoModelForCausalLM.from_pretrained(out / "hf")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Reverse the word apple."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    assert tokenizer.decode(generated[0, prompt["input_ids"].shape[1] :]).strip()
+
+
+@pytest.mark.slow
+def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path):
+    result = train(tmp_path / "run", "cluster.num_workers=16", "logger=none", timeout=200)
+    assert result.returncode != 0
+    assert "error: cluster.num_workers=16 needs 16 CPUs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.path=/no/such.jsonl", "error: data.path: no such file /no/such.jsonl"),
+        ("model.name_or_path=/no/such/model", "error: model.name_or_path: no such directory"),
+        ("trainer.max_stepz=3", "Key 'max_stepz' not in 'TrainerConfig'"),
+    ],
+)
+def test_bad_input_stops_before_ray_with_one_message(tmp_path, override, message):
+    result = train(tmp_path / "run", override, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
