@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from framework.config import TrainConfig
 from framework.data.dataset import BuildStats, tokenize_conversations
+from framework.data.loader import epoch_rows, micro_batches_per_rank
 from framework.data.sources import conversations
 from framework.model import check_model_source
 from framework.tokenizer import cached_bpe, pretrained_tokenizer
@@ -33,5 +34,12 @@ def prepare_run(cfg: TrainConfig) -> BuildStats:
         tokenizer = pretrained_tokenizer(cfg.model)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     dataset = tokenize_conversations(chats, tokenizer, cfg.data.max_seq_len)
+    rows = epoch_rows(
+        dataset,
+        packing=cfg.data.packing,
+        max_seq_len=cfg.data.max_seq_len,
+        seed=cfg.trainer.seed,
+    )
+    micro_batches_per_rank(len(rows), cfg.trainer.micro_batch_size, cfg.cluster.num_workers)
     dataset.save(str(out / DATASET_FILE))
     return dataset.stats

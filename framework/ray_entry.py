@@ -4,6 +4,7 @@ The only module that imports Ray."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import ray
 import ray.train
@@ -18,6 +19,8 @@ class RunFailed(RuntimeError):
 
 
 def _worker_main(config: dict) -> None:
+    # DeepSpeed calls torch.distributed APIs that torch has deprecated: noise on every step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     context = ray.train.get_context()
     ctx = WorkerContext(
         rank=context.get_world_rank(),
@@ -65,5 +68,16 @@ def run(cfg: TrainConfig) -> None:
     )
     try:
         trainer.fit()
+    except ray.train.WorkerGroupError as err:
+        raise RunFailed(_worker_failures(err)) from None
     except ray.train.TrainingFailedError as err:
-        raise RunFailed(f"training failed on a worker: {err}") from err
+        raise RunFailed(f"training failed: {err}") from None
+
+
+def _worker_failures(err: ray.train.WorkerGroupError) -> str:
+    # The full tracebacks are already in the worker logs above; the last word is the cause.
+    lines = []
+    for rank, failure in sorted(err.worker_failures.items()):
+        cause = str(failure).strip().splitlines()[-1] if str(failure).strip() else ""
+        lines.append(f"rank {rank}: {type(failure).__name__}: {cause}")
+    return "training failed on worker " + "; ".join(lines)

@@ -23,8 +23,12 @@ SHORT_RUN = [
 ]
 
 
+SECRET = "sentinel-secret-5f1c9e"
+
+
 def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A key in the environment must reach no file of the run (offline mode keeps wandb local).
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_API_KEY=SECRET)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides],
@@ -55,6 +59,8 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, lo
     assert f"zero_stage: {parallelism[-1]}" in (out / "config.yaml").read_text()
     if logger == "logger.mode=offline":
         assert list((out / "wandb").glob("offline-run-*"))
+    leaking = [p for p in out.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaking
 
     tokenizer = AutoTokenizer.from_pretrained(out / "hf")
     model = AutoModelForCausalLM.from_pretrained(out / "hf")
@@ -79,15 +85,32 @@ def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("overrides", "message"),
     [
-        ("data.path=/no/such.jsonl", "error: data.path: no such file /no/such.jsonl"),
-        ("model.name_or_path=/no/such/model", "error: model.name_or_path: no such directory"),
-        ("trainer.max_stepz=3", "Key 'max_stepz' not in 'TrainerConfig'"),
+        (["data.path=/no/such.jsonl"], "error: data.path: no such file /no/such.jsonl"),
+        (["model.name_or_path=/no/such/model"], "error: model.name_or_path: no such directory"),
+        (["trainer.max_stepz=3"], "Key 'max_stepz' not in 'TrainerConfig'"),
+        (
+            ["data.demo_examples=10", "trainer.micro_batch_size=64"],
+            "fewer than one micro batch for each of 2 workers at trainer.micro_batch_size=64",
+        ),
     ],
 )
-def test_bad_input_stops_before_ray_with_one_message(tmp_path, override, message):
-    result = train(tmp_path / "run", override, timeout=120)
+def test_bad_input_stops_before_ray_with_one_message(tmp_path, overrides, message):
+    result = train(tmp_path / "run", *overrides, timeout=120)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_malformed_record_is_named_by_file_and_line(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    data.write_text(
+        good + "\n" + json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n"
+    )
+    result = train(tmp_path / "run", f"data.path={data}", timeout=120)
+    assert result.returncode != 0
+    assert f"error: {data}:2: message 0 has role 'bot'" in result.stderr
