@@ -42,6 +42,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     Returns the last step's metrics."""
     out = Path(cfg.run.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
+    if ctx.device.type == "cuda":
+        torch.cuda.set_device(ctx.device)
     precision = resolve_precision(cfg.trainer.precision, ctx.device)
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, tokenizer, _DTYPES[precision])
@@ -94,6 +96,7 @@ def train_step(
     averaging DeepSpeed applies over both.
     """
     start = time.perf_counter()
+    lr = engine.get_lr()[0]  # the rate this step applies; the scheduler moves on in step()
     micro = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(grad_accum_steps)]
     trained = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro)
     trained = trained.to(torch.float64)
@@ -115,7 +118,7 @@ def train_step(
     elapsed = time.perf_counter() - start
     return {
         "loss": totals[0].item() / trained_tokens,
-        "lr": engine.get_lr()[0],
+        "lr": lr,
         "grad_norm": float(engine.get_global_grad_norm() or 0.0),
         "tokens_per_s": totals[1].item() / elapsed,
         "trained_tokens": trained_tokens,

@@ -33,7 +33,8 @@ class Tracker:
         if not enabled:
             return
         out = Path(cfg.run.output_dir)
-        self.metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        # A rerun trains from scratch, so its metrics replace the previous run's.
+        self.metrics_file = (out / "metrics.jsonl").open("w", encoding="utf-8")
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
         if cfg.logger.backend == "wandb":
             import wandb
