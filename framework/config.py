@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -26,8 +26,6 @@ class ModelConfig:
     # the fields below, with random weights and a tokenizer trained on the run's data.
     name_or_path: str | None = None
     trust_remote_code: bool = False
-    # Used when the tokenizer has no chat template of its own.
-    chat_template: str = "chatml"
     # Architecture of the model built from config (ignored with name_or_path).
     vocab_size: int = 2048
     hidden_size: int = 128
@@ -39,13 +37,50 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    # A JSON / JSONL / Parquet / CSV file, a folder of them, a local `datasets` directory
+    # (save_to_disk) or a Hugging Face hub data set name.
+    path: str = MISSING
+    # auto | alpaca | sharegpt | messages | prompt_completion | text
+    format: str = "auto"
+    split: str = "train"  # hub / local `datasets` only
+    subset: str | None = None  # hub config name
+    # Our field name -> the data's column name, e.g. {instruction: question, output: answer}.
+    columns: dict[str, str] = field(default_factory=dict)
+    # The data's role name -> ours (system/user/assistant/tool), added to the built-in map.
+    roles: dict[str, str] = field(default_factory=dict)
+    # Examples taken = weight x the source's size (fraction sampled by seed); 2.0 repeats it.
+    weight: float = 1.0
+    max_samples: int | None = None  # cap applied before the weight
+    name: str | None = None  # label in summaries; the path's stem by default
+
+
+@dataclass
 class DataConfig:
-    # JSON / JSONL file of records (alpaca or `messages`). None generates the built-in
-    # demo instruction set (single- and multi-turn) from `demo_examples` and the seed.
+    # The training mix. Empty (and no `path`) generates the built-in demo set from
+    # `demo_examples` and the seed.
+    sources: list[SourceConfig] = field(default_factory=list)
+    # Shorthand for one source with format auto: data.path=my.jsonl
     path: str | None = None
     demo_examples: int = 3000
+    # Held-out evaluation data: its own sources, or a fraction of the training mix.
+    eval_sources: list[SourceConfig] = field(default_factory=list)
+    eval_fraction: float = 0.0
     max_seq_len: int = 512
     packing: bool = True
+    # None uses the tokenizer's own template (ChatML when it has none); a built-in name
+    # (chatml, llama3, mistral) or a Jinja string replaces it.
+    chat_template: str | None = None
+    # assistant: every assistant turn; last_turn: the final one; all: every token.
+    train_on: str = "assistant"
+    # Examples longer than max_seq_len: truncate (keep the start) or drop. Both are counted.
+    overlong: str = "truncate"
+    # raise: stop at the first bad record, naming file and line; skip: count and go on.
+    on_error: str = "raise"
+    # prepare.py: print this many rendered examples with their trained tokens marked.
+    inspect: int = 0
+    # Processes for preprocessing; 0 uses every core.
+    num_proc: int = 0
 
 
 @dataclass
@@ -121,9 +156,20 @@ def from_hydra(raw: DictConfig) -> TrainConfig:
     cfg.run.output_dir = _absolute(cfg.run.output_dir)
     cfg.run.cache_dir = _absolute(cfg.run.cache_dir)
     if cfg.data.path is not None:
-        cfg.data.path = _absolute(cfg.data.path)
+        cfg.data.sources = [SourceConfig(path=cfg.data.path)]
+        cfg.data.path = None
+    for source in [*cfg.data.sources, *cfg.data.eval_sources]:
+        source.path = _local_or_hub(source.path)
     validate(cfg)
     return cfg
+
+
+def _local_or_hub(path: str) -> str:
+    """Absolute path for anything that exists locally or is written as a path; hub names
+    (`org/name`) stay as they are."""
+    if Path(path).expanduser().exists() or path.startswith(("/", ".", "~")):
+        return _absolute(path)
+    return path
 
 
 def _absolute(path: str) -> str:
@@ -133,6 +179,9 @@ def _absolute(path: str) -> str:
 
 
 _CHOICES = {
+    "data.train_on": ("assistant", "last_turn", "all"),
+    "data.overlong": ("truncate", "drop"),
+    "data.on_error": ("raise", "skip"),
     "trainer.precision": ("auto", "fp32", "bf16"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
@@ -181,8 +230,28 @@ def validate(cfg: TrainConfig) -> None:
             f"data.max_seq_len={cfg.data.max_seq_len} exceeds "
             f"model.max_position_embeddings={cfg.model.max_position_embeddings}"
         )
-    if cfg.data.path is not None and not Path(cfg.data.path).is_file():
+    if not 0.0 <= cfg.data.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in [0, 1)")
+    if cfg.data.num_proc < 0 or cfg.data.inspect < 0:
+        raise ConfigError("data.num_proc and data.inspect must be >= 0")
+    for group in ("sources", "eval_sources"):
+        for index, source in enumerate(getattr(cfg.data, group)):
+            _validate_source(source, f"data.{group}[{index}]")
+
+
+SOURCE_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+
+
+def _validate_source(source: SourceConfig, key: str) -> None:
+    if source.format not in SOURCE_FORMATS:
+        raise ConfigError(f"{key}.format={source.format!r} is not one of {list(SOURCE_FORMATS)}")
+    if source.weight <= 0:
+        raise ConfigError(f"{key}.weight={source.weight} must be > 0")
+    if source.max_samples is not None and source.max_samples <= 0:
+        raise ConfigError(f"{key}.max_samples={source.max_samples} must be > 0 or null")
+    if Path(source.path).is_absolute() and not Path(source.path).exists():
         raise ConfigError(
-            f"data.path: no such file {cfg.data.path}; point data.path at a JSON/JSONL file "
-            "or set data.path=null for the built-in demo data"
+            f"{key}.path: no such file or folder {source.path}; point it at a JSON/JSONL/"
+            "Parquet/CSV file, a folder of them, a saved `datasets` directory or a hub name "
+            "(data.path=null with no sources uses the built-in demo data)"
         )

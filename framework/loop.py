@@ -15,14 +15,14 @@ from transformers import AutoTokenizer
 
 from framework import checkpoint
 from framework.config import TrainConfig
+from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.loader import RankBatches
-from framework.data.pack import IGNORE_INDEX
 from framework.engine import build_engine, resolve_precision
 from framework.export import export_hf
 from framework.loss import summed_loss
 from framework.model import build_model
-from framework.prepare import DATASET_FILE, TOKENIZER_DIR
+from framework.prepare import TOKENIZER_DIR, artifact_path
 from framework.tracking import Tracker
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -54,18 +54,19 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         precision=precision,
         gpu=ctx.device.type == "cuda",
     )
-    batches = iter(
-        RankBatches(
-            TokenizedDataset.load(str(out / DATASET_FILE)),
-            max_seq_len=cfg.data.max_seq_len,
-            packing=cfg.data.packing,
-            micro_batch_size=cfg.trainer.micro_batch_size,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            seed=cfg.trainer.seed,
-            pad_id=tokenizer.pad_token_id,
-        )
+    artifact = artifact_path(out)
+    sampler = RankBatches(
+        TokenizedDataset.load(artifact, "train"),
+        max_seq_len=cfg.data.max_seq_len,
+        packing=cfg.data.packing,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=cfg.trainer.seed,
+        pad_id=tokenizer.pad_token_id,
+        first_plan=first_plan(artifact),
     )
+    batches = iter(sampler)
     tracker = Tracker(cfg, enabled=ctx.rank == 0)
     metrics: dict[str, float] = {}
     for step in range(1, cfg.trainer.max_steps + 1):
@@ -75,7 +76,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         if step % cfg.trainer.log_every == 0 or last:
             tracker.log(step, metrics)
         if step % cfg.trainer.save_every == 0 or last:
-            checkpoint.save(engine, out / "checkpoints", step, {"step": step})
+            state = {"step": step, "sampler": sampler.state_dict()}
+            checkpoint.save(engine, out / "checkpoints", step, state)
             ctx.report({"step": step, **metrics})
     export_hf(engine.module, tokenizer, out / "hf", zero_stage=cfg.parallelism.zero_stage)
     tracker.close()
@@ -90,37 +92,39 @@ def train_step(
 ) -> dict[str, float]:
     """One optimizer step over `grad_accum_steps` micro batches on every rank.
 
-    The loss is the sum of token losses over the whole global batch divided by its number
-    of trained tokens, whatever its split into ranks and micro batches: each micro batch's
-    sum is scaled by (ranks x accumulation steps) / global trained tokens, which undoes the
-    averaging DeepSpeed applies over both.
+    The loss is the weighted sum of token losses over the whole global batch divided by
+    the global sum of loss weights (the trained-token count when every weight is 1),
+    whatever the split into ranks and micro batches: each micro batch's sum is scaled by
+    (ranks x accumulation steps) / that global sum, which undoes the averaging DeepSpeed
+    applies over both.
     """
     start = time.perf_counter()
     lr = engine.get_lr()[0]  # the rate this step applies; the scheduler moves on in step()
     micro = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(grad_accum_steps)]
-    trained = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro)
-    trained = trained.to(torch.float64)
-    dist.all_reduce(trained)
-    trained_tokens = max(trained.item(), 1.0)
-    scale = dist.get_world_size() * grad_accum_steps / trained_tokens
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    real_tokens = 0
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # weight sum, trained, tokens
     for batch in micro:
-        labels = batch.pop("labels")
-        real_tokens += int(batch.pop("num_tokens").sum())
-        logits = engine(**batch, use_cache=False).logits
-        summed, _ = summed_loss(logits, labels)
+        totals[0] += batch["loss_weights"][:, 1:].sum()
+        totals[1] += (batch["loss_weights"][:, 1:] > 0).sum()
+        totals[2] += batch["num_tokens"].sum()
+    dist.all_reduce(totals)
+    weight_sum = max(totals[0].item(), 1e-12)
+    scale = dist.get_world_size() * grad_accum_steps / weight_sum
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in micro:
+        logits = engine(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
+        summed, _ = summed_loss(logits, batch["labels"], batch["loss_weights"])
         engine.backward(summed * scale)
         engine.step()
         loss_sum += summed.detach()
-    totals = torch.tensor([loss_sum.item(), real_tokens], dtype=torch.float64, device=device)
-    dist.all_reduce(totals)
+    dist.all_reduce(loss_sum)
     elapsed = time.perf_counter() - start
     return {
-        "loss": totals[0].item() / trained_tokens,
+        "loss": loss_sum.item() / weight_sum,
         "lr": lr,
         "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-        "tokens_per_s": totals[1].item() / elapsed,
-        "trained_tokens": trained_tokens,
+        "tokens_per_s": totals[2].item() / elapsed,
+        "trained_tokens": totals[1].item(),
         "step_time_s": elapsed,
     }

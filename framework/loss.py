@@ -20,7 +20,11 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return losses.view_as(shifted)
 
 
-def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(sum of token losses, number of trained tokens). An all-masked batch gives a zero
-    that still has a graph, so backward works and every rank takes part in the step."""
-    return token_losses(logits, labels).sum(), int((labels[:, 1:] != IGNORE_INDEX).sum())
+def summed_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of weight x token loss, sum of weights) over the predicted positions. An
+    all-masked batch gives a zero that still has a graph, so backward works and every rank
+    takes part in the step."""
+    shifted = weights[:, 1:].float()
+    return (token_losses(logits, labels) * shifted).sum(), shifted.sum()

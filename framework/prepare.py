@@ -1,45 +1,98 @@
 """Driver-side preparation, before any worker starts: checks that fail fast, the resolved
-config, the tokenizer and the tokenized data set, all written to `run.output_dir` where
-every worker (on any node sharing that path) reads them."""
+config, the tokenizer and the preprocessed data artifact. The run directory records where
+the artifact is, so every worker (on any node sharing the paths) reads the same rows."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from transformers import PreTrainedTokenizerBase
 
 from framework.config import TrainConfig
-from framework.data.dataset import BuildStats, tokenize_conversations
-from framework.data.loader import epoch_rows, micro_batches_per_rank
-from framework.data.sources import conversations
+from framework.data import cache
+from framework.data.formats import ErrorPolicy
+from framework.data.inspect import inspect_example
+from framework.data.loader import micro_steps_per_epoch
+from framework.data.sources import LoadedData, load_data
+from framework.data.templates import apply_template_choice
 from framework.model import check_model_source
 from framework.tokenizer import cached_bpe, pretrained_tokenizer
 
 TOKENIZER_DIR = "tokenizer"
-DATASET_FILE = "data/train.npz"
+DATASET_POINTER = "dataset.json"
+STATS_FILE = "data_stats.json"
+INSPECT_FILE = "data_inspect.json"
 
 
-def prepare_run(cfg: TrainConfig) -> BuildStats:
-    """Write config.yaml, tokenizer/ and data/train.npz under `run.output_dir`."""
-    check_model_source(cfg.model)
-    out = Path(cfg.run.output_dir)
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(dataclasses.asdict(cfg)), out / "config.yaml")
-    chats = list(conversations(cfg.data, cfg.trainer.seed))
+@dataclasses.dataclass
+class Prepared:
+    artifact: Path
+    stats: dict
+    inspected: list[dict]
+
+
+def _corpus(data: LoadedData):
+    for record in data.train:
+        if record.conversation.text is not None:
+            yield record.conversation.text
+        yield from (message["content"] for message in record.conversation.messages)
+
+
+def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizerBase:
     if cfg.model.name_or_path is None:
-        texts = [m["content"] for _, messages in chats for m in messages]
-        tokenizer = cached_bpe(texts, cfg.model.vocab_size, cfg.run.cache_dir)
+        tokenizer = cached_bpe(list(_corpus(data)), cfg.model.vocab_size, cfg.run.cache_dir)
     else:
         tokenizer = pretrained_tokenizer(cfg.model)
+    apply_template_choice(tokenizer, cfg.data.chat_template)
+    return tokenizer
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, LoadedData | None]:
+    """The tokenizer and the artifact directory, built unless an identical one exists.
+    Sources are read only when needed: to build, or to train the built-in tokenizer."""
+    policy = ErrorPolicy(cfg.data.on_error)
+    built_in = cfg.model.name_or_path is None
+    data = load_data(cfg.data, cfg.trainer.seed, policy) if built_in else None
+    tokenizer = _tokenizer(cfg, data)
+    key = cache.fingerprint(cfg.data, tokenizer, cfg.trainer.seed)
+    artifact = Path(cfg.run.cache_dir) / "datasets" / key[:20]
+    if not artifact.is_dir():
+        if data is None:
+            data = load_data(cfg.data, cfg.trainer.seed, policy)
+        cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, cfg.trainer.seed)
+    return tokenizer, artifact, data
+
+
+def prepare_run(cfg: TrainConfig) -> Prepared:
+    """Write config.yaml, tokenizer/, dataset.json (the artifact's path) and data_stats.json
+    under `run.output_dir`, and check the data fills at least one step."""
+    check_model_source(cfg.model)
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(dataclasses.asdict(cfg)), out / "config.yaml")
+    tokenizer, artifact, data = prepare_data(cfg)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
-    dataset = tokenize_conversations(chats, tokenizer, cfg.data.max_seq_len)
-    rows = epoch_rows(
-        dataset,
-        packing=cfg.data.packing,
-        max_seq_len=cfg.data.max_seq_len,
-        seed=cfg.trainer.seed,
-    )
-    micro_batches_per_rank(len(rows), cfg.trainer.micro_batch_size, cfg.cluster.num_workers)
-    dataset.save(str(out / DATASET_FILE))
-    return dataset.stats
+    stats = cache.load_stats(artifact)
+    (out / DATASET_POINTER).write_text(json.dumps({"path": str(artifact)}))
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    rows = cache.first_plan(artifact)
+    num_rows = len(rows) if rows is not None else stats["examples"]
+    micro_steps_per_epoch(num_rows, cfg.trainer.micro_batch_size, cfg.cluster.num_workers)
+    inspected = []
+    if cfg.data.inspect:
+        if data is None:
+            data = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("skip"))
+        inspected = [
+            inspect_example(tokenizer, r.conversation, cfg.data.train_on, r.where)
+            for r in data.train[: cfg.data.inspect]
+        ]
+        (out / INSPECT_FILE).write_text(json.dumps(inspected, indent=2, ensure_ascii=False))
+    return Prepared(artifact, stats, inspected)
+
+
+def artifact_path(output_dir: str | Path) -> Path:
+    """Where `prepare_run` recorded the data artifact for this run."""
+    return Path(json.loads((Path(output_dir) / DATASET_POINTER).read_text())["path"])

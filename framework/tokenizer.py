@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from framework.config import ModelConfig
-from framework.data.render import CHAT_TEMPLATES
+from framework.data.templates import CHAT_TEMPLATES
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 _BPE_VERSION = "1"  # bump when training below changes, so old caches are not reused
@@ -58,12 +58,10 @@ def cached_bpe(texts: Sequence[str], vocab_size: int, cache_dir: str) -> PreTrai
 
 
 def pretrained_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, given a chat template and a pad token when it lacks them."""
+    """The model's tokenizer, with a pad token when it lacks one."""
     tokenizer = AutoTokenizer.from_pretrained(
         cfg.name_or_path, trust_remote_code=cfg.trust_remote_code
     )
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATES[cfg.chat_template]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

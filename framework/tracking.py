@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from framework.config import LoggerConfig, TrainConfig
+from framework.prepare import INSPECT_FILE, STATS_FILE
 
 
 def wandb_mode(cfg: LoggerConfig) -> str:
@@ -49,6 +50,20 @@ class Tracker:
                 # Ray already captures worker output; a second capture garbles both.
                 settings=wandb.Settings(console="off"),
             )
+            self._log_data(out)
+
+    def _log_data(self, out: Path) -> None:
+        """The data summary and the inspected examples that prepare_run wrote."""
+        import wandb
+
+        stats_file, inspect_file = out / STATS_FILE, out / INSPECT_FILE
+        if stats_file.exists():
+            self.run.summary["data"] = json.loads(stats_file.read_text())
+        if inspect_file.exists():
+            rows = json.loads(inspect_file.read_text())
+            columns = ["where", "tokens", "trained_per_role", "warnings", "text"]
+            table = wandb.Table(columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
+            self.run.log({"data/examples": table}, step=0)
 
     def step(self) -> None:
         if self.enabled:

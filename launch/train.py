@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from framework.config import ConfigError, from_hydra, register_schemas
 from framework.data.formats import DataError
+from framework.data.stats import format_stats
 from framework.prepare import prepare_run
 
 register_schemas()
@@ -22,10 +23,10 @@ register_schemas()
 def main(raw: DictConfig) -> None:
     try:
         cfg = from_hydra(raw)
-        stats = prepare_run(cfg)
+        prepared = prepare_run(cfg)
     except (ConfigError, DataError) as err:
         sys.exit(f"error: {err}")
-    print(f"data: {stats.summary()}", flush=True)
+    print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)
 
     from framework import ray_entry  # imported late: Ray and DeepSpeed take seconds to load
 

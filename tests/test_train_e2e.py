@@ -87,7 +87,7 @@ def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.path=/no/such.jsonl"], "error: data.path: no such file /no/such.jsonl"),
+        (["data.path=/no/such.jsonl"], "error: data.sources[0].path: no such file or folder"),
         (["model.name_or_path=/no/such/model"], "error: model.name_or_path: no such directory"),
         (["trainer.max_stepz=3"], "Key 'max_stepz' not in 'TrainerConfig'"),
         (

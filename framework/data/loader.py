@@ -1,37 +1,69 @@
-"""Micro batches for one data-parallel rank: a new packing plan every epoch, sharded so
-that every rank gets the same number of micro batches."""
+"""Micro batches for one data-parallel rank.
+
+Every epoch gets a new packing plan from the seed. Its rows are dealt out one micro step
+at a time: the world_size x micro_batch_size rows of a micro step go to ranks so that each
+rank gets exactly micro_batch_size rows and about the same work (longest-processing-time
+first on tokens plus attention cost), so no rank waits for another and none runs out early.
+The position (epoch, micro step) is the sampler state that checkpoints save.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import DataError
-from framework.data.pack import best_fit_decreasing, collate_rows, one_per_row
+from framework.data.pack import PackingPlan, best_fit_decreasing, collate_rows, length_grouped
 
 
-def epoch_rows(
-    dataset: TokenizedDataset, *, packing: bool, max_seq_len: int, seed: int
-) -> list[list[int]]:
-    """The rows of one epoch, in order, for all ranks (identical on every rank)."""
+def epoch_plan(
+    lengths: np.ndarray, *, packing: bool, max_seq_len: int, rows_per_batch: int, seed: int
+) -> PackingPlan:
+    """The rows of one epoch, identical on every rank."""
     if packing:
-        return best_fit_decreasing(dataset.lengths(), max_seq_len, seed)
-    return one_per_row(len(dataset), seed)
+        return best_fit_decreasing(lengths, max_seq_len, seed)
+    return length_grouped(lengths, rows_per_batch, seed)
 
 
-def micro_batches_per_rank(num_rows: int, micro_batch_size: int, world_size: int) -> int:
-    """Whole micro batches each rank gets from `num_rows` rows; at least one, or DataError."""
-    per_rank = num_rows // (micro_batch_size * world_size)
-    if per_rank == 0:
+def micro_steps_per_epoch(num_rows: int, micro_batch_size: int, world_size: int) -> int:
+    """Whole micro steps (one micro batch on every rank) in `num_rows` rows; at least one."""
+    steps = num_rows // (micro_batch_size * world_size)
+    if steps == 0:
         raise DataError(
             f"the data fills {num_rows} rows, fewer than one micro batch for each of "
             f"{world_size} workers at trainer.micro_batch_size={micro_batch_size}; add data, "
             "lower trainer.micro_batch_size or cluster.num_workers, or lower data.max_seq_len"
         )
-    return per_rank
+    return steps
+
+
+def row_costs(plan: PackingPlan, lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
+    """Work per row: its tokens plus attention cost (sum of squared example lengths), the
+    latter scaled so that one full-length example costs as much in attention as in tokens."""
+    per_example = lengths[plan.example_ids].astype(np.float64)
+    starts = plan.row_offsets[:-1]
+    tokens = np.add.reduceat(per_example, starts)
+    attention = np.add.reduceat(per_example**2, starts) / max_seq_len
+    return tokens + attention
+
+
+def deal_rows(costs: np.ndarray, world_size: int, per_rank: int) -> np.ndarray:
+    """Rank of each of world_size x per_rank rows: costliest first, each to the least
+    loaded rank that still has room. Deterministic."""
+    load = np.zeros(world_size)
+    room = np.full(world_size, per_rank)
+    ranks = np.empty(len(costs), dtype=np.int64)
+    for index in np.argsort(-costs, kind="stable"):
+        open_ranks = np.flatnonzero(room)
+        rank = open_ranks[np.argmin(load[open_ranks])]
+        ranks[index] = rank
+        load[rank] += costs[index]
+        room[rank] -= 1
+    return ranks
 
 
 @dataclass
@@ -44,22 +76,51 @@ class RankBatches:
     world_size: int
     seed: int
     pad_id: int
+    # The artifact's stored plan for epoch 0, equal to what `plan(0)` computes.
+    first_plan: PackingPlan | None = None
+    epoch: int = 0
+    micro_step: int = 0  # micro steps of `epoch` already handed out
 
-    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        rows = epoch_rows(
-            self.dataset, packing=self.packing, max_seq_len=self.max_seq_len, seed=self.seed + epoch
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "micro_step": self.micro_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.micro_step = int(state["epoch"]), int(state["micro_step"])
+
+    def plan(self, epoch: int) -> PackingPlan:
+        if epoch == 0 and self.first_plan is not None and self.packing:
+            return self.first_plan
+        return epoch_plan(
+            self.dataset.lengths(),
+            packing=self.packing,
+            max_seq_len=self.max_seq_len,
+            rows_per_batch=self.micro_batch_size * self.world_size,
+            seed=self.seed + epoch,
         )
-        # Rows beyond a whole number of global micro batches wait for a later epoch's
-        # reshuffle; a rank that got an extra batch would leave the others hanging.
-        per_rank = micro_batches_per_rank(len(rows), self.micro_batch_size, self.world_size)
-        mine = rows[self.rank :: self.world_size][: per_rank * self.micro_batch_size]
-        row_len = self.max_seq_len if self.packing else None
-        for start in range(0, len(mine), self.micro_batch_size):
-            chunk = mine[start : start + self.micro_batch_size]
-            yield collate_rows(self.dataset, chunk, row_len, self.pad_id)
+
+    def my_rows(self, plan: PackingPlan, costs: np.ndarray, micro_step: int) -> list[np.ndarray]:
+        group = self.micro_batch_size * self.world_size
+        first = micro_step * group
+        ranks = deal_rows(costs[first : first + group], self.world_size, self.micro_batch_size)
+        return [plan.row(first + i) for i in np.flatnonzero(ranks == self.rank)]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = 0
+        # Rows past the last whole micro step of an epoch wait for a later epoch's plan.
+        row_len = self.max_seq_len if self.packing else None
+        lengths = self.dataset.lengths()
         while True:
-            yield from self.epoch(epoch)
-            epoch += 1
+            plan = self.plan(self.epoch)
+            costs = row_costs(plan, lengths, self.max_seq_len)
+            steps = micro_steps_per_epoch(len(plan), self.micro_batch_size, self.world_size)
+            while self.micro_step < steps:
+                rows = self.my_rows(plan, costs, self.micro_step)
+                self.micro_step += 1
+                yield collate_rows(
+                    self.dataset.tokens,
+                    self.dataset.weights,
+                    self.dataset.offsets,
+                    rows,
+                    row_len,
+                    self.pad_id,
+                )
+            self.epoch, self.micro_step = self.epoch + 1, 0

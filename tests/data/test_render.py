@@ -1,7 +1,8 @@
 import pytest
 
-from framework.data.formats import DataError
-from framework.data.render import assistant_char_spans, render_example
+from framework.data.formats import Conversation, RecordError
+from framework.data.render import render
+from framework.data.templates import CHAT_TEMPLATES, apply_template_choice
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -10,42 +11,131 @@ CHAT = [
     {"role": "user", "content": "What is 2 + 3?"},
     {"role": "assistant", "content": "5"},
 ]
+TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+    {"role": "tool", "content": '{"temp": 21}'},
+    {"role": "assistant", "content": "It is 21 degrees."},
+]
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "<|im_end|>"}
 
 
-def _trained_text(tokenizer, example):
-    ids = [t for t, m in zip(example.input_ids, example.loss_mask, strict=True) if m]
-    return tokenizer.decode(ids)
+@pytest.fixture
+def with_template(tokenizer):
+    original = tokenizer.chat_template
+
+    def use(name):
+        apply_template_choice(tokenizer, name)
+        return tokenizer
+
+    yield use
+    tokenizer.chat_template = original
 
 
-def test_only_assistant_replies_and_their_end_of_turn_are_trained(tokenizer):
-    example = render_example(tokenizer, CHAT, "t")
-    assert _trained_text(tokenizer, example) == "elppa<|im_end|>5<|im_end|>"
+def trained_runs(tokenizer, example) -> list[tuple[str, float]]:
+    """Decoded runs of consecutive trained tokens with their weight."""
+    runs, current, weight = [], [], 0.0
+    for token, w in [*zip(example.input_ids, example.weights, strict=True), (None, 0.0)]:
+        if w != weight and current:
+            runs.append((tokenizer.decode(current), weight))
+            current = []
+        if w > 0:
+            current.append(token)
+        weight = w
+    return runs
 
 
-def test_every_token_of_the_conversation_is_kept_once(tokenizer):
-    example = render_example(tokenizer, CHAT, "t")
-    text = tokenizer.apply_chat_template(CHAT, tokenize=False)
-    assert tokenizer.decode(example.input_ids) == text
-    assert len(example.input_ids) == len(example.loss_mask)
-
-
-def test_no_bos_is_added_twice(tokenizer):
-    example = render_example(tokenizer, CHAT[:3], "t")
-    assert example.input_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
-    assert example.input_ids.count(example.input_ids[0]) == 3  # one per message
-
-
-def test_spans_cover_reply_text(tokenizer):
-    text, spans = assistant_char_spans(tokenizer, CHAT, "t")
-    assert [text[a:b] for a, b in spans] == ["elppa<|im_end|>", "5<|im_end|>"]
-
-
-def test_non_prefix_template_is_refused(tokenizer, monkeypatch):
-    # A template that prints the number of messages first renders no prefix as a prefix.
-    monkeypatch.setattr(
-        tokenizer,
-        "chat_template",
-        "{{ messages|length }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+@pytest.mark.parametrize("template", sorted(CHAT_TEMPLATES))
+def test_each_reply_and_its_end_of_turn_are_trained_nothing_else(with_template, template):
+    tokenizer = with_template(template)
+    example = render(tokenizer, Conversation(CHAT), "assistant", "t")
+    eot = END_OF_TURN[template]
+    assert trained_runs(tokenizer, example) == [(f"elppa{eot}", 1.0), (f"5{eot}", 1.0)]
+    assert tokenizer.decode(example.input_ids) == tokenizer.apply_chat_template(
+        CHAT, tokenize=False
     )
-    with pytest.raises(DataError, match=r"f\.jsonl:3: the chat template does not render"):
-        render_example(tokenizer, CHAT, "f.jsonl:3")
+
+
+@pytest.mark.parametrize("template", sorted(CHAT_TEMPLATES))
+def test_tool_calls_are_trained_and_tool_results_are_not(with_template, template):
+    tokenizer = with_template(template)
+    example = render(tokenizer, Conversation(TOOL_CHAT, tools=TOOLS), "assistant", "t")
+    eot = END_OF_TURN[template]
+    assert [text for text, _ in trained_runs(tokenizer, example)] == [
+        TOOL_CHAT[1]["content"] + eot,
+        TOOL_CHAT[3]["content"] + eot,
+    ]
+    assert '"function"' in tokenizer.decode(example.input_ids[:60])  # tool schemas rendered
+
+
+def test_last_turn_mode_trains_only_the_final_reply(tokenizer):
+    example = render(tokenizer, Conversation(CHAT), "last_turn", "t")
+    assert trained_runs(tokenizer, example) == [("5<|im_end|>", 1.0)]
+
+
+def test_all_mode_trains_every_token(tokenizer):
+    example = render(tokenizer, Conversation(CHAT), "all", "t")
+    assert all(w == 1.0 for w in example.weights)
+
+
+def test_message_weights_are_carried_per_token(tokenizer):
+    chat = [dict(m) for m in CHAT]
+    chat[2]["weight"], chat[4]["weight"] = 0.0, 2.5
+    example = render(tokenizer, Conversation(chat), "assistant", "t")
+    assert trained_runs(tokenizer, example) == [("5<|im_end|>", 2.5)]
+
+
+def test_plain_text_trains_every_token_and_ends_with_eos(tokenizer):
+    example = render(tokenizer, Conversation([], text="just some text"), "assistant", "t")
+    assert example.input_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(example.input_ids[:-1]) == "just some text"
+    assert all(w == 1.0 for w in example.weights)
+
+
+def test_no_bos_is_added_twice(with_template):
+    tokenizer = with_template("llama3")
+    tokenizer.bos_token = "<|endoftext|>"
+    try:
+        example = render(tokenizer, Conversation(CHAT[:3]), "assistant", "t")
+        assert example.input_ids[:2] == [tokenizer.bos_token_id, example.input_ids[1]]
+        assert example.input_ids[1] != tokenizer.bos_token_id
+    finally:
+        tokenizer.bos_token = None
+
+
+GENERATION_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    "<|im_start|>assistant\n{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("chat", [CHAT, TOOL_CHAT], ids=["chat", "tools"])
+def test_mask_agrees_with_transformers_generation_markers(with_template, chat):
+    tokenizer = with_template(GENERATION_TEMPLATE)
+    example = render(tokenizer, Conversation(chat), "assistant", "t")
+    reference = tokenizer.apply_chat_template(
+        chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    assert example.input_ids == reference["input_ids"]
+    assert [int(w > 0) for w in example.weights] == reference["assistant_masks"]
+
+
+def test_non_prefix_template_is_refused(with_template):
+    # A template that prints the number of messages first renders no prefix as a prefix.
+    tokenizer = with_template(
+        "{{ messages|length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(RecordError, match=r"f\.jsonl:3: the chat template does not render") as err:
+        render(tokenizer, Conversation(CHAT), "assistant", "f.jsonl:3")
+    assert err.value.reason == "template_mismatch"
+
+
+def test_reply_empty_after_templating_is_refused(with_template):
+    tokenizer = with_template("llama3")  # trims message content
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " \n "}]
+    with pytest.raises(RecordError, match="empty after templating") as err:
+        render(tokenizer, Conversation(chat), "assistant", "x")
+    assert err.value.reason == "empty_reply"

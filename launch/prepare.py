@@ -1,0 +1,49 @@
+"""Preprocess the data of a training config and show what it became, without training.
+
+    python launch/prepare.py data=glaive_toolcall              # build the cache, print stats
+    python launch/prepare.py data=glaive_toolcall data.inspect=3  # and 3 rendered examples
+
+Takes the same Hydra config and overrides as launch/train.py; the cache it builds is the
+one training then reuses.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from framework.config import ConfigError, from_hydra, register_schemas
+from framework.data.formats import DataError
+from framework.data.stats import format_stats
+from framework.prepare import STATS_FILE, prepare_run
+
+register_schemas()
+
+
+def show_inspected(inspected: list[dict]) -> None:
+    for item in inspected:
+        print(
+            f"\n--- {item['where']} ({item['tokens']} tokens; trained per role: "
+            f"{item['trained_per_role']}) trained text in \u27e6 \u27e7 ---"
+        )
+        print(item["text"])
+        for warning in item["warnings"]:
+            print(f"WARNING: {warning}")
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base=None)
+def main(raw: DictConfig) -> None:
+    try:
+        cfg = from_hydra(raw)
+        prepared = prepare_run(cfg)
+    except (ConfigError, DataError) as err:
+        sys.exit(f"error: {err}")
+    print(format_stats(prepared.stats))
+    show_inspected(prepared.inspected)
+    print(f"\ncache: {prepared.artifact}\nstats: {cfg.run.output_dir}/{STATS_FILE}")
+
+
+if __name__ == "__main__":
+    main()
