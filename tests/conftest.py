@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from framework.config import TrainConfig, from_hydra, register_schemas
 from framework.data.demo import demo_conversations
@@ -19,8 +20,12 @@ register_schemas()
 
 
 def compose_config(overrides: list[str] | None = None) -> TrainConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return from_hydra(compose(config_name="train", overrides=overrides or []))
+    """Compose conf/train.yaml with overrides, as launch/train.py would."""
+    if not GlobalHydra.instance().is_initialized():
+        # Initialised once for the session: a fresh initialisation per call is most of
+        # the cost of composing.
+        initialize_config_dir(config_dir=CONF_DIR, version_base=None)
+    return from_hydra(compose(config_name="train", overrides=overrides or []))
 
 
 @pytest.fixture(scope="session")

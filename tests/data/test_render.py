@@ -106,7 +106,9 @@ def test_no_bos_is_added_twice(with_template):
 
 GENERATION_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}"
-    "<|im_start|>assistant\n{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}\n"
+    # transformers renders with trim_blocks, which would eat a literal newline here.
+    "<|im_start|>assistant\n{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
+    "{{ '\\n' }}"
     "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -121,6 +123,9 @@ def test_mask_agrees_with_transformers_generation_markers(with_template, chat):
     )
     assert example.input_ids == reference["input_ids"]
     assert [int(w > 0) for w in example.weights] == reference["assistant_masks"]
+    assert tokenizer.decode(example.input_ids) == with_template("chatml").apply_chat_template(
+        chat, tokenize=False
+    )  # the marked template is ChatML itself
 
 
 def test_non_prefix_template_is_refused(with_template):
