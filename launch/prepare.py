@@ -9,13 +9,11 @@ one training then reuses.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from framework.config import ConfigError, from_hydra, register_schemas
-from framework.data.formats import DataError
+from framework.cli import exit_on_user_error
+from framework.config import from_hydra, register_schemas
 from framework.data.stats import format_stats
 from framework.prepare import STATS_FILE, prepare_run
 
@@ -35,11 +33,9 @@ def show_inspected(inspected: list[dict]) -> None:
 
 @hydra.main(config_path="../conf", config_name="train", version_base=None)
 def main(raw: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         cfg = from_hydra(raw)
         prepared = prepare_run(cfg)
-    except (ConfigError, DataError) as err:
-        sys.exit(f"error: {err}")
     print(format_stats(prepared.stats))
     show_inspected(prepared.inspected)
     print(f"\ncache: {prepared.artifact}\nstats: {cfg.run.output_dir}/{STATS_FILE}")

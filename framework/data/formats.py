@@ -27,7 +27,6 @@ REASONS = (
     "bad_weight",
     "empty_reply",
     "template_mismatch",
-    "too_long",
     "no_target",
 )
 

@@ -221,8 +221,8 @@ def test_forced_format_reports_the_missing_field():
 
 
 def test_record_error_fields_and_pickling():
-    err = RecordError("f.jsonl:3", "too_long", "1000 tokens > 512")
-    assert str(err) == "f.jsonl:3: 1000 tokens > 512"
+    err = RecordError("f.jsonl:3", "no_target", "no trained token within 512")
+    assert str(err) == "f.jsonl:3: no trained token within 512"
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.where, copy.reason, copy.detail, str(copy)) == (
         err.where,
@@ -232,7 +232,7 @@ def test_record_error_fields_and_pickling():
     )
     with pytest.raises(ValueError, match="unknown reason"):
         RecordError("x", "no_such_reason", "d")
-    assert "too_long" in REASONS
+    assert "no_target" in REASONS
 
 
 def test_error_policy_raise_and_skip():
