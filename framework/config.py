@@ -104,6 +104,10 @@ class TrainerConfig:
     save_every: int = 100
     # auto: bf16 on GPUs that support it, fp32 otherwise (bf16 on CPU is many times slower).
     precision: str = "auto"
+    # token: the step's loss is the mean over every trained token of the global batch.
+    # example: each example's mean token loss, averaged over the examples of the global
+    # batch (short replies weigh as much as long ones).
+    loss_average: str = "token"
 
 
 @dataclass
@@ -183,6 +187,7 @@ _CHOICES = {
     "data.overlong": ("truncate", "drop"),
     "data.on_error": ("raise", "skip"),
     "trainer.precision": ("auto", "fp32", "bf16"),
+    "trainer.loss_average": ("token", "example"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "parallelism.zero_stage": (0, 1, 2, 3),

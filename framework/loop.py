@@ -64,6 +64,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         world_size=ctx.world_size,
         seed=cfg.trainer.seed,
         pad_id=tokenizer.pad_token_id,
+        per_example=cfg.trainer.loss_average == "example",
         first_plan=first_plan(artifact),
     )
     batches = iter(sampler)

@@ -44,10 +44,10 @@ def micro_steps_per_epoch(num_rows: int, micro_batch_size: int, world_size: int)
 def row_costs(plan: PackingPlan, lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
     """Work per row: its tokens plus attention cost (sum of squared example lengths), the
     latter scaled so that one full-length example costs as much in attention as in tokens."""
-    per_example = lengths[plan.example_ids].astype(np.float64)
+    example_lengths = lengths[plan.example_ids].astype(np.float64)
     starts = plan.row_offsets[:-1]
-    tokens = np.add.reduceat(per_example, starts)
-    attention = np.add.reduceat(per_example**2, starts) / max_seq_len
+    tokens = np.add.reduceat(example_lengths, starts)
+    attention = np.add.reduceat(example_lengths**2, starts) / max_seq_len
     return tokens + attention
 
 
@@ -76,6 +76,7 @@ class RankBatches:
     world_size: int
     seed: int
     pad_id: int
+    per_example: bool = False  # weights that make the loss a mean over examples
     # The artifact's stored plan for epoch 0, equal to what `plan(0)` computes.
     first_plan: PackingPlan | None = None
     epoch: int = 0
@@ -122,5 +123,6 @@ class RankBatches:
                     rows,
                     row_len,
                     self.pad_id,
+                    self.per_example,
                 )
             self.epoch, self.micro_step = self.epoch + 1, 0

@@ -25,8 +25,10 @@ class PackingPlan:
 
     def row_tokens(self, lengths: np.ndarray) -> np.ndarray:
         """Tokens in each row."""
-        per_example = lengths[self.example_ids]
-        return np.add.reduceat(per_example, self.row_offsets[:-1]) if len(self) else per_example
+        example_lengths = lengths[self.example_ids]
+        if not len(self):
+            return example_lengths
+        return np.add.reduceat(example_lengths, self.row_offsets[:-1])
 
     @classmethod
     def from_rows(cls, rows: list[list[int]] | np.ndarray) -> PackingPlan:
@@ -136,12 +138,15 @@ def collate_rows(
     rows: list[np.ndarray],
     row_len: int | None,
     pad_id: int,
+    per_example: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Tensors for a micro batch. Position ids restart at every example (and at the
     padding), which is how the model keeps packed examples from attending to each other;
     the first label of every example is IGNORE_INDEX so no label crosses a boundary.
     `cu_seqlens` marks example boundaries in the flattened batch for varlen attention
-    kernels. `row_len=None` pads to the longest row of the batch."""
+    kernels. `row_len=None` pads to the longest row of the batch. With `per_example`, each
+    example's loss weights are scaled to sum to 1, so a weighted sum over the global batch
+    divided by the sum of weights is the mean over examples of each example's mean loss."""
     lengths = [offsets[row + 1] - offsets[row] for row in rows]
     width = row_len or int(max(int(n.sum()) for n in lengths))
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -154,11 +159,14 @@ def collate_rows(
         for index in row:
             start, end = offsets[index], offsets[index + 1]
             span = slice(cursor, cursor + end - start)
-            ids, w = tokens[start:end], weights[start:end]
+            ids, w = tokens[start:end], weights[start:end].copy()
+            w[0] = 0.0
+            if per_example and w.sum() > 0:
+                w /= w.sum()
             input_ids[r, span] = ids
             labels[r, span] = np.where(w > 0, ids, IGNORE_INDEX)
             loss_weights[r, span] = w
-            labels[r, cursor], loss_weights[r, cursor] = IGNORE_INDEX, 0.0
+            labels[r, cursor] = IGNORE_INDEX
             position_ids[r, span] = np.arange(end - start)
             cursor += end - start
             boundaries.append(r * width + cursor)

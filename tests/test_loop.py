@@ -1,0 +1,164 @@
+"""The loss math of `loop.train_step` under DeepSpeed, whatever the layout."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import AutoTokenizer
+
+from framework.config import ModelConfig, TrainConfig
+from framework.data.dataset import TokenizedDataset
+from framework.data.pack import best_fit_decreasing, collate_rows
+from framework.engine import build_engine
+from framework.export import gather_state_dict
+from framework.loop import train_step
+from framework.loss import summed_loss
+from framework.model import build_model
+
+TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
+
+
+def synthetic_data(vocab: int) -> TokenizedDataset:
+    """Examples of uneven lengths with uneven numbers of trained tokens."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(6, 48, size=60)
+    tokens = rng.integers(3, vocab, size=lengths.sum()).astype(np.int32)
+    weights = (rng.random(lengths.sum()) < rng.choice([0.2, 0.9], size=lengths.sum())).astype(
+        np.float32
+    )
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenizedDataset(tokens, weights, offsets)
+
+
+def global_rows(data: TokenizedDataset) -> list[np.ndarray]:
+    plan = best_fit_decreasing(data.lengths(), ROW_LEN, seed=0)
+    assert len(plan) >= ROWS_PER_STEP * STEPS
+    return [plan.row(i) for i in range(ROWS_PER_STEP * STEPS)]
+
+
+def rank_micro_batches(data, rows, *, rank, world, accum, mbs, per_example=False):
+    """This rank's micro batches: step s, accumulation a takes the global rows
+    (a * world + rank) * mbs ... + mbs of that step, so every layout sees the same rows."""
+    batches = []
+    for step in range(STEPS):
+        step_rows = rows[step * ROWS_PER_STEP : (step + 1) * ROWS_PER_STEP]
+        for a in range(accum):
+            first = (a * world + rank) * mbs
+            chunk = step_rows[first : first + mbs]
+            batches.append(
+                collate_rows(
+                    data.tokens, data.weights, data.offsets, chunk, ROW_LEN, 0, per_example
+                )
+            )
+    return batches
+
+
+def _run_layout(rank, world, accum, mbs, port, tok_dir, out_file, zero_stage, per_example):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = mbs, accum
+    cfg.trainer.lr, cfg.trainer.warmup_steps, cfg.trainer.max_steps = 1e-2, 0, 100
+    cfg.parallelism.zero_stage = zero_stage
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32)
+    engine = build_engine(model, cfg, world_size=world, precision="fp32", gpu=False)
+    data = synthetic_data(len(tokenizer))
+    batches = iter(
+        rank_micro_batches(
+            data,
+            global_rows(data),
+            rank=rank,
+            world=world,
+            accum=accum,
+            mbs=mbs,
+            per_example=per_example,
+        )
+    )
+    losses = [train_step(engine, batches, accum, torch.device("cpu"))["loss"] for _ in range(STEPS)]
+    state = gather_state_dict(engine.module, zero_stage)
+    if rank == 0:
+        torch.save({"losses": losses, "state": state}, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage=2, per_example=False):
+    tok_dir = tmp_path / "tokenizer"
+    if not tok_dir.exists():
+        tokenizer.save_pretrained(tok_dir)
+    out = tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}.pt"
+    args = (world, accum, mbs, _free_port(), str(tok_dir), str(out), zero_stage, per_example)
+    mp.spawn(_run_layout, args=args, nprocs=world, join=True)
+    return torch.load(out, weights_only=True)
+
+
+def _assert_same(a, b):
+    """Losses within 1e-5 relative; each weight tensor within 1e-5 relative (in norm: Adam
+    turns float summation-order noise in near-zero gradients into element-wise noise)."""
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
+    assert a["state"].keys() == b["state"].keys()
+    for name, weight in a["state"].items():
+        gap = (weight - b["state"][name]).norm() / weight.norm()
+        assert gap < 1e-5, f"{name}: relative difference {gap:.2e}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_steps_are_identical_whatever_the_layout(tmp_path, tokenizer, zero_stage):
+    reference = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, zero_stage=zero_stage)
+    for world, accum, mbs in [(2, 2, 2), (2, 1, 4)]:
+        _assert_same(reference, run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage))
+    torch.manual_seed(0)
+    initial = build_model(TINY, tokenizer, torch.float32).state_dict()
+    moved = max((w - initial[n]).abs().max().item() for n, w in reference["state"].items())
+    assert moved > 1e-3  # two real optimizer steps were taken
+
+
+@pytest.mark.slow
+def test_per_example_average_is_layout_invariant_and_differs_from_token_average(
+    tmp_path, tokenizer
+):
+    by_token = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2)
+    by_example = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, per_example=True)
+    _assert_same(by_example, run_layout(tmp_path, tokenizer, 2, 1, 4, per_example=True))
+    assert abs(by_example["losses"][0] - by_token["losses"][0]) > 1e-3
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    loss, weight = summed_loss(logits, batch["labels"], batch["loss_weights"])
+    (loss / weight).backward()
+    return loss.item() / weight.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tokenizer):
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32)
+    data = synthetic_data(len(tokenizer))
+    rows = global_rows(data)[:4]
+    packed = collate_rows(data.tokens, data.weights, data.offsets, rows, ROW_LEN, 0)
+    alone = [np.array([i]) for row in rows for i in row]
+    padded = collate_rows(data.tokens, data.weights, data.offsets, alone, None, 0)
+    packed_loss, packed_grads = _loss_and_grads(model, packed)
+    padded_loss, padded_grads = _loss_and_grads(model, padded)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6)
