@@ -26,6 +26,12 @@ class ModelConfig:
     # the fields below, with random weights and a tokenizer trained on the run's data.
     name_or_path: str | None = None
     trust_remote_code: bool = False
+    # How packed rows attend: auto picks flash_attention_2 on GPUs with flash-attn
+    # installed, else document_sdpa (SDPA per example). `sdpa` is transformers' dense
+    # block mask over the whole row (slower; kept for comparison).
+    attention: str = "auto"
+    # Recompute activations in backward: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
     # Architecture of the model built from config (ignored with name_or_path).
     vocab_size: int = 2048
     hidden_size: int = 128
@@ -98,6 +104,14 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     lr: float = 2e-3
     warmup_steps: int = 10
+    # Decay after warmup: cosine (to 0), linear (to 0) or constant.
+    lr_schedule: str = "cosine"
+    # Train this many passes over the data instead of max_steps (null: use max_steps).
+    epochs: float | None = None
+    # Size the global batch by a target instead of grad_accum_steps (at most one of them):
+    # accumulation steps = round(target / (workers x micro_batch_size x per-row average)).
+    global_batch_tokens: int | None = None
+    global_batch_examples: int | None = None
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every: int = 10
@@ -108,6 +122,10 @@ class TrainerConfig:
     # example: each example's mean token loss, averaged over the examples of the global
     # batch (short replies weigh as much as long ones).
     loss_average: str = "token"
+    # Run the first micro batch unpacked too and stop if the losses disagree.
+    verify_packing: bool = True
+    # Peak TFLOP/s of one device, for MFU; null looks the GPU up in a table (none on CPU).
+    peak_tflops: float | None = None
 
 
 @dataclass
@@ -183,11 +201,20 @@ def _absolute(path: str) -> str:
 
 
 _CHOICES = {
+    "model.attention": (
+        "auto",
+        "document_sdpa",
+        "flash_attention_2",
+        "flex_attention",
+        "sdpa",
+        "eager",
+    ),
     "data.train_on": ("assistant", "last_turn", "all"),
     "data.overlong": ("truncate", "drop"),
     "data.on_error": ("raise", "skip"),
     "trainer.precision": ("auto", "fp32", "bf16"),
     "trainer.loss_average": ("token", "example"),
+    "trainer.lr_schedule": ("cosine", "linear", "constant"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "parallelism.zero_stage": (0, 1, 2, 3),
@@ -234,6 +261,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"data.max_seq_len={cfg.data.max_seq_len} exceeds "
             f"model.max_position_embeddings={cfg.model.max_position_embeddings}"
+        )
+    targets = [cfg.trainer.global_batch_tokens, cfg.trainer.global_batch_examples]
+    if all(t is not None for t in targets):
+        raise ConfigError(
+            "set at most one of trainer.global_batch_tokens and trainer.global_batch_examples"
+        )
+    if any(t is not None and t <= 0 for t in [*targets, cfg.trainer.epochs]):
+        raise ConfigError(
+            "trainer.epochs, trainer.global_batch_tokens and trainer.global_batch_examples "
+            "must be > 0 when set"
         )
     if not 0.0 <= cfg.data.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in [0, 1)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import deepspeed
 import torch
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel, get_scheduler
 
 from framework.config import TrainConfig
 
@@ -45,7 +45,9 @@ def _param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+            # Under ZeRO-3 a built parameter is an empty placeholder; ds_shape is its shape.
+            shape = getattr(param, "ds_shape", param.shape)
+            (decay if len(shape) >= 2 else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -61,20 +63,47 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig, gpu: bool) -> torch.opt
     return torch.optim.AdamW(groups, lr=cfg.trainer.lr, fused=gpu)
 
 
+def partitioned_init(ds_config: dict):
+    """Under ZeRO-3, an object to keep alive while (and after) the model is built: it
+    makes transformers build and load the model already partitioned (deepspeed.zero.Init),
+    so no worker ever holds a full copy. None for other stages."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # zero.Init reads the world size from DeepSpeed's communication layer: wrap the
+    # launcher's process group in it now rather than at deepspeed.initialize.
+    deepspeed.init_distributed(
+        dist_backend=torch.distributed.get_backend(), dist_init_required=False
+    )
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Linear warmup over trainer.warmup_steps, then trainer.lr_schedule to max_steps."""
+    return get_scheduler(
+        _SCHEDULES[cfg.trainer.lr_schedule],
+        optimizer,
+        num_warmup_steps=cfg.trainer.warmup_steps,
+        num_training_steps=cfg.trainer.max_steps,
+    )
+
+
 def build_engine(
-    model: PreTrainedModel, cfg: TrainConfig, *, world_size: int, precision: str, gpu: bool
+    model: PreTrainedModel, cfg: TrainConfig, *, ds_config: dict, gpu: bool
 ) -> deepspeed.DeepSpeedEngine:
     """A DeepSpeed engine over `model` with AdamW and warmup + cosine decay, joined to the
     process group that the launcher (Ray Train, torchrun) already set up."""
-    optimizer = _optimizer(model, cfg, gpu)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, cfg.trainer.warmup_steps, cfg.trainer.max_steps
-    )
     engine, *_ = deepspeed.initialize(
         model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, world_size=world_size, precision=precision, gpu=gpu),
+        optimizer=_optimizer(model, cfg, gpu),
+        # A factory: the schedule must drive the optimizer DeepSpeed wraps around ours.
+        lr_scheduler=lambda optimizer: lr_schedule(optimizer, cfg),
+        config=ds_config,
         dist_init_required=False,
     )
     return engine

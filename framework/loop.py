@@ -3,7 +3,7 @@ Hydra, and runs under any launcher that set up torch.distributed (Ray Train, tor
 
 from __future__ import annotations
 
-import time
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +14,18 @@ import torch.distributed as dist
 from transformers import AutoTokenizer
 
 from framework import checkpoint
+from framework.attention import choose_attention
 from framework.config import TrainConfig
 from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.loader import RankBatches
-from framework.engine import build_engine, resolve_precision
+from framework.engine import build_engine, deepspeed_config, partitioned_init, resolve_precision
 from framework.export import export_hf
 from framework.loss import summed_loss
+from framework.metrics import ModelShape, clock, gather, peak_flops, peak_memory_gb, summarize
 from framework.model import build_model
 from framework.prepare import TOKENIZER_DIR, artifact_path
+from framework.selfcheck import verify_packing
 from framework.tracking import Tracker
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -42,37 +45,25 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     Returns the last step's metrics."""
     out = Path(cfg.run.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
-    if ctx.device.type == "cuda":
-        torch.cuda.set_device(ctx.device)
-    precision = resolve_precision(cfg.trainer.precision, ctx.device)
-    torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, tokenizer, _DTYPES[precision])
-    engine = build_engine(
-        model,
-        cfg,
-        world_size=ctx.world_size,
-        precision=precision,
-        gpu=ctx.device.type == "cuda",
-    )
-    artifact = artifact_path(out)
-    sampler = RankBatches(
-        TokenizedDataset.load(artifact, "train"),
-        max_seq_len=cfg.data.max_seq_len,
-        packing=cfg.data.packing,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        seed=cfg.trainer.seed,
-        pad_id=tokenizer.pad_token_id,
-        per_example=cfg.trainer.loss_average == "example",
-        first_plan=first_plan(artifact),
-    )
+    engine, zero3 = _build_engine(cfg, ctx, tokenizer)
+    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact_path(out))
     batches = iter(sampler)
+    if cfg.trainer.verify_packing and cfg.data.packing:
+        first = next(batches)
+        _verify_packing(engine, first, ctx)
+        batches = itertools.chain([first], batches)
     tracker = Tracker(cfg, enabled=ctx.rank == 0)
+    peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     metrics: dict[str, float] = {}
     for step in range(1, cfg.trainer.max_steps + 1):
-        metrics = train_step(engine, batches, cfg.trainer.grad_accum_steps, ctx.device)
-        tracker.step()
+        try:
+            metrics = train_step(engine, batches, cfg.trainer.grad_accum_steps, ctx.device, peak)
+        except NonFiniteLoss:
+            raise NonFiniteLoss(
+                f"step {step}: the loss is NaN or infinite, so the run stops before updating "
+                "the weights; lower trainer.lr, check the data (data.inspect) or precision"
+            ) from None
+        tracker.step(metrics)
         last = step == cfg.trainer.max_steps
         if step % cfg.trainer.log_every == 0 or last:
             tracker.log(step, metrics)
@@ -82,7 +73,66 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             ctx.report({"step": step, **metrics})
     export_hf(engine.module, tokenizer, out / "hf", zero_stage=cfg.parallelism.zero_stage)
     tracker.close()
+    del zero3
     return metrics
+
+
+def _build_engine(cfg: TrainConfig, ctx: WorkerContext, tokenizer):
+    """The DeepSpeed engine, and the ZeRO-3 build context to keep alive while training."""
+    gpu = ctx.device.type == "cuda"
+    if gpu:
+        torch.cuda.set_device(ctx.device)
+    precision = resolve_precision(cfg.trainer.precision, ctx.device)
+    attention = choose_attention(cfg.model.attention, ctx.device)
+    if ctx.rank == 0:
+        print(f"attention: {attention}; precision: {precision}", flush=True)
+    ds_config = deepspeed_config(cfg, world_size=ctx.world_size, precision=precision, gpu=gpu)
+    zero3 = partitioned_init(ds_config)
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, tokenizer, _DTYPES[precision], attention)
+    return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3
+
+
+def _sampler(cfg: TrainConfig, ctx: WorkerContext, pad_id: int, artifact: Path) -> RankBatches:
+    return RankBatches(
+        TokenizedDataset.load(artifact, "train"),
+        max_seq_len=cfg.data.max_seq_len,
+        packing=cfg.data.packing,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=cfg.trainer.seed,
+        pad_id=pad_id,
+        per_example=cfg.trainer.loss_average == "example",
+        first_plan=first_plan(artifact),
+    )
+
+
+def _verify_packing(engine, batch: dict[str, torch.Tensor], ctx: WorkerContext) -> None:
+    batch = {k: v.to(ctx.device) for k, v in batch.items()}
+    fp32 = next(engine.module.parameters()).dtype == torch.float32
+    worst = verify_packing(
+        lambda ids, positions: (
+            engine(input_ids=ids, position_ids=positions, use_cache=False).logits
+        ),
+        batch,
+        rtol=1e-4 if fp32 else 2e-2,
+    )
+    if ctx.rank == 0:
+        print(f"packing self-check passed (largest difference {worst:.1e})", flush=True)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A micro batch's loss is NaN or infinite on some rank; the weights are untouched."""
+
+
+def _stop_if_not_finite(summed: torch.Tensor) -> None:
+    # Checked on every rank together, before backward, so all stop at the same point
+    # and no NaN reaches the weights.
+    bad = (~torch.isfinite(summed.detach())).double()
+    dist.all_reduce(bad)
+    if bad.item():
+        raise NonFiniteLoss("the loss is not finite")
 
 
 def train_step(
@@ -90,6 +140,7 @@ def train_step(
     batches: Iterator[dict[str, torch.Tensor]],
     grad_accum_steps: int,
     device: torch.device,
+    peak: float | None = None,
 ) -> dict[str, float]:
     """One optimizer step over `grad_accum_steps` micro batches on every rank.
 
@@ -97,35 +148,47 @@ def train_step(
     the global sum of loss weights (the trained-token count when every weight is 1),
     whatever the split into ranks and micro batches: each micro batch's sum is scaled by
     (ranks x accumulation steps) / that global sum, which undoes the averaging DeepSpeed
-    applies over both.
+    applies over both. `peak` (FLOP/s of one device) adds MFU to the metrics.
     """
-    start = time.perf_counter()
+    start = clock(device)
     lr = engine.get_lr()[0]  # the rate this step applies; the scheduler moves on in step()
     micro = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(grad_accum_steps)]
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # weight sum, trained, tokens
-    for batch in micro:
-        totals[0] += batch["loss_weights"][:, 1:].sum()
-        totals[1] += (batch["loss_weights"][:, 1:] > 0).sum()
-        totals[2] += batch["num_tokens"].sum()
-    dist.all_reduce(totals)
-    weight_sum = max(totals[0].item(), 1e-12)
-    scale = dist.get_world_size() * grad_accum_steps / weight_sum
+    data_done = clock(device)
+    weight_sum = torch.stack([b["loss_weights"][:, 1:].sum() for b in micro]).sum().double()
+    dist.all_reduce(weight_sum)
+    scale = dist.get_world_size() * grad_accum_steps / max(weight_sum.item(), 1e-12)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    compute_s = optimizer_s = 0.0
     for batch in micro:
+        began = clock(device)
         logits = engine(
             input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
         ).logits
         summed, _ = summed_loss(logits, batch["labels"], batch["loss_weights"])
+        _stop_if_not_finite(summed)
         engine.backward(summed * scale)
+        computed = clock(device)
         engine.step()
+        compute_s, optimizer_s = (
+            compute_s + computed - began,
+            optimizer_s + clock(device) - computed,
+        )
         loss_sum += summed.detach()
     dist.all_reduce(loss_sum)
-    elapsed = time.perf_counter() - start
+    local = {
+        "tokens": sum(int(b["num_tokens"].sum()) for b in micro),
+        "trained_tokens": sum(int((b["loss_weights"][:, 1:] > 0).sum()) for b in micro),
+        "slots": sum(b["input_ids"].numel() for b in micro),
+        "sum_sq_lengths": sum(int(b["sum_sq_lengths"].sum()) for b in micro),
+        "data_wait_s": data_done - start,
+        "compute_s": compute_s,
+        "optimizer_s": optimizer_s,
+        "step_time_s": clock(device) - start,
+        "peak_memory_gb": peak_memory_gb(device),
+    }
     return {
-        "loss": loss_sum.item() / weight_sum,
+        "loss": loss_sum.item() / max(weight_sum.item(), 1e-12),
         "lr": lr,
         "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-        "tokens_per_s": totals[2].item() / elapsed,
-        "trained_tokens": totals[1].item(),
-        "step_time_s": elapsed,
+        **summarize(gather(local, device), ModelShape.of(engine.module) if peak else None, peak),
     }

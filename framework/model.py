@@ -9,11 +9,11 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from framework import attention as _registers_document_sdpa  # noqa: F401
 from framework.config import ConfigError, ModelConfig
 
 
@@ -40,18 +40,34 @@ def check_model_source(cfg: ModelConfig) -> None:
 
 
 def build_model(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+    attention: str = "document_sdpa",
 ) -> PreTrainedModel:
     """Random-init Llama when no name_or_path is given (seed the RNG first), else the
-    pretrained weights, always with SDPA attention."""
+    pretrained weights; with `attention` as the attention implementation. Under ZeRO-3
+    (a live transformers HfDeepSpeedConfig) both are built already partitioned."""
     if cfg.name_or_path is not None:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path,
             dtype=dtype,
-            attn_implementation="sdpa",
+            attn_implementation=attention,
             trust_remote_code=cfg.trust_remote_code,
         )
-    config = LlamaConfig(
+    else:
+        model = AutoModelForCausalLM.from_config(
+            _tiny_llama(cfg, tokenizer, attention), dtype=dtype
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _tiny_llama(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, attention: str
+) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -64,6 +80,5 @@ def build_model(
         bos_token_id=None,
         tie_word_embeddings=False,
         use_cache=False,
-        attn_implementation="sdpa",
+        attn_implementation=attention,
     )
-    return LlamaForCausalLM(config).to(dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -16,6 +17,7 @@ from framework.data import cache
 from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
 from framework.data.loader import micro_steps_per_epoch
+from framework.data.pack import PackingPlan
 from framework.data.sources import LoadedData, load_data
 from framework.data.templates import apply_template_choice
 from framework.model import check_model_source
@@ -72,15 +74,13 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     check_model_source(cfg.model)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(dataclasses.asdict(cfg)), out / "config.yaml")
     tokenizer, artifact, data = prepare_data(cfg)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     stats = cache.load_stats(artifact)
     (out / DATASET_POINTER).write_text(json.dumps({"path": str(artifact)}))
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
-    rows = cache.first_plan(artifact)
-    num_rows = len(rows) if rows is not None else stats["examples"]
-    micro_steps_per_epoch(num_rows, cfg.trainer.micro_batch_size, cfg.cluster.num_workers)
+    size_the_run(cfg, stats, cache.first_plan(artifact))
+    OmegaConf.save(OmegaConf.create(dataclasses.asdict(cfg)), out / "config.yaml")
     inspected = []
     if cfg.data.inspect:
         if data is None:
@@ -91,6 +91,29 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
         ]
         (out / INSPECT_FILE).write_text(json.dumps(inspected, indent=2, ensure_ascii=False))
     return Prepared(artifact, stats, inspected)
+
+
+def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> None:
+    """Turn trainer.global_batch_tokens / _examples into grad_accum_steps and
+    trainer.epochs into max_steps (in place, before the config goes to the workers);
+    fail when the data cannot fill one step."""
+    trainer, workers = cfg.trainer, cfg.cluster.num_workers
+    rows = len(plan) if plan is not None else stats["examples"]
+    micro_steps = micro_steps_per_epoch(rows, trainer.micro_batch_size, workers)
+    per_micro_step = {
+        "tokens": stats["tokens"] / rows * trainer.micro_batch_size * workers,
+        "examples": stats["examples"] / rows * trainer.micro_batch_size * workers,
+    }
+    for unit, target in (
+        ("tokens", trainer.global_batch_tokens),
+        ("examples", trainer.global_batch_examples),
+    ):
+        if target is not None:
+            trainer.grad_accum_steps = max(1, round(target / per_micro_step[unit]))
+    if trainer.epochs is not None:
+        trainer.max_steps = max(
+            1, math.ceil(trainer.epochs * micro_steps / trainer.grad_accum_steps)
+        )
 
 
 def artifact_path(output_dir: str | Path) -> Path:

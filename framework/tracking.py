@@ -13,6 +13,8 @@ from tqdm import tqdm
 from framework.config import LoggerConfig, TrainConfig
 from framework.prepare import INSPECT_FILE, STATS_FILE
 
+SUMMARY_FILE = "summary.json"
+
 
 def wandb_mode(cfg: LoggerConfig) -> str:
     """`auto` is online only when an API key is configured, so offline machines never hang."""
@@ -33,7 +35,9 @@ class Tracker:
         self.run = None
         if not enabled:
             return
-        out = Path(cfg.run.output_dir)
+        out = self.out = Path(cfg.run.output_dir)
+        self.totals: dict[str, float] = {}
+        self.last: dict[str, float] = {}
         # A rerun trains from scratch, so its metrics replace the previous run's.
         self.metrics_file = (out / "metrics.jsonl").open("w", encoding="utf-8")
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
@@ -65,22 +69,50 @@ class Tracker:
             table = wandb.Table(columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
             self.run.log({"data/examples": table}, step=0)
 
-    def step(self) -> None:
-        if self.enabled:
-            self.progress.update(1)
+    def step(self, metrics: dict[str, float]) -> None:
+        """Advance the progress bar and the run's totals by one finished step."""
+        if not self.enabled:
+            return
+        for key in ("tokens", "trained_tokens", "step_time_s"):
+            self.totals[key] = self.totals.get(key, 0.0) + metrics[key]
+        self.totals["peak_memory_gb"] = max(
+            self.totals.get("peak_memory_gb", 0.0), metrics["peak_memory_gb"]
+        )
+        self.last = metrics
+        self.progress.set_postfix(
+            loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False
+        )
+        self.progress.update(1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.metrics_file.flush()
-        self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
         if self.run is not None:
             self.run.log(metrics, step=step)
+
+    def summary(self) -> dict[str, float]:
+        """The whole run: totals, mean throughput over training time, last loss."""
+        seconds = self.totals.get("step_time_s", 0.0)
+        return {
+            "steps": self.progress.n,
+            "final_loss": self.last.get("loss", float("nan")),
+            "tokens": self.totals.get("tokens", 0.0),
+            "trained_tokens": self.totals.get("trained_tokens", 0.0),
+            "training_time_s": seconds,
+            "tokens_per_s": self.totals.get("tokens", 0.0) / max(seconds, 1e-9),
+            "peak_memory_gb": self.totals.get("peak_memory_gb", 0.0),
+        }
 
     def close(self) -> None:
         if not self.enabled:
             return
+        summary = self.summary()
+        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        print("run summary: " + ", ".join(f"{k}={v:,.4g}" for k, v in summary.items()), flush=True)
+        if self.run is not None:
+            self.run.summary.update(summary)
         self.progress.close()
         self.metrics_file.close()
         if self.run is not None:

@@ -23,6 +23,12 @@ def main(raw: DictConfig) -> None:
         cfg = from_hydra(raw)
         prepared = prepare_run(cfg)
     print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)
+    trainer = cfg.trainer
+    print(
+        f"training {trainer.max_steps} steps of {cfg.cluster.num_workers} workers x "
+        f"{trainer.micro_batch_size} rows x {trainer.grad_accum_steps} accumulation steps",
+        flush=True,
+    )
 
     from framework import ray_entry  # imported late: Ray and DeepSpeed take seconds to load
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from transformers import AutoTokenizer
 
 from framework.config import ModelConfig, TrainConfig
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import best_fit_decreasing, collate_rows
-from framework.engine import build_engine
+from framework.engine import build_engine, deepspeed_config
 from framework.export import gather_state_dict
-from framework.loop import train_step
+from framework.loop import NonFiniteLoss, train_step
 from framework.loss import summed_loss
 from framework.model import build_model
+from tests.distributed import join_group, single_process_group, spawn
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
@@ -43,7 +40,7 @@ def global_rows(data: TokenizedDataset) -> list[np.ndarray]:
     return [plan.row(i) for i in range(ROWS_PER_STEP * STEPS)]
 
 
-def rank_micro_batches(data, rows, *, rank, world, accum, mbs, per_example=False):
+def rank_micro_batches(data, rows, *, rank, world, accum, mbs, per_example=False, masked=-1):
     """This rank's micro batches: step s, accumulation a takes the global rows
     (a * world + rank) * mbs ... + mbs of that step, so every layout sees the same rows."""
     batches = []
@@ -60,11 +57,8 @@ def rank_micro_batches(data, rows, *, rank, world, accum, mbs, per_example=False
     return batches
 
 
-def _run_layout(rank, world, accum, mbs, port, tok_dir, out_file, zero_stage, per_example):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+def _run_layout(rank, world, port, accum, mbs, tok_dir, out_file, zero_stage, per_example, masked):
+    join_group(rank, world, port)
     cfg = TrainConfig(model=TINY)
     cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = mbs, accum
     cfg.trainer.lr, cfg.trainer.warmup_steps, cfg.trainer.max_steps = 1e-2, 0, 100
@@ -72,7 +66,8 @@ def _run_layout(rank, world, accum, mbs, port, tok_dir, out_file, zero_stage, pe
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, torch.float32)
-    engine = build_engine(model, cfg, world_size=world, precision="fp32", gpu=False)
+    ds_config = deepspeed_config(cfg, world_size=world, precision="fp32", gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
     data = synthetic_data(len(tokenizer))
     batches = iter(
         rank_micro_batches(
@@ -83,6 +78,7 @@ def _run_layout(rank, world, accum, mbs, port, tok_dir, out_file, zero_stage, pe
             accum=accum,
             mbs=mbs,
             per_example=per_example,
+            masked=masked,
         )
     )
     losses = [train_step(engine, batches, accum, torch.device("cpu"))["loss"] for _ in range(STEPS)]
@@ -93,19 +89,12 @@ def _run_layout(rank, world, accum, mbs, port, tok_dir, out_file, zero_stage, pe
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage=2, per_example=False):
+def run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage=2, per_example=False, masked=-1):
     tok_dir = tmp_path / "tokenizer"
     if not tok_dir.exists():
         tokenizer.save_pretrained(tok_dir)
-    out = tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}.pt"
-    args = (world, accum, mbs, _free_port(), str(tok_dir), str(out), zero_stage, per_example)
-    mp.spawn(_run_layout, args=args, nprocs=world, join=True)
+    out = tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}-{masked}.pt"
+    spawn(_run_layout, world, accum, mbs, str(tok_dir), str(out), zero_stage, per_example, masked)
     return torch.load(out, weights_only=True)
 
 
@@ -141,6 +130,13 @@ def test_per_example_average_is_layout_invariant_and_differs_from_token_average(
     assert abs(by_example["losses"][0] - by_token["losses"][0]) > 1e-3
 
 
+@pytest.mark.slow
+def test_a_rank_with_nothing_to_train_takes_part_without_hanging(tmp_path, tokenizer):
+    result = run_layout(tmp_path, tokenizer, world=2, accum=1, mbs=4, masked=1)
+    assert all(np.isfinite(result["losses"]))
+    assert all(torch.isfinite(w).all() for w in result["state"].values())
+
+
 def _loss_and_grads(model, batch):
     model.zero_grad()
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
@@ -162,3 +158,20 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tokenizer):
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     for name, grad in packed_grads.items():
         torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change(tokenizer):
+    single_process_group()
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.micro_batch_size, cfg.parallelism.zero_stage = 4, 0
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32)
+    ds_config = deepspeed_config(cfg, world_size=1, precision="fp32", gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    data = synthetic_data(len(tokenizer))
+    (batch,) = rank_micro_batches(data, global_rows(data), rank=0, world=1, accum=1, mbs=4)[:1]
+    batch["loss_weights"][0, 5] = float("nan")
+    with pytest.raises(NonFiniteLoss):
+        train_step(engine, iter([batch]), 1, torch.device("cpu"))
+    assert all(torch.equal(p, before[n]) for n, p in engine.module.named_parameters())

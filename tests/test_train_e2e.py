@@ -52,7 +52,22 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, lo
 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30]
-    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(metrics[0])
+    assert {
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "trained_tokens_per_s",
+        "packing_efficiency",
+        "data_wait_s",
+        "compute_s",
+        "optimizer_s",
+        "step_time_skew",
+        "peak_memory_gb",
+    } <= set(metrics[0])
+    assert 0.9 < metrics[-1]["packing_efficiency"] <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["final_loss"] == metrics[-1]["loss"]
     assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
 
     assert [p.name for p in committed(out / "checkpoints")] == ["step_00000015", "step_00000030"]

@@ -10,6 +10,14 @@ import torch
 IGNORE_INDEX = -100
 
 
+def example_bounds(position_ids: torch.Tensor) -> list[list[int]]:
+    """For each row, the offsets where its examples start (position id 0, padding too),
+    followed by the row's length."""
+    length = position_ids.shape[-1]
+    rows = position_ids.reshape(-1, length)
+    return [[*torch.nonzero(row == 0).flatten().tolist(), length] for row in rows]
+
+
 @dataclass
 class PackingPlan:
     """Rows of examples: row r holds example_ids[row_offsets[r]:row_offsets[r+1]]."""
@@ -179,4 +187,6 @@ def collate_rows(
         "position_ids": torch.from_numpy(position_ids),
         "cu_seqlens": torch.tensor(sorted(set(boundaries)), dtype=torch.int32),
         "num_tokens": torch.tensor([int(n.sum()) for n in lengths]),
+        # Attention work grows with each example's length squared (for MFU).
+        "sum_sq_lengths": torch.tensor([int((n.astype(np.int64) ** 2).sum()) for n in lengths]),
     }

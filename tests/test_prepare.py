@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from framework.config import TrainConfig
+from framework.data.formats import DataError
+from framework.data.pack import PackingPlan
+from framework.prepare import size_the_run
+
+STATS = {"tokens": 100 * 500, "examples": 400}  # 100 rows of 500 tokens, 4 examples each
+PLAN = PackingPlan(np.arange(400), np.arange(0, 401, 4))
+
+
+def _cfg(**trainer) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.cluster.num_workers, cfg.trainer.micro_batch_size = 2, 5
+    for key, value in trainer.items():
+        setattr(cfg.trainer, key, value)
+    return cfg
+
+
+def test_epochs_set_the_number_of_steps():
+    cfg = _cfg(epochs=3, grad_accum_steps=2)
+    size_the_run(cfg, STATS, PLAN)
+    # 100 rows / (2 workers x 5 rows) = 10 micro steps per epoch, 2 per optimizer step.
+    assert cfg.trainer.max_steps == 15
+
+
+def test_global_batch_in_tokens_or_examples_sets_accumulation():
+    tokens = _cfg(global_batch_tokens=20_000)
+    size_the_run(tokens, STATS, PLAN)
+    assert tokens.trainer.grad_accum_steps == 4  # 20,000 / (10 rows x 500 tokens)
+    examples = _cfg(global_batch_examples=120)
+    size_the_run(examples, STATS, PLAN)
+    assert examples.trainer.grad_accum_steps == 3  # 120 / (10 rows x 4 examples)
+
+
+def test_too_little_data_for_one_step_is_an_error():
+    cfg = _cfg()
+    cfg.cluster.num_workers = 64
+    with pytest.raises(DataError, match="fewer than one micro batch for each of 64 workers"):
+        size_the_run(cfg, STATS, PLAN)
