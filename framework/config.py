@@ -116,6 +116,11 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     log_every: int = 10
     save_every: int = 100
+    # Evaluate on the eval split (data.eval_fraction / data.eval_sources) every this many
+    # steps and at the end; 0: at the end only. Greedy replies for eval_samples prompts.
+    eval_every: int = 0
+    eval_samples: int = 3
+    eval_max_new_tokens: int = 64
     # auto: bf16 on GPUs that support it, fp32 otherwise (bf16 on CPU is many times slower).
     precision: str = "auto"
     # token: the step's loss is the mean over every trained token of the global batch.
@@ -247,6 +252,8 @@ def validate(cfg: TrainConfig) -> None:
     for key in _POSITIVE:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
+    if min(cfg.trainer.eval_every, cfg.trainer.eval_samples, cfg.trainer.eval_max_new_tokens) < 0:
+        raise ConfigError("trainer.eval_every, eval_samples and eval_max_new_tokens must be >= 0")
     if cfg.trainer.warmup_steps < 0 or cfg.trainer.max_grad_norm < 0:
         raise ConfigError("trainer.warmup_steps and trainer.max_grad_norm must be >= 0")
     offload = cfg.parallelism.offload_optimizer or cfg.parallelism.offload_params

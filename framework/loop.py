@@ -16,10 +16,11 @@ from transformers import AutoTokenizer
 from framework import checkpoint
 from framework.attention import choose_attention
 from framework.config import TrainConfig
-from framework.data.cache import first_plan
+from framework.data.cache import first_plan, load_stats
 from framework.data.dataset import TokenizedDataset
 from framework.data.loader import RankBatches
 from framework.engine import build_engine, deepspeed_config, partitioned_init, resolve_precision
+from framework.evaluate import EvalSet, eval_loss, greedy_samples
 from framework.export import export_hf
 from framework.loss import summed_loss
 from framework.metrics import ModelShape, clock, gather, peak_flops, peak_memory_gb, summarize
@@ -53,6 +54,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         _verify_packing(engine, first, ctx)
         batches = itertools.chain([first], batches)
     tracker = Tracker(cfg, enabled=ctx.rank == 0)
+    evalset = EvalSet.load(artifact_path(out), load_stats(artifact_path(out))["source_names"])
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     metrics: dict[str, float] = {}
     for step in range(1, cfg.trainer.max_steps + 1):
@@ -67,6 +69,9 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         last = step == cfg.trainer.max_steps
         if step % cfg.trainer.log_every == 0 or last:
             tracker.log(step, metrics)
+        every = cfg.trainer.eval_every
+        if evalset is not None and ((every and step % every == 0) or last):
+            tracker.log_eval(step, *_evaluate(engine, tokenizer, evalset, cfg, ctx))
         if step % cfg.trainer.save_every == 0 or last:
             state = {"step": step, "sampler": sampler.state_dict()}
             checkpoint.save(engine, out / "checkpoints", step, state)
@@ -120,6 +125,37 @@ def _verify_packing(engine, batch: dict[str, torch.Tensor], ctx: WorkerContext) 
     )
     if ctx.rank == 0:
         print(f"packing self-check passed (largest difference {worst:.1e})", flush=True)
+
+
+def _evaluate(engine, tokenizer, evalset: EvalSet, cfg: TrainConfig, ctx: WorkerContext):
+    """Eval loss on every rank together, then greedy samples (on all ranks under ZeRO-3,
+    where generating needs every rank's weights; on rank 0 otherwise)."""
+    engine.module.eval()
+    metrics = eval_loss(
+        lambda ids, positions: (
+            engine(input_ids=ids, position_ids=positions, use_cache=False).logits
+        ),
+        evalset,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        rank=ctx.rank,
+        world=ctx.world_size,
+        pad_id=tokenizer.pad_token_id,
+        device=ctx.device,
+    )
+    synced = cfg.parallelism.zero_stage == 3
+    samples = []
+    if synced or ctx.rank == 0:
+        samples = greedy_samples(
+            engine.module,
+            tokenizer,
+            evalset,
+            count=cfg.trainer.eval_samples,
+            max_new_tokens=cfg.trainer.eval_max_new_tokens,
+            synced=synced,
+            device=ctx.device,
+        )
+    engine.module.train()
+    return metrics, samples
 
 
 class NonFiniteLoss(RuntimeError):

@@ -14,6 +14,7 @@ from framework.config import LoggerConfig, TrainConfig
 from framework.prepare import INSPECT_FILE, STATS_FILE
 
 SUMMARY_FILE = "summary.json"
+SAMPLES_FILE = "samples.jsonl"
 
 
 def wandb_mode(cfg: LoggerConfig) -> str:
@@ -38,6 +39,9 @@ class Tracker:
         out = self.out = Path(cfg.run.output_dir)
         self.totals: dict[str, float] = {}
         self.last: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        # samples.jsonl gathers every evaluation's generations; a rerun starts it afresh.
+        (out / SAMPLES_FILE).unlink(missing_ok=True)
         # A rerun trains from scratch, so its metrics replace the previous run's.
         self.metrics_file = (out / "metrics.jsonl").open("w", encoding="utf-8")
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
@@ -92,6 +96,24 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
+    def log_eval(self, step: int, metrics: dict[str, float], samples: list[dict]) -> None:
+        """Eval metrics to metrics.jsonl and wandb; samples to samples.jsonl and a table."""
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        with (self.out / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in samples)
+        self.last_eval = metrics
+        if self.run is not None:
+            import wandb
+
+            columns = ["step", "prompt", "reference", "generated"]
+            rows = [[step, s["prompt"], s["reference"], s["generated"]] for s in samples]
+            self.run.log(
+                {**metrics, "eval/samples": wandb.Table(columns=columns, data=rows)}, step=step
+            )
+
     def summary(self) -> dict[str, float]:
         """The whole run: totals, mean throughput over training time, last loss."""
         seconds = self.totals.get("step_time_s", 0.0)
@@ -103,6 +125,7 @@ class Tracker:
             "training_time_s": seconds,
             "tokens_per_s": self.totals.get("tokens", 0.0) / max(seconds, 1e-9),
             "peak_memory_gb": self.totals.get("peak_memory_gb", 0.0),
+            **self.last_eval,
         }
 
     def close(self) -> None:

@@ -47,10 +47,16 @@ def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.Complet
 )
 def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, logger):
     out = tmp_path / "run"
-    result = train(out, f"parallelism={parallelism}", logger, *SHORT_RUN)
+    result = train(out, f"parallelism={parallelism}", logger, "data.eval_fraction=0.05", *SHORT_RUN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in logged if "loss" in m]
+    evaluations = [m for m in logged if "eval_loss" in m]
+    assert [m["step"] for m in evaluations] == [30]  # eval_every=0: at the end
+    assert evaluations[0]["eval_loss"] < metrics[0]["loss"]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and all(s["reference"] for s in samples)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30]
     assert {
         "loss",

@@ -27,7 +27,7 @@ from framework.data.render import RenderedExample, render
 from framework.data.sources import LoadedData, LoadedRecord
 from framework.data.stats import dataset_stats
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 _CHUNK = 256
 
 
@@ -111,6 +111,7 @@ class Fitted:
     examples: list[tuple[list[int], list[float]]]
     truncated: Counter
     dropped: Counter
+    sources: list[str] = dataclasses.field(default_factory=list)  # per kept example
 
 
 def fit_to_length(
@@ -139,6 +140,7 @@ def fit_to_length(
             )
             continue
         fitted.examples.append((ids, weights))
+        fitted.sources.append(record.source)
     return fitted
 
 
@@ -158,8 +160,11 @@ def build_artifact(
         splits[split] = (fit_to_length(records, rendered, cfg, policy), records)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".building-"))
+    names = list(data.summaries)
     for split, (fitted, _) in splits.items():
         TokenizedDataset.from_examples(fitted.examples).save(staging, split)
+        source_ids = np.array([names.index(n) for n in fitted.sources], dtype=np.int32)
+        np.save(staging / f"{split}_source.npy", source_ids)
     train = TokenizedDataset.load(staging, "train")
     plan = None
     if cfg.packing:
@@ -168,6 +173,7 @@ def build_artifact(
         np.save(staging / "plan_row_offsets.npy", plan.row_offsets)
     stats = dataset_stats(train, data, splits["train"][0], policy, cfg, plan)
     stats["eval_examples"] = len(splits["eval"][0].examples)
+    stats["source_names"] = names
     (staging / "stats.json").write_text(json.dumps(stats, indent=2))
     try:
         os.rename(staging, directory)
