@@ -45,16 +45,17 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     """Train for `trainer.max_steps`, checkpointing and exporting to `run.output_dir`.
     Returns the last step's metrics."""
     out = Path(cfg.run.output_dir)
+    artifact = artifact_path(out)
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
     engine, zero3 = _build_engine(cfg, ctx, tokenizer)
-    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact_path(out))
+    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact)
     batches = iter(sampler)
     if cfg.trainer.verify_packing and cfg.data.packing:
         first = next(batches)
         _verify_packing(engine, first, ctx)
         batches = itertools.chain([first], batches)
     tracker = Tracker(cfg, enabled=ctx.rank == 0)
-    evalset = EvalSet.load(artifact_path(out), load_stats(artifact_path(out))["source_names"])
+    evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     metrics: dict[str, float] = {}
     for step in range(1, cfg.trainer.max_steps + 1):
