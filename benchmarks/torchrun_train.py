@@ -1,0 +1,82 @@
+"""`framework.loop.train` under torchrun instead of Ray Train, for benchmarks/training.py.
+
+Two steps, as launch/train.py does them (compose and prepare on the driver, then train):
+
+    python benchmarks/torchrun_train.py --prepare data=alpaca_demo run.output_dir=/tmp/r ...
+    torchrun --standalone --nproc_per_node 2 benchmarks/torchrun_train.py /tmp/r
+
+The first composes the Hydra config from the overrides and runs
+`framework.prepare.prepare_run` (config.yaml, tokenizer, data artifact); the second runs
+one worker per process on the config that the driver resolved (`<run dir>/config.yaml`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from framework.config import TrainConfig  # noqa: E402
+
+
+def compose(overrides: list[str]) -> TrainConfig:
+    """conf/train.yaml with Hydra overrides, checked, as launch/train.py composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from framework.config import from_hydra, register_schemas
+
+    register_schemas()
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None)
+    return from_hydra(hydra_compose(config_name="train", overrides=overrides))
+
+
+def prepare(overrides: list[str]) -> None:
+    from framework.cli import exit_on_user_error
+    from framework.prepare import prepare_run
+
+    with exit_on_user_error():
+        prepare_run(compose(overrides))
+
+
+def resolved_config(run_dir: Path) -> TrainConfig:
+    """The config as the driver resolved and saved it."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+
+
+def worker(run_dir: Path) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from framework.loop import WorkerContext, train
+
+    # As under Ray Train (ray_entry._worker_main): DeepSpeed's deprecated-API noise.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    cfg = resolved_config(run_dir)
+    gpu = torch.cuda.is_available() and cfg.cluster.use_gpu
+    dist.init_process_group("nccl" if gpu else "gloo")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
+    # Ray gives each worker OMP_NUM_THREADS = its CPUs; the same here.
+    torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    ctx = WorkerContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+    try:
+        train(cfg, ctx)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--prepare"]:
+        prepare(sys.argv[2:])
+    else:
+        worker(Path(sys.argv[1]))
