@@ -32,3 +32,17 @@ def compose_config(overrides: list[str] | None = None) -> TrainConfig:
 def tokenizer():
     texts = [m["content"] for r in demo_conversations(300, seed=0) for m in r["messages"]]
     return train_bpe(texts, vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    """A 2-layer Llama in eval mode, inside a one-rank process group (collective code)."""
+    import torch
+
+    from framework.model import build_model
+    from tests.distributed import single_process_group
+    from tests.test_loop import TINY
+
+    single_process_group()
+    torch.manual_seed(0)
+    return build_model(TINY, tokenizer, torch.float32).eval()

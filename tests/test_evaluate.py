@@ -6,19 +6,14 @@ import torch
 
 from framework.evaluate import EvalSet, eval_loss, greedy_samples, rank_chunks
 from framework.loss import token_losses
-from framework.model import build_model
-from tests.distributed import single_process_group
-from tests.test_loop import TINY, synthetic_data
+from tests.test_loop import synthetic_data
 
 
 @pytest.fixture(scope="module")
-def setup(tokenizer):
-    single_process_group()
-    torch.manual_seed(0)
-    model = build_model(TINY, tokenizer, torch.float32).eval()
+def setup(tiny_model, tokenizer):
     data = synthetic_data(len(tokenizer))
     sources = np.arange(len(data)) % 2
-    return model, EvalSet(data, sources, ["alpaca", "glaive"])
+    return tiny_model, EvalSet(data, sources, ["alpaca", "glaive"])
 
 
 def _reference(model, evalset):

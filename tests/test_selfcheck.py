@@ -3,20 +3,15 @@ import pytest
 import torch
 
 from framework.data.pack import collate_rows
-from framework.model import build_model
 from framework.selfcheck import PackingCheckFailed, verify_packing
-from tests.distributed import single_process_group
-from tests.test_loop import TINY, synthetic_data
+from tests.test_loop import synthetic_data
 
 
 @pytest.fixture(scope="module")
-def model_and_batch(tokenizer):
-    single_process_group()
-    torch.manual_seed(0)
-    model = build_model(TINY, tokenizer, torch.float32).eval()
+def model_and_batch(tiny_model, tokenizer):
     data = synthetic_data(len(tokenizer))
     rows = [np.array([0, 1, 2]), np.array([3, 4, 5])]
-    return model, collate_rows(data.tokens, data.weights, data.offsets, rows, 128, 0)
+    return tiny_model, collate_rows(data.tokens, data.weights, data.offsets, rows, 128, 0)
 
 
 def test_correct_packing_passes(model_and_batch):
