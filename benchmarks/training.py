@@ -58,9 +58,15 @@ THREADS = min(2, os.cpu_count() or 1)  # torch threads of the one process (table
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BASELINE = "ours, padded"
 RAY, TORCHRUN = "Ray Train (launch/train.py)", "torchrun (benchmarks/torchrun_train.py)"
+RAY_NO_DASHBOARD = "Ray Train, cluster.dashboard=false"
+LAUNCHER_SLUGS = {
+    TORCHRUN: "torchrun",
+    RAY: "ray_train",
+    RAY_NO_DASHBOARD: "ray_train_no_dashboard",
+}
 DATA_OVERRIDES = ["data=alpaca_demo", f"data.max_seq_len={MAX_SEQ_LEN}", "logger=none"]
-FULL = {"tokens": 122_880, "rounds": 4, "launcher_steps": 30, "skip_steps": 5}
-QUICK = {"tokens": 12_000, "rounds": 2, "launcher_steps": 6, "skip_steps": 2}
+FULL = {"tokens": 122_880, "rounds": 4, "launcher_steps": 30, "skip_steps": 5, "launcher_rounds": 3}
+QUICK = {"tokens": 12_000, "rounds": 2, "launcher_steps": 6, "skip_steps": 2, "launcher_rounds": 1}
 
 
 # --------------------------------------------------------------------------- set-up
@@ -608,11 +614,21 @@ def launcher_overrides(run_dir: Path, cache_dir: Path, steps: int, workers: int)
     ]
 
 
-def launcher_commands(workdir: Path, steps: int) -> dict[str, tuple[list[list[str]], Path]]:
-    """name -> (commands run one after the other, run directory)."""
-    workers = min(2, torch.cuda.device_count()) if torch.cuda.is_available() else 2
+def launcher_workers() -> list[int]:
+    """Workers per launch: one per GPU (at most 2); on CPU both 2 (every core busy) and 1
+    (a spare core for the launcher's own processes, as on a GPU node)."""
+    if torch.cuda.is_available():
+        return [min(2, torch.cuda.device_count())]
+    return [2, 1]
+
+
+def launcher_commands(
+    workdir: Path, steps: int, workers: int, round_: int
+) -> dict[str, tuple[list[list[str]], Path]]:
+    """name -> (commands run one after the other, run directory of this round)."""
     python, cache = sys.executable, workdir / "cache"
-    ray_dir, torchrun_dir = workdir / "ray_train", workdir / "torchrun"
+    ray_dir = workdir / f"ray_train-{workers}w-{round_}"
+    torchrun_dir = workdir / f"torchrun-{workers}w-{round_}"
     entry = "benchmarks/torchrun_train.py"  # commands run from the repository root
     ray = [python, "launch/train.py", *launcher_overrides(ray_dir, cache, steps, workers)]
     prepare = [python, entry, "--prepare", *launcher_overrides(torchrun_dir, cache, steps, workers)]
@@ -622,55 +638,88 @@ def launcher_commands(workdir: Path, steps: int) -> dict[str, tuple[list[list[st
     )
     torchrun += ["--standalone", f"--nproc_per_node={workers}"]
     return {
-        RAY: ([ray], ray_dir),
         TORCHRUN: ([prepare, [*torchrun, entry, str(torchrun_dir)]], torchrun_dir),
+        RAY: ([ray], ray_dir),
     }
 
 
-def overhead_table(workdir: Path, steps: int, skip: int) -> tuple[list[str], list[str]]:
-    """Table rows and the exact commands: each launcher once, torchrun first."""
-    runs = launcher_commands(workdir, steps)
-    measured, shown = {}, []
-    for name in reversed(list(runs)):
-        commands, run_dir = runs[name]
-        shown += [
-            " ".join(["python" if c[0] == sys.executable else Path(c[0]).name, *c[1:]])
-            for c in commands
-        ]
-        try:
-            first = launch(commands, run_dir, workdir / f"{run_dir.name}.log")
-        except RuntimeError as error:
-            measured[name] = str(error).splitlines()[0]
-            print(f"  failed: {name}: {error}", file=sys.stderr, flush=True)
-            continue
-        metrics = [m for m in read_metrics(run_dir) if m["step"] > skip]
-        measured[name] = {
-            "step_time_s": statistics.median(m["step_time_s"] for m in metrics),
-            "tokens_per_s": statistics.median(m["tokens_per_s"] for m in metrics),
-            "mfu": statistics.median(m["mfu"] for m in metrics) if "mfu" in metrics[0] else None,
-            "first_step_s": first,
-            "steps": len(metrics),
-        }
-        print(f"  done: {name}: first step after {first:.1f} s", file=sys.stderr, flush=True)
+def measure_launch(commands: list[list[str]], run_dir: Path, skip: int) -> dict | str:
+    """One launch: its medians over steps after `skip`, or why it failed."""
+    try:
+        first = launch(commands, run_dir, run_dir.with_suffix(".log"))
+    except RuntimeError as error:
+        print(f"  failed: {' '.join(commands[-1])}: {error}", file=sys.stderr, flush=True)
+        return str(error).splitlines()[0]
+    metrics = [m for m in read_metrics(run_dir) if m["step"] > skip]
+    return {
+        "step_time_s": statistics.median(m["step_time_s"] for m in metrics),
+        "tokens_per_s": statistics.median(m["tokens_per_s"] for m in metrics),
+        "mfu": statistics.median(m["mfu"] for m in metrics) if "mfu" in metrics[0] else None,
+        "first_step_s": first,
+    }
+
+
+def overhead_table(
+    workdir: Path, steps: int, skip: int, rounds: int
+) -> tuple[list[str], list[str]]:
+    """Table rows and the exact commands: for each worker count, the launchers in turn
+    (torchrun first), `rounds` times; medians over rounds, Ray's overhead per round
+    against that round's torchrun."""
+    measured: dict[tuple[int, str], dict[int, dict]] = {}
+    failed: dict[tuple[int, str], str] = {}
+    shown: list[str] = []
+    for workers in launcher_workers():
+        for round_ in range(rounds):
+            runs = launcher_commands(workdir, steps, workers, round_)
+            for name, (commands, run_dir) in runs.items():
+                if round_ == 0:
+                    shown += [
+                        " ".join(["python" if c[0] == sys.executable else Path(c[0]).name, *c[1:]])
+                        for c in commands
+                    ]
+                result = measure_launch(commands, run_dir, skip)
+                if isinstance(result, str):
+                    failed[workers, name] = result
+                    continue
+                measured.setdefault((workers, name), {})[round_] = result
+                print(
+                    f"  {workers} worker(s), round {round_ + 1}/{rounds}: {name}: step "
+                    f"{result['step_time_s']:.3f} s, first step after "
+                    f"{result['first_step_s']:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     lines = [
-        "| launcher | median step_time_s | tokens/s | overhead vs torchrun | "
-        "time to first step (s) | MFU |",
-        "|" + " --- |" * 6,
+        "| workers | launcher | median step_time_s | tokens/s | Ray's overhead vs torchrun "
+        "(per round) | time to first step (s) | MFU |",
+        "|" + " --- |" * 7,
     ]
-    base = measured.get(TORCHRUN)
-    for name in runs:
-        m = measured[name]
-        if isinstance(m, str):
-            lines.append(f"| {name} | not run: {m} | | | | |")
-            continue
-        overhead = (
-            f"{m['step_time_s'] / base['step_time_s'] - 1:+.2%}" if isinstance(base, dict) else "?"
-        )
-        mfu = f"{m['mfu']:.1%}" if m["mfu"] is not None else "n/a"
-        lines.append(
-            f"| {name} | {m['step_time_s']:.3f} | {m['tokens_per_s']:,.0f} | {overhead} "
-            f"| {m['first_step_s']:.1f} | {mfu} |"
-        )
+    for workers in launcher_workers():
+        base = measured.get((workers, TORCHRUN), {})
+        for name in (TORCHRUN, RAY):
+            by_round = measured.get((workers, name), {})
+            if not by_round:
+                lines.append(f"| {workers} | {name} | not run: {failed.get((workers, name))} |||||")
+                continue
+            results = list(by_round.values())
+            ratios = [
+                r["step_time_s"] / base[i]["step_time_s"] - 1
+                for i, r in by_round.items()
+                if i in base
+            ]
+            overhead = (
+                f"{statistics.median(ratios):+.2%} ({', '.join(f'{r:+.1%}' for r in ratios)})"
+                if ratios and name == RAY
+                else "—"
+            )
+            mfu = [r["mfu"] for r in results if r["mfu"] is not None]
+            step_time = statistics.median(r["step_time_s"] for r in results)
+            lines.append(
+                f"| {workers} | {name} | {step_time:.3f} "
+                f"| {statistics.median(r['tokens_per_s'] for r in results):,.0f} | {overhead} "
+                f"| {statistics.median(r['first_step_s'] for r in results):.1f} "
+                f"| {f'{statistics.median(mfu):.1%}' if mfu else 'n/a'} |"
+            )
     return lines, shown
 
 
@@ -748,10 +797,12 @@ def notes(setup: Setup, results, problems, rounds: int) -> list[str]:
     return lines
 
 
-def overhead_notes(steps: int, skip: int, commands: list[str]) -> list[str]:
+def overhead_notes(steps: int, skip: int, rounds: int, commands: list[str]) -> list[str]:
     return [
-        f"Each launcher once ({steps} steps, torchrun first), the same config: data=alpaca_demo, "
-        f"max_seq_len {MAX_SEQ_LEN}, 2 workers (1 per GPU on a GPU machine, at most 2) x "
+        f"The launchers in turn, {rounds} round(s) ({steps} steps each, torchrun first), "
+        "a fresh run directory each time, the same config: data=alpaca_demo, "
+        f"max_seq_len {MAX_SEQ_LEN}, 2 and 1 workers on CPU (1 per GPU on a GPU machine, at "
+        "most 2) x "
         "micro batch 4 rows, ZeRO stage 2, one thread per worker (Ray sets OMP_NUM_THREADS "
         "= cluster.cpus_per_worker; the torchrun entry sets the same), logger=none.",
         f"- step_time_s: framework.loop.train_step's own time (max over ranks) from each run's "
@@ -772,29 +823,28 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, help="real tokens per contender run")
     parser.add_argument("--rounds", type=int, help="interleaved rounds, the first is warm-up")
     parser.add_argument("--skip-launchers", action="store_true", help="no Ray/torchrun table")
+    parser.add_argument("--launchers-only", action="store_true", help="only the Ray/torchrun table")
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
     budget, rounds = args.tokens or mode["tokens"], args.rounds or mode["rounds"]
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.chdir(ROOT)  # conf/data paths are relative to the repository root
+    launcher_mode = (mode["launcher_steps"], mode["skip_steps"], mode["launcher_rounds"])
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         workdir = Path(tmp)
-        setup = make_setup(workdir, budget)
-        results, problems = interleaved(setup, rounds)
-        table = throughput_table(results, problems)
+        if not args.launchers_only:
+            setup = make_setup(workdir, budget)
+            results, problems = interleaved(setup, rounds)
+            print("\n".join(throughput_table(results, problems)))
+            print()
+            print("\n".join(notes(setup, results, problems, rounds)))
         if not args.skip_launchers:
-            launchers, commands = overhead_table(
-                workdir, mode["launcher_steps"], mode["skip_steps"]
-            )
-    print("\n".join(table))
-    print()
-    print("\n".join(notes(setup, results, problems, rounds)))
-    if not args.skip_launchers:
-        print()
-        print("\n".join(launchers))
-        print()
-        print("\n".join(overhead_notes(mode["launcher_steps"], mode["skip_steps"], commands)))
+            launchers, commands = overhead_table(workdir, *launcher_mode)
+            print()
+            print("\n".join(launchers))
+            print()
+            print("\n".join(overhead_notes(*launcher_mode, commands)))
 
 
 if __name__ == "__main__":

@@ -1,34 +1,43 @@
-"""Checkpoint layout: `<root>/step_<N>/` holds DeepSpeed's shards and, written last by
-rank 0 once every rank has finished, a COMMITTED marker. Only committed ones count."""
+"""Checkpoints: `<root>/step_<N>/` holds DeepSpeed's files (sharded as ZeRO shards them),
+every rank's RNG state, the run's progress (`progress.json`), the resolved config and the
+tokenizer, and a COMMITTED marker that rank 0 writes last, once every rank has finished.
+Only committed checkpoints count; every file is read through torch.load(weights_only=True).
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
+import pickle
+import random
+import shutil
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import deepspeed
+import numpy as np
+import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from framework.config import ConfigError, TrainConfig
 
 COMMIT_MARKER = "COMMITTED"
+PROGRESS_FILE = "progress.json"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+UNIVERSAL_TAG = "universal"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used; the message names the file and what to do."""
 
 
 def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step_{step:08d}"
-
-
-def save(engine: deepspeed.DeepSpeedEngine, root: str | Path, step: int, state: dict) -> Path:
-    """Collective: every rank writes its shards, then the commit marker is written."""
-    path = step_dir(root, step)
-    # DeepSpeed's own `latest` file is written before all ranks are done: we do not use it.
-    engine.save_checkpoint(str(root), tag=path.name, client_state=state, save_latest=False)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        marker = path / COMMIT_MARKER
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(f"{step}\n")
-        os.replace(tmp, marker)
-    dist.barrier()
-    return path
 
 
 def committed(root: str | Path) -> list[Path]:
@@ -36,3 +45,230 @@ def committed(root: str | Path) -> list[Path]:
     if not Path(root).is_dir():
         return []
     return sorted(p.parent for p in Path(root).glob(f"step_*/{COMMIT_MARKER}"))
+
+
+def read_progress(path: str | Path) -> dict:
+    """The run's position saved with a checkpoint: step, world_size, sampler, counters."""
+    file = Path(path) / PROGRESS_FILE
+    if not Path(path).is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass trainer.resume=auto or "
+            "the path of a step_* directory under run.checkpoint_dir"
+        )
+    if not (Path(path) / COMMIT_MARKER).exists():
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint (no {COMMIT_MARKER} marker: its save never "
+            "finished); pass trainer.resume=<an earlier step_* directory> or auto"
+        )
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{file} is unreadable ({err}); the checkpoint is damaged: pass "
+            "trainer.resume=<an earlier step_* directory>"
+        ) from None
+
+
+def resume_point(cfg: TrainConfig) -> Path | None:
+    """The checkpoint a start or a restart continues from: trainer.resume's choice, or a
+    newer committed one in run.checkpoint_dir (this run's own, after a worker restart)."""
+    found = committed(cfg.run.checkpoint_dir)
+    newest = found[-1] if found else None
+    if cfg.trainer.resume in ("auto", "never"):
+        return newest
+    chosen = Path(cfg.trainer.resume)
+    if newest is not None and read_progress(newest)["step"] > read_progress(chosen)["step"]:
+        return newest
+    return chosen
+
+
+def check_resume(cfg: TrainConfig) -> Path | None:
+    """On the driver, before any worker starts: trainer.resume's choice, checked."""
+    found = committed(cfg.run.checkpoint_dir)
+    if cfg.trainer.resume == "never" and found:
+        raise CheckpointError(
+            f"trainer.resume=never, but run.checkpoint_dir={cfg.run.checkpoint_dir} holds "
+            f"checkpoints of an earlier run ({found[-1].name}); set trainer.resume=auto to "
+            "continue it, or choose another run.output_dir (or run.checkpoint_dir)"
+        )
+    if cfg.trainer.resume not in ("auto", "never"):
+        chosen = read_progress(cfg.trainer.resume)["step"]
+        if found and read_progress(found[-1])["step"] > chosen:
+            raise CheckpointError(
+                f"trainer.resume={cfg.trainer.resume} is at step {chosen}, but "
+                f"run.checkpoint_dir={cfg.run.checkpoint_dir} holds a later one "
+                f"({found[-1].name}) that new checkpoints would mix with; set "
+                "run.checkpoint_dir to a new directory"
+            )
+    return resume_point(cfg)
+
+
+# ------------------------------------------------------------------------------ safe loading
+
+# DeepSpeed's own files pickle these alongside tensors; nothing else may be unpickled.
+_DEEPSPEED_GLOBALS = [
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+]
+
+
+def _allowed_globals() -> list:
+    allowed = []
+    for dotted in _DEEPSPEED_GLOBALS:
+        module, _, name = dotted.rpartition(".")
+        try:
+            allowed.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue  # not in this DeepSpeed version, so not in its files either
+    return allowed
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Every torch.load inside (DeepSpeed's included, which asks for weights_only=False)
+    unpickles only tensors, plain containers and DeepSpeed's few data classes: a
+    tampered checkpoint cannot run code. A damaged file raises CheckpointError."""
+    original = torch.load
+
+    def safe_load(file, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            with torch.serialization.safe_globals(_allowed_globals()):
+                return original(file, *args, **kwargs)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{file} cannot be loaded ({reason}): the checkpoint is damaged or not one "
+                "of ours; pass trainer.resume=<an earlier step_* directory>"
+            ) from None
+
+    torch.load = safe_load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+# ------------------------------------------------------------------------------ RNG states
+
+
+def _rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": (version, internal, gauss),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rng_file(path: Path, rank: int) -> Path:
+    return path / f"rng_rank{rank:05d}.pt"
+
+
+# ------------------------------------------------------------------------------ save
+
+
+def save(
+    engine: deepspeed.DeepSpeedEngine, cfg: TrainConfig, step: int, progress: dict, *, tokenizer
+) -> Path:
+    """Collective: every rank writes its shards and RNG state, rank 0 the progress, config
+    and tokenizer; then the commit marker; then checkpoints older than the newest
+    `trainer.keep_checkpoints` go."""
+    root = Path(cfg.run.checkpoint_dir)
+    path = step_dir(root, step)
+    rank = dist.get_rank()
+    if rank == 0 and path.exists():
+        # Left by a save that never committed (maybe by another number of ranks).
+        shutil.rmtree(path)
+    dist.barrier()
+    # DeepSpeed's own `latest` file is written before all ranks are done: we do not use it.
+    engine.save_checkpoint(str(root), tag=path.name, save_latest=False)
+    torch.save(_rng_state(), _rng_file(path, rank))
+    if rank == 0:
+        (path / PROGRESS_FILE).write_text(json.dumps({"step": step, **progress}, indent=2))
+        OmegaConf.save(OmegaConf.structured(cfg), path / CONFIG_FILE)
+        tokenizer.save_pretrained(path / TOKENIZER_DIR)
+    dist.barrier()
+    if rank == 0:
+        _write_atomically(path / COMMIT_MARKER, f"{step}\n")
+        for old in committed(root)[: -cfg.trainer.keep_checkpoints]:
+            shutil.rmtree(old)
+    dist.barrier()
+    return path
+
+
+def _write_atomically(file: Path, text: str) -> None:
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(text)
+    with tmp.open() as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, file)
+
+
+# ------------------------------------------------------------------------------ load
+
+
+def needs_universal(path: Path, world_size: int) -> bool:
+    """A ZeRO 1-3 checkpoint written by another number of ranks loads only once converted
+    to DeepSpeed's universal format (ZeRO-0 keeps whole optimizer states: no need)."""
+    progress = read_progress(path)
+    return progress["world_size"] != world_size and progress["zero_stage"] > 0
+
+
+def to_universal(path: Path) -> Path:
+    """Rank 0: convert `path` to DeepSpeed's universal checkpoint (once; atomically) in
+    `path/universal`. Returns that directory."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    target = path / UNIVERSAL_TAG
+    if target.exists():
+        return target
+    staging = path / (UNIVERSAL_TAG + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    args = argparse.Namespace(  # ds_to_universal's command-line options
+        input_folder=str(path),
+        output_folder=str(staging),
+        # One process each: this runs inside a training worker, whose cores are taken.
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
+    with weights_only_loading():
+        ds_to_universal(args)
+    os.replace(staging, target)
+    return target
+
+
+def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool) -> dict:
+    """Collective: restore engine, optimizer, scheduler and (same number of ranks) RNG
+    states from the checkpoint at `path`; returns its progress."""
+    progress = read_progress(path)
+    load_dir, tag = (path, UNIVERSAL_TAG) if universal else (path.parent, path.name)
+    with weights_only_loading():
+        loaded, _ = engine.load_checkpoint(
+            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        rng = _rng_file(path, dist.get_rank())
+        if progress["world_size"] == dist.get_world_size() and rng.exists():
+            _set_rng_state(torch.load(rng))
+    if loaded is None:
+        raise CheckpointError(
+            f"DeepSpeed found no model states in {path}; the checkpoint is incomplete: pass "
+            "trainer.resume=<an earlier step_* directory>"
+        )
+    return progress

@@ -115,7 +115,16 @@ class TrainerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every: int = 10
+    # Checkpoint every this many steps and at the end; keep the newest keep_checkpoints.
     save_every: int = 100
+    keep_checkpoints: int = 2
+    # auto: continue from the newest complete checkpoint in run.checkpoint_dir, if any;
+    # never: start afresh (refused while run.checkpoint_dir holds checkpoints);
+    # or the path of one checkpoint (a step_* directory).
+    resume: str = "auto"
+    # Under Slurm, checkpoint and stop this long before the job's time limit (more when
+    # a step plus a save has been seen to take longer).
+    stop_before_deadline_s: float = 300.0
     # Evaluate on the eval split (data.eval_fraction / data.eval_sources) every this many
     # steps and at the end; 0: at the end only. Greedy replies for eval_samples prompts.
     eval_every: int = 0
@@ -129,6 +138,10 @@ class TrainerConfig:
     loss_average: str = "token"
     # Run the first micro batch unpacked too and stop if the losses disagree.
     verify_packing: bool = True
+    # A NaN or infinite loss: "stop" the run before the weights change, or "skip" that
+    # optimizer step and go on, stopping after max_skipped_steps skipped in a row.
+    on_non_finite: str = "stop"
+    max_skipped_steps: int = 10
     # Peak TFLOP/s of one device, for MFU; null looks the GPU up in a table (none on CPU).
     peak_tflops: float | None = None
 
@@ -141,6 +154,9 @@ class ClusterConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    # Restart the workers this many times after a worker or node dies (-1: always); each
+    # restart continues from the newest checkpoint.
+    max_failures: int = 0
 
 
 @dataclass
@@ -157,6 +173,8 @@ class LoggerConfig:
 class RunConfig:
     name: str = "tiny-sft"
     output_dir: str = "outputs/${run.name}"
+    # Checkpoints: on a multi-node cluster, a path every node reads and writes.
+    checkpoint_dir: str = "${run.output_dir}/checkpoints"
     # Where built tokenizers are cached between runs.
     cache_dir: str = "${oc.env:HOME,/tmp}/.cache/instruct-sft"
 
@@ -182,6 +200,9 @@ def from_hydra(raw: DictConfig) -> TrainConfig:
     cfg: TrainConfig = OmegaConf.to_object(raw)
     cfg.run.output_dir = _absolute(cfg.run.output_dir)
     cfg.run.cache_dir = _absolute(cfg.run.cache_dir)
+    cfg.run.checkpoint_dir = _absolute(cfg.run.checkpoint_dir)
+    if cfg.trainer.resume not in ("auto", "never"):
+        cfg.trainer.resume = _absolute(cfg.trainer.resume)
     if cfg.data.path is not None:
         cfg.data.sources = [SourceConfig(path=cfg.data.path)]
         cfg.data.path = None
@@ -219,6 +240,7 @@ _CHOICES = {
     "data.on_error": ("raise", "skip"),
     "trainer.precision": ("auto", "fp32", "bf16"),
     "trainer.loss_average": ("token", "example"),
+    "trainer.on_non_finite": ("stop", "skip"),
     "trainer.lr_schedule": ("cosine", "linear", "constant"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
@@ -232,6 +254,7 @@ _POSITIVE = (
     "trainer.lr",
     "trainer.log_every",
     "trainer.save_every",
+    "trainer.keep_checkpoints",
     "data.max_seq_len",
     "data.demo_examples",
     "cluster.num_workers",

@@ -17,8 +17,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if bf16_gpu else "fp32"
 
 
-def deepspeed_config(cfg: TrainConfig, *, world_size: int, precision: str, gpu: bool) -> dict:
-    """The DeepSpeed JSON config for this run."""
+def deepspeed_config(
+    cfg: TrainConfig, *, world_size: int, precision: str, gpu: bool, universal: bool = False
+) -> dict:
+    """The DeepSpeed JSON config for this run; `universal` loads a universal checkpoint
+    (one written by another number of ranks, converted)."""
     zero: dict = {"stage": cfg.parallelism.zero_stage}
     if cfg.parallelism.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
@@ -37,6 +40,7 @@ def deepspeed_config(cfg: TrainConfig, *, world_size: int, precision: str, gpu: 
         # DeepSpeedCPUAdam is used (see _optimizer), which is what this check wants.
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,
+        "checkpoint": {"load_universal": universal},
     }
 
 

@@ -3,7 +3,9 @@ Hydra, and runs under any launcher that set up torch.distributed (Ray Train, tor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from framework.metrics import ModelShape, clock, gather, peak_flops, peak_memory
 from framework.model import build_model
 from framework.prepare import TOKENIZER_DIR, artifact_path
 from framework.selfcheck import verify_packing
+from framework.stopping import StopCheck
 from framework.tracking import Tracker
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -39,33 +42,48 @@ class WorkerContext:
     device: torch.device
     # Called with the latest metrics after each checkpoint (Ray's report under Ray Train).
     report: Callable[[dict], None] = field(default=lambda metrics: None)
+    # Unix time at which the job will be killed (a Slurm time limit), if known.
+    deadline: float | None = None
 
 
 def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
-    """Train for `trainer.max_steps`, checkpointing and exporting to `run.output_dir`.
-    Returns the last step's metrics."""
+    """Train to `trainer.max_steps` from the newest checkpoint (or the start), saving
+    checkpoints to `run.checkpoint_dir` and the model to `run.output_dir/hf`. Stops
+    early, checkpointed, when asked to (see framework.stopping). Returns the last step's
+    metrics, with `stopped` set to the reason when the run stopped early."""
     out = Path(cfg.run.output_dir)
     artifact = artifact_path(out)
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
-    engine, zero3 = _build_engine(cfg, ctx, tokenizer)
+    resume_from = checkpoint.resume_point(cfg)
+    universal = resume_from is not None and checkpoint.needs_universal(resume_from, ctx.world_size)
+    if universal and ctx.rank == 0:
+        print(f"converting {resume_from} to a universal checkpoint for {ctx.world_size} ranks")
+        checkpoint.to_universal(resume_from)
+    dist.barrier()
+    engine, zero3 = _build_engine(cfg, ctx, tokenizer, universal=universal)
     sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact)
+    progress = {}
+    if resume_from is not None:
+        progress = checkpoint.load(engine, resume_from, universal=universal)
+        sampler.load_state_dict(progress["sampler"])
+        if ctx.rank == 0:
+            print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
+    start = progress.get("step", 0)
     batches = iter(sampler)
-    if cfg.trainer.verify_packing and cfg.data.packing:
+    if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
         first = next(batches)
         _verify_packing(engine, first, ctx)
         batches = itertools.chain([first], batches)
-    tracker = Tracker(cfg, enabled=ctx.rank == 0)
+    tracker = Tracker(cfg, enabled=ctx.rank == 0, start_step=start, totals=progress.get("totals"))
     evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
-    metrics: dict[str, float] = {}
-    for step in range(1, cfg.trainer.max_steps + 1):
-        try:
-            metrics = train_step(engine, batches, cfg.trainer.grad_accum_steps, ctx.device, peak)
-        except NonFiniteLoss:
-            raise NonFiniteLoss(
-                f"step {step}: the loss is NaN or infinite, so the run stops before updating "
-                "the weights; lower trainer.lr, check the data (data.inspect) or precision"
-            ) from None
+    stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
+    metrics: dict = {}
+    skipped_in_a_row = 0
+    for step in range(start + 1, cfg.trainer.max_steps + 1):
+        began = time.monotonic()
+        metrics = _guarded_step(engine, batches, cfg, ctx, peak, step, skipped_in_a_row)
+        skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
         tracker.step(metrics)
         last = step == cfg.trainer.max_steps
         if step % cfg.trainer.log_every == 0 or last:
@@ -73,17 +91,67 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         every = cfg.trainer.eval_every
         if evalset is not None and ((every and step % every == 0) or last):
             tracker.log_eval(step, *_evaluate(engine, tokenizer, evalset, cfg, ctx))
-        if step % cfg.trainer.save_every == 0 or last:
-            state = {"step": step, "sampler": sampler.state_dict()}
-            checkpoint.save(engine, out / "checkpoints", step, state)
-            ctx.report({"step": step, **metrics})
+        stopped = stop.reason(ctx.rank, ctx.device)
+        if step % cfg.trainer.save_every == 0 or last or stopped:
+            _save(engine, cfg, ctx, tokenizer, step, sampler, tracker)
+            ctx.report({"step": step, **metrics, "stopped": stopped or ""})
+        stop.observe(time.monotonic() - began)
+        if stopped:
+            if ctx.rank == 0:
+                print(
+                    f"step {step}: {stopped}; checkpoint saved, stopping. Run the same "
+                    "command again to resume.",
+                    flush=True,
+                )
+            tracker.close()
+            return {**metrics, "stopped": stopped}
     export_hf(engine.module, tokenizer, out / "hf", zero_stage=cfg.parallelism.zero_stage)
     tracker.close()
     del zero3
     return metrics
 
 
-def _build_engine(cfg: TrainConfig, ctx: WorkerContext, tokenizer):
+def _save(engine, cfg: TrainConfig, ctx: WorkerContext, tokenizer, step, sampler, tracker):
+    progress = {
+        "world_size": ctx.world_size,
+        "micro_batch_size": cfg.trainer.micro_batch_size,
+        "zero_stage": cfg.parallelism.zero_stage,
+        "sampler": sampler.state_dict(),
+        "totals": tracker.totals,
+    }
+    checkpoint.save(engine, cfg, step, progress, tokenizer=tokenizer)
+
+
+_NON_FINITE_FIX = "lower trainer.lr, check the data (data.inspect) or trainer.precision"
+
+
+def _guarded_step(engine, batches, cfg: TrainConfig, ctx: WorkerContext, peak, step, in_a_row):
+    """train_step with trainer.on_non_finite applied: stop, or skip and say so."""
+    skip = cfg.trainer.on_non_finite == "skip" and in_a_row < cfg.trainer.max_skipped_steps
+    try:
+        metrics = train_step(
+            engine, batches, cfg.trainer.grad_accum_steps, ctx.device, peak, skip_non_finite=skip
+        )
+    except NonFiniteLoss:
+        why = (
+            f"after {in_a_row} skipped steps in a row (trainer.max_skipped_steps)"
+            if in_a_row
+            else "so the run stops before updating the weights"
+        )
+        raise NonFiniteLoss(
+            f"step {step}: the loss is NaN or infinite, {why}; {_NON_FINITE_FIX}"
+        ) from None
+    if metrics["skipped"] and ctx.rank == 0:
+        print(
+            f"step {step}: the loss is NaN or infinite; step skipped, weights unchanged "
+            f"({in_a_row + 1} in a row, at most trainer.max_skipped_steps="
+            f"{cfg.trainer.max_skipped_steps})",
+            flush=True,
+        )
+    return metrics
+
+
+def _build_engine(cfg: TrainConfig, ctx: WorkerContext, tokenizer, *, universal: bool):
     """The DeepSpeed engine, and the ZeRO-3 build context to keep alive while training."""
     gpu = ctx.device.type == "cuda"
     if gpu:
@@ -92,7 +160,9 @@ def _build_engine(cfg: TrainConfig, ctx: WorkerContext, tokenizer):
     attention = choose_attention(cfg.model.attention, ctx.device)
     if ctx.rank == 0:
         print(f"attention: {attention}; precision: {precision}", flush=True)
-    ds_config = deepspeed_config(cfg, world_size=ctx.world_size, precision=precision, gpu=gpu)
+    ds_config = deepspeed_config(
+        cfg, world_size=ctx.world_size, precision=precision, gpu=gpu, universal=universal
+    )
     zero3 = partitioned_init(ds_config)
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, tokenizer, _DTYPES[precision], attention)
@@ -163,13 +233,32 @@ class NonFiniteLoss(RuntimeError):
     """A micro batch's loss is NaN or infinite on some rank; the weights are untouched."""
 
 
-def _stop_if_not_finite(summed: torch.Tensor) -> None:
-    # Checked on every rank together, before backward, so all stop at the same point
-    # and no NaN reaches the weights.
+def _finite_everywhere(summed: torch.Tensor) -> bool:
+    # Decided by every rank together, before backward, so all stop or skip at the same
+    # point and no rank waits in a collective the others left.
     bad = (~torch.isfinite(summed.detach())).double()
     dist.all_reduce(bad)
-    if bad.item():
-        raise NonFiniteLoss("the loss is not finite")
+    return not bad.item()
+
+
+@contextlib.contextmanager
+def _step_skipped(engine: deepspeed.DeepSpeedEngine) -> Iterator[None]:
+    """Make the optimizer step taken inside a skipped one. ZeRO 1-3 (and DeepSpeed's mixed
+    precision optimizers) skip a step whose gradient norm is not finite by themselves. A
+    plain torch optimizer (ZeRO-0) does not: stand its step down for this once and raise
+    the `overflow` flag that DeepSpeed's engine reads to count the step as skipped and
+    hold the lr schedule, as ZeRO does."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "overflow"):
+        yield
+        return
+    step = optimizer.step
+    optimizer.overflow, optimizer.step = True, lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        optimizer.step = step
+        del optimizer.overflow
 
 
 def train_step(
@@ -178,6 +267,7 @@ def train_step(
     grad_accum_steps: int,
     device: torch.device,
     peak: float | None = None,
+    skip_non_finite: bool = False,
 ) -> dict[str, float]:
     """One optimizer step over `grad_accum_steps` micro batches on every rank.
 
@@ -186,6 +276,9 @@ def train_step(
     whatever the split into ranks and micro batches: each micro batch's sum is scaled by
     (ranks x accumulation steps) / that global sum, which undoes the averaging DeepSpeed
     applies over both. `peak` (FLOP/s of one device) adds MFU to the metrics.
+
+    A NaN or infinite loss raises NonFiniteLoss before any weight changes, or with
+    `skip_non_finite` skips the optimizer step (metrics: skipped=1, loss NaN).
     """
     start = clock(device)
     lr = engine.get_lr()[0]  # the rate this step applies; the scheduler moves on in step()
@@ -196,16 +289,22 @@ def train_step(
     scale = dist.get_world_size() * grad_accum_steps / max(weight_sum.item(), 1e-12)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     compute_s = optimizer_s = 0.0
+    skipped = False
     for batch in micro:
         began = clock(device)
         logits = engine(
             input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
         ).logits
         summed, _ = summed_loss(logits, batch["labels"], batch["loss_weights"])
-        _stop_if_not_finite(summed)
+        if not _finite_everywhere(summed):
+            if not skip_non_finite:
+                raise NonFiniteLoss("the loss is not finite")
+            skipped = True
         engine.backward(summed * scale)
         computed = clock(device)
-        engine.step()
+        skip_here = skipped and engine.is_gradient_accumulation_boundary()
+        with _step_skipped(engine) if skip_here else contextlib.nullcontext():
+            engine.step()
         compute_s, optimizer_s = (
             compute_s + computed - began,
             optimizer_s + clock(device) - computed,
@@ -225,6 +324,7 @@ def train_step(
     }
     return {
         "loss": loss_sum.item() / max(weight_sum.item(), 1e-12),
+        "skipped": int(skipped),
         "lr": lr,
         "grad_norm": float(engine.get_global_grad_norm() or 0.0),
         **summarize(gather(local, device), ModelShape.of(engine.module) if peak else None, peak),

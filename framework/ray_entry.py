@@ -12,6 +12,7 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from framework.config import ConfigError, TrainConfig
 from framework.loop import WorkerContext, train
+from framework.stopping import clear_stop_request, slurm_deadline, stop_on_signals
 
 
 class RunFailed(RuntimeError):
@@ -27,6 +28,7 @@ def _worker_main(config: dict) -> None:
         world_size=context.get_world_size(),
         device=get_device(),
         report=ray.train.report,
+        deadline=config["deadline"],
     )
     train(config["cfg"], ctx)
 
@@ -49,12 +51,15 @@ def connect(cfg: TrainConfig) -> None:
         )
 
 
-def run(cfg: TrainConfig) -> None:
-    """Train on the Ray cluster; raises RunFailed with the worker's error on failure."""
+def run(cfg: TrainConfig) -> str | None:
+    """Train on the Ray cluster. Returns why the run stopped early (checkpointed, to be
+    resumed), or None when it finished; raises RunFailed with the worker's error."""
     connect(cfg)
+    clear_stop_request(cfg.run.output_dir)
+    stop_on_signals(cfg.run.output_dir)
     trainer = TorchTrainer(
         _worker_main,
-        train_loop_config={"cfg": cfg},
+        train_loop_config={"cfg": cfg, "deadline": slurm_deadline()},
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.cluster.num_workers,
@@ -64,14 +69,19 @@ def run(cfg: TrainConfig) -> None:
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=os.path.join(cfg.run.output_dir, "ray"),
+            # A restart runs the workers again; they resume from the newest checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
         ),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except ray.train.WorkerGroupError as err:
         raise RunFailed(_worker_failures(err)) from None
     except ray.train.TrainingFailedError as err:
         raise RunFailed(f"training failed: {err}") from None
+    finally:
+        clear_stop_request(cfg.run.output_dir)
+    return (result.metrics or {}).get("stopped") or None
 
 
 def _worker_failures(err: ray.train.WorkerGroupError) -> str:

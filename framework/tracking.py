@@ -6,6 +6,7 @@ import dataclasses
 import json
 import netrc
 import os
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,6 +16,8 @@ from framework.prepare import INSPECT_FILE, STATS_FILE
 
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.jsonl"
+METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"
 
 
 def wandb_mode(cfg: LoggerConfig) -> str:
@@ -30,20 +33,49 @@ def wandb_mode(cfg: LoggerConfig) -> str:
     return "online" if has_login else "offline"
 
 
+def _keep_lines_up_to(path: Path, step: int) -> None:
+    """Drop the JSON lines of `path` logged after `step` (all of them for step 0)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _wandb_run_id(out: Path, *, fresh: bool) -> str:
+    """The wandb run id of this run directory: new for a fresh start, kept for resumes."""
+    import wandb
+
+    file = out / WANDB_ID_FILE
+    if fresh or not file.exists():
+        file.write_text(wandb.util.generate_id())
+    return file.read_text().strip()
+
+
 class Tracker:
-    def __init__(self, cfg: TrainConfig, *, enabled: bool, start_step: int = 0):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        enabled: bool,
+        start_step: int = 0,
+        totals: dict[str, float] | None = None,
+    ):
+        """`start_step` and `totals`: where a resumed run stands (its checkpoint's)."""
         self.enabled = enabled
         self.run = None
+        self.totals: dict[str, float] = dict(totals or {})
         if not enabled:
             return
         out = self.out = Path(cfg.run.output_dir)
-        self.totals: dict[str, float] = {}
+        self.steps = start_step
         self.last: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
-        # samples.jsonl gathers every evaluation's generations; a rerun starts it afresh.
-        (out / SAMPLES_FILE).unlink(missing_ok=True)
-        # A rerun trains from scratch, so its metrics replace the previous run's.
-        self.metrics_file = (out / "metrics.jsonl").open("w", encoding="utf-8")
+        # What was logged after the checkpoint did not happen, as far as the run goes on.
+        _keep_lines_up_to(out / SAMPLES_FILE, start_step)
+        _keep_lines_up_to(out / METRICS_FILE, start_step)
+        self.metrics_file = (out / METRICS_FILE).open("a", encoding="utf-8")
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
         if cfg.logger.backend == "wandb":
             import wandb
@@ -53,12 +85,16 @@ class Tracker:
                 entity=cfg.logger.entity,
                 name=cfg.run.name,
                 dir=str(out),
+                # A resumed run continues the same wandb run.
+                id=_wandb_run_id(out, fresh=start_step == 0),
+                resume="allow",
                 config=dataclasses.asdict(cfg),
                 mode=wandb_mode(cfg.logger),
                 # Ray already captures worker output; a second capture garbles both.
                 settings=wandb.Settings(console="off"),
             )
-            self._log_data(out)
+            if start_step == 0:
+                self._log_data(out)
 
     def _log_data(self, out: Path) -> None:
         """The data summary and the inspected examples that prepare_run wrote."""
@@ -77,22 +113,28 @@ class Tracker:
         """Advance the progress bar and the run's totals by one finished step."""
         if not self.enabled:
             return
-        for key in ("tokens", "trained_tokens", "step_time_s"):
+        for key in ("tokens", "trained_tokens", "step_time_s", "skipped"):
             self.totals[key] = self.totals.get(key, 0.0) + metrics[key]
         self.totals["peak_memory_gb"] = max(
             self.totals.get("peak_memory_gb", 0.0), metrics["peak_memory_gb"]
         )
         self.last = metrics
+        self.steps += 1
         self.progress.set_postfix(
             loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False
         )
         self.progress.update(1)
 
+    def _write(self, step: int, metrics: dict[str, float]) -> None:
+        # Wall-clock time on each line lines a run up with cluster logs and restarts.
+        line = {"step": step, "time": round(time.time(), 3), **metrics}
+        self.metrics_file.write(json.dumps(line) + "\n")
+        self.metrics_file.flush()
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.metrics_file.flush()
+        self._write(step, metrics)
         if self.run is not None:
             self.run.log(metrics, step=step)
 
@@ -100,8 +142,7 @@ class Tracker:
         """Eval metrics to metrics.jsonl and wandb; samples to samples.jsonl and a table."""
         if not self.enabled:
             return
-        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.metrics_file.flush()
+        self._write(step, metrics)
         with (self.out / SAMPLES_FILE).open("a", encoding="utf-8") as f:
             f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in samples)
         self.last_eval = metrics
@@ -118,13 +159,14 @@ class Tracker:
         """The whole run: totals, mean throughput over training time, last loss."""
         seconds = self.totals.get("step_time_s", 0.0)
         return {
-            "steps": self.progress.n,
+            "steps": self.steps,
             "final_loss": self.last.get("loss", float("nan")),
             "tokens": self.totals.get("tokens", 0.0),
             "trained_tokens": self.totals.get("trained_tokens", 0.0),
             "training_time_s": seconds,
             "tokens_per_s": self.totals.get("tokens", 0.0) / max(seconds, 1e-9),
             "peak_memory_gb": self.totals.get("peak_memory_gb", 0.0),
+            "skipped_steps": self.totals.get("skipped", 0.0),
             **self.last_eval,
         }
 

@@ -6,13 +6,17 @@ python launch/train.py parallelism=zero3 trainer.max_steps=50 logger=none
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from framework.checkpoint import check_resume
 from framework.cli import exit_on_user_error
 from framework.config import from_hydra, register_schemas
 from framework.data.stats import format_stats
 from framework.prepare import prepare_run
+from framework.stopping import EXIT_RESUMABLE
 
 register_schemas()
 
@@ -22,6 +26,7 @@ def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = from_hydra(raw)
         prepared = prepare_run(cfg)
+        resume_from = check_resume(cfg)
     print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)
     trainer = cfg.trainer
     print(
@@ -29,11 +34,16 @@ def main(raw: DictConfig) -> None:
         f"{trainer.micro_batch_size} rows x {trainer.grad_accum_steps} accumulation steps",
         flush=True,
     )
+    if resume_from is not None:
+        print(f"resuming from {resume_from}", flush=True)
 
     from framework import ray_entry  # imported late: Ray and DeepSpeed take seconds to load
 
     with exit_on_user_error(ray_entry.RunFailed):
-        ray_entry.run(cfg)
+        stopped = ray_entry.run(cfg)
+    if stopped:
+        print(f"stopped early ({stopped}); run the same command to resume", flush=True)
+        sys.exit(EXIT_RESUMABLE)
     print(f"done: {cfg.run.output_dir}/hf holds the trained model", flush=True)
 
 

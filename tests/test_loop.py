@@ -13,7 +13,7 @@ from framework.data.dataset import TokenizedDataset
 from framework.data.pack import best_fit_decreasing, collate_rows
 from framework.engine import build_engine, deepspeed_config
 from framework.export import gather_state_dict
-from framework.loop import NonFiniteLoss, train_step
+from framework.loop import NonFiniteLoss, WorkerContext, _guarded_step, train_step
 from framework.loss import summed_loss
 from framework.model import build_model
 from tests.distributed import join_group, single_process_group, spawn
@@ -160,18 +160,66 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tokenizer):
         torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6)
 
 
-def test_a_non_finite_loss_stops_before_the_weights_change(tokenizer):
+def _one_rank_engine(tokenizer, zero_stage: int, accum: int = 1):
     single_process_group()
     cfg = TrainConfig(model=TINY)
-    cfg.trainer.micro_batch_size, cfg.parallelism.zero_stage = 4, 0
+    cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = 2, accum
+    cfg.trainer.warmup_steps, cfg.parallelism.zero_stage = 0, zero_stage
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, torch.float32)
     ds_config = deepspeed_config(cfg, world_size=1, precision="fp32", gpu=False)
-    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
-    before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    return build_engine(model, cfg, ds_config=ds_config, gpu=False)
+
+
+def _micro_batches(tokenizer, count: int, poisoned: int | None = None) -> list[dict]:
     data = synthetic_data(len(tokenizer))
-    (batch,) = rank_micro_batches(data, global_rows(data), rank=0, world=1, accum=1, mbs=4)[:1]
-    batch["loss_weights"][0, 5] = float("nan")
+    batches = rank_micro_batches(data, global_rows(data), rank=0, world=1, accum=4, mbs=2)
+    if poisoned is not None:
+        batches[poisoned]["loss_weights"][0, 5] = float("nan")
+    return batches[:count]
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change(tokenizer):
+    engine = _one_rank_engine(tokenizer, zero_stage=0)
+    before = gather_state_dict(engine.module, 0)
     with pytest.raises(NonFiniteLoss):
-        train_step(engine, iter([batch]), 1, torch.device("cpu"))
-    assert all(torch.equal(p, before[n]) for n, p in engine.module.named_parameters())
+        train_step(engine, iter(_micro_batches(tokenizer, 1, poisoned=0)), 1, torch.device("cpu"))
+    after = gather_state_dict(engine.module, 0)
+    assert all(torch.equal(after[name], weight) for name, weight in before.items())
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
+def test_a_skipped_step_leaves_the_weights_and_the_next_step_trains(tokenizer, zero_stage):
+    """Step 1 (second micro batch poisoned) is skipped; step 2 then equals the first step
+    of a run that never saw step 1's data."""
+    engine = _one_rank_engine(tokenizer, zero_stage, accum=2)
+    cpu = torch.device("cpu")
+    before = gather_state_dict(engine.module, zero_stage)
+    batches = iter(_micro_batches(tokenizer, 4, poisoned=1))
+    first = train_step(engine, batches, 2, cpu, skip_non_finite=True)
+    assert first["skipped"] == 1 and np.isnan(first["loss"])
+    unchanged = gather_state_dict(engine.module, zero_stage)
+    assert all(torch.equal(unchanged[name], weight) for name, weight in before.items())
+    second = train_step(engine, batches, 2, cpu, skip_non_finite=True)
+    assert second["skipped"] == 0 and np.isfinite(second["loss"])
+    trained = gather_state_dict(engine.module, zero_stage)
+
+    reference = _one_rank_engine(tokenizer, zero_stage, accum=2)
+    expected = train_step(reference, iter(_micro_batches(tokenizer, 4)[2:]), 2, cpu)
+    assert second["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    for name, weight in gather_state_dict(reference.module, zero_stage).items():
+        torch.testing.assert_close(trained[name], weight, rtol=1e-5, atol=1e-7)
+
+
+def test_skipping_stops_after_max_skipped_steps_in_a_row(tokenizer, capsys):
+    engine = _one_rank_engine(tokenizer, zero_stage=2)
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.on_non_finite, cfg.trainer.max_skipped_steps = "skip", 1
+    ctx = WorkerContext(rank=0, world_size=1, device=torch.device("cpu"))
+    poisoned = _micro_batches(tokenizer, 2, poisoned=0)
+    poisoned[1]["loss_weights"][0, 5] = float("nan")
+    batches = iter(poisoned)
+    assert _guarded_step(engine, batches, cfg, ctx, None, step=1, in_a_row=0)["skipped"] == 1
+    assert "step 1: the loss is NaN or infinite; step skipped" in capsys.readouterr().out
+    with pytest.raises(NonFiniteLoss, match=r"step 2: .* after 1 skipped steps in a row"):
+        _guarded_step(engine, batches, cfg, ctx, None, step=2, in_a_row=1)

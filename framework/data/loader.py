@@ -4,7 +4,7 @@ Every epoch gets a new packing plan from the seed. Its rows are dealt out one mi
 at a time: the world_size x micro_batch_size rows of a micro step go to ranks so that each
 rank gets exactly micro_batch_size rows and about the same work (longest-processing-time
 first on tokens plus attention cost), so no rank waits for another and none runs out early.
-The position (epoch, micro step) is the sampler state that checkpoints save.
+The position (epoch, rows handed out) is the sampler state that checkpoints save.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from framework.config import ConfigError
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan, best_fit_decreasing, collate_rows, length_grouped
@@ -83,10 +84,20 @@ class RankBatches:
     micro_step: int = 0  # micro steps of `epoch` already handed out
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "micro_step": self.micro_step}
+        # Rows rather than micro steps: the position then holds for any number of ranks.
+        group = self.micro_batch_size * self.world_size
+        return {"epoch": self.epoch, "rows_done": self.micro_step * group}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.micro_step = int(state["epoch"]), int(state["micro_step"])
+        group, rows = self.micro_batch_size * self.world_size, int(state["rows_done"])
+        if rows % group:
+            raise ConfigError(
+                f"the checkpoint stopped {rows} rows into epoch {state['epoch']}, not a whole "
+                f"number of micro steps of {group} rows (trainer.micro_batch_size x "
+                "cluster.num_workers); resume with a micro batch size and worker count whose "
+                f"product divides {rows}"
+            )
+        self.epoch, self.micro_step = int(state["epoch"]), rows // group
 
     def plan(self, epoch: int) -> PackingPlan:
         if epoch == 0 and self.first_plan is not None and self.packing:

@@ -1,0 +1,190 @@
+"""Checkpoints through the real loop (`loop.train` on 1 or 2 gloo ranks, DeepSpeed ZeRO):
+an interrupted and resumed run equals a straight one, on the same or another number of
+ranks; incomplete, damaged or unsafe checkpoints are refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from framework import checkpoint
+from framework.checkpoint import CheckpointError, committed, read_progress, step_dir
+from framework.loop import WorkerContext, train
+from framework.prepare import prepare_run
+from tests.conftest import compose_config
+from tests.distributed import join_group, spawn
+
+RUN = [
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "data.demo_examples=240",
+    "data.max_seq_len=256",
+    "trainer.micro_batch_size=2",
+    "trainer.max_steps=6",
+    "trainer.save_every=2",
+    "trainer.keep_checkpoints=10",
+    "trainer.log_every=1",
+    "trainer.warmup_steps=2",
+    "logger=none",
+]
+
+
+def _train_rank(rank, world, port, cfg):
+    join_group(rank, world, port)
+    train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
+    dist.destroy_process_group()
+
+
+def run(out: Path, cache: Path, *overrides: str, world: int = 2):
+    cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}", *overrides])
+    prepare_run(cfg)
+    spawn(_train_rank, world, cfg)
+    return cfg
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "hf" / "model.safetensors")
+
+
+def assert_same_run(resumed: Path, straight: Path, steps: list[int], rtol: float):
+    got, want = losses(resumed), losses(straight)
+    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=rtol)
+    a, b = weights(resumed), weights(straight)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """6 steps on 2 ranks, ZeRO-2, a checkpoint every 2 steps: the reference."""
+    root = tmp_path_factory.mktemp("straight")
+    run(root / "run", root / "cache")
+    return root
+
+
+def test_checkpoints_hold_every_part_of_the_state(straight):
+    out = straight / "run"
+    assert [p.name for p in committed(out / "checkpoints")] == [
+        "step_00000002",
+        "step_00000004",
+        "step_00000006",
+    ]
+    path = step_dir(out / "checkpoints", 4)
+    progress = read_progress(path)
+    assert progress["step"] == 4 and progress["world_size"] == 2
+    # Mid-epoch: the sampler stands 4 steps x 2 ranks x 2 rows into its first epoch.
+    assert progress["sampler"] == {"epoch": 0, "rows_done": 16}
+    assert progress["totals"]["tokens"] > 0
+    assert sorted(p.name for p in path.glob("rng_rank*.pt")) == [
+        "rng_rank00000.pt",
+        "rng_rank00001.pt",
+    ]
+    assert (path / "config.yaml").exists() and (path / "tokenizer" / "tokenizer.json").exists()
+    assert list(path.glob("*optim_states.pt")) and list(path.glob("*model_states.pt"))
+
+
+def test_a_resumed_run_ends_exactly_as_the_straight_run(straight, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    # Killed after step 4's checkpoint: only it survives, and the same command runs again.
+    shutil.copytree(step_dir(straight / "run" / "checkpoints", 4), step_dir(out / "checkpoints", 4))
+    run(out, straight / "cache")
+    assert sorted(losses(out)) == [5, 6]  # it went on from step 4
+    assert_same_run(out, straight / "run", [5, 6], rtol=1e-6)
+
+
+def test_resume_on_one_rank_then_back_on_two(straight, tmp_path):
+    """2 ranks -> 1 rank (twice the accumulation, the same global batch) -> 2 ranks."""
+    one = tmp_path / "one"
+    run(
+        one,
+        straight / "cache",
+        f"trainer.resume={step_dir(straight / 'run' / 'checkpoints', 2)}",
+        "trainer.grad_accum_steps=2",
+        world=1,
+    )
+    assert sorted(losses(one)) == [3, 4, 5, 6]
+    assert_same_run(one, straight / "run", [3, 4, 5, 6], rtol=1e-5)
+
+    two = tmp_path / "two"
+    run(two, straight / "cache", f"trainer.resume={step_dir(one / 'checkpoints', 4)}")
+    assert sorted(losses(two)) == [5, 6]
+    assert_same_run(two, straight / "run", [5, 6], rtol=1e-5)
+
+
+def test_an_unfinished_save_is_ignored_and_the_previous_checkpoint_chosen(straight, tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        shutil.copytree(step_dir(straight / "run" / "checkpoints", step), step_dir(root, step))
+    # A kill while step 4 was being written: files partly there, no commit marker yet.
+    (step_dir(root, 4) / checkpoint.COMMIT_MARKER).unlink()
+    shard = next(step_dir(root, 4).glob("*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    cfg = compose_config([f"run.checkpoint_dir={root}"])
+    assert checkpoint.check_resume(cfg) == step_dir(root, 2)
+    with pytest.raises(CheckpointError, match="no COMMITTED marker"):
+        read_progress(step_dir(root, 4))
+
+
+def test_a_damaged_checkpoint_file_gives_a_clear_error(straight, tmp_path):
+    path = tmp_path / "step"
+    shutil.copytree(step_dir(straight / "run" / "checkpoints", 4), path)
+    shard = next(path.glob("*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with (
+        pytest.raises(CheckpointError, match=f"{shard.name} cannot be loaded .* damaged"),
+        checkpoint.weights_only_loading(),
+    ):
+        torch.load(shard)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    file = tmp_path / "evil.pt"
+    file.write_bytes(pickle.dumps({"state": Payload()}))
+    with (
+        pytest.raises(CheckpointError, match="cannot be loaded"),
+        checkpoint.weights_only_loading(),
+    ):
+        torch.load(file)
+
+
+def test_resume_never_refuses_a_directory_with_checkpoints(straight):
+    cfg = compose_config(
+        [f"run.checkpoint_dir={straight / 'run' / 'checkpoints'}", "trainer.resume=never"]
+    )
+    with pytest.raises(CheckpointError, match=r"trainer\.resume=never, but run\.checkpoint_dir"):
+        checkpoint.check_resume(cfg)
+
+
+def test_resume_from_a_path_that_is_not_a_checkpoint_is_named(tmp_path):
+    cfg = compose_config([f"trainer.resume={tmp_path / 'nowhere'}"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.check_resume(cfg)
+
+
+def test_the_saved_config_is_the_resolved_one(straight):
+    saved = (step_dir(straight / "run" / "checkpoints", 2) / "config.yaml").read_text()
+    cfg = compose_config(RUN)
+    assert f"max_steps: {cfg.trainer.max_steps}" in saved
+    assert "${" not in saved  # interpolations resolved
