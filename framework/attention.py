@@ -41,6 +41,8 @@ def document_sdpa(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     gqa = query.shape[1] != key.shape[1]
+    # transformers' default position ids (none passed) are one row for the whole batch.
+    position_ids = position_ids.expand(query.shape[0], -1)
     rows = []
     for b, starts in enumerate(example_bounds(position_ids)):
         pieces = [

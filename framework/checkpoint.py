@@ -64,8 +64,8 @@ def read_progress(path: str | Path) -> dict:
         return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(
-            f"{file} is unreadable ({err}); the checkpoint is damaged: pass "
-            "trainer.resume=<an earlier step_* directory>"
+            f"{file} is unreadable ({err}); the checkpoint is damaged: use an earlier "
+            "step_* directory (trainer.resume=<path> to train, checkpoint=<path> to export)"
         ) from None
 
 
@@ -141,7 +141,8 @@ def weights_only_loading() -> Iterator[None]:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(
                 f"{file} cannot be loaded ({reason}): the checkpoint is damaged or not one "
-                "of ours; pass trainer.resume=<an earlier step_* directory>"
+                "of ours; use an earlier step_* directory (trainer.resume=<path> to train, "
+                "checkpoint=<path> to export)"
             ) from None
 
     torch.load = safe_load

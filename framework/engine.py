@@ -67,6 +67,17 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig, gpu: bool) -> torch.opt
     return torch.optim.AdamW(groups, lr=cfg.trainer.lr, fused=gpu)
 
 
+def join_deepspeed_comm() -> None:
+    """Wrap the process group the launcher set up in DeepSpeed's communication layer."""
+    # On CPU DeepSpeed would JIT-compile a shared-memory all-reduce here: it needs a C++
+    # toolchain, takes a minute, and a job killed while compiling leaves a build lock
+    # that hangs every later start. Only inference_all_reduce uses it; training never does.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(
+        dist_backend=torch.distributed.get_backend(), dist_init_required=False
+    )
+
+
 def partitioned_init(ds_config: dict):
     """Under ZeRO-3, an object to keep alive while (and after) the model is built: it
     makes transformers build and load the model already partitioned (deepspeed.zero.Init),
@@ -77,9 +88,7 @@ def partitioned_init(ds_config: dict):
 
     # zero.Init reads the world size from DeepSpeed's communication layer: wrap the
     # launcher's process group in it now rather than at deepspeed.initialize.
-    deepspeed.init_distributed(
-        dist_backend=torch.distributed.get_backend(), dist_init_required=False
-    )
+    join_deepspeed_comm()
 
     return HfDeepSpeedConfig(ds_config)
 
@@ -102,6 +111,7 @@ def build_engine(
 ) -> deepspeed.DeepSpeedEngine:
     """A DeepSpeed engine over `model` with AdamW and warmup + cosine decay, joined to the
     process group that the launcher (Ray Train, torchrun) already set up."""
+    join_deepspeed_comm()
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=_optimizer(model, cfg, gpu),

@@ -1,7 +1,14 @@
-"""Hugging Face export: full weights gathered from any ZeRO stage, saved as safetensors."""
+"""Hugging Face export: the trained weights, gathered from the live engine at any ZeRO stage
+or read from a checkpoint of any stage and number of ranks, written as safetensors with
+the config, the tokenizer (chat template included) and a generation config; then reloaded
+from disk and checked against the weights before the directory replaces the previous one.
+
+Both exports build a *reference*, a model that holds exactly the weights to export, and
+hand it to `write_verified`: one path writes and verifies them all."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -9,7 +16,39 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.distributed as dist
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.initialization import no_init_weights
+
+from framework import checkpoint
+from framework.config import ConfigError, TrainConfig
+from framework.model import generation_config, model_config
+
+MAX_SHARD_SIZE = "5GB"
+# End-of-turn markers of common chat templates: a reply must stop at the template's marker
+# even where the tokenizer's eos is another token (a base model given a chat template).
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+# The largest logit difference allowed between the reloaded model and the reference: the
+# same weights, attention and device give the same logits (in tests, bit for bit).
+_LOGIT_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+_PROBE_SHAPE = (3, 24)  # token sequences whose logits are compared
+
+
+class ExportError(ConfigError):
+    """An export cannot be made or did not reload as written; the message names the
+    directory and the first problem. The previous export is left in place."""
+
+
+# ------------------------------------------------------------------------------ from training
 
 
 def gather_state_dict(model: PreTrainedModel, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -31,14 +70,251 @@ def export_hf(
     *,
     zero_stage: int,
 ) -> None:
-    """Collective: write model + tokenizer to `out_dir`, replacing it only when complete."""
+    """Collective: rank 0 writes the model's gathered weights and the tokenizer to
+    `out_dir` through `write_verified`; every rank raises if that failed. Under ZeRO-3,
+    call it once transformers' HfDeepSpeedConfig is gone: rank 0 builds models alone."""
     state = gather_state_dict(model, zero_stage)
+    failure = None
     if dist.get_rank() == 0:
-        out_dir = Path(out_dir)
-        staging = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    dist.barrier()
+        try:
+            reference = holding(
+                model.config, state, model.generation_config, source="the trained model"
+            )
+            write_verified(reference, tokenizer, out_dir)
+        except Exception as err:  # the other ranks must learn of it, not wait forever
+            failure = err
+    outcome = [None if failure is None else str(failure)]
+    dist.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
+    if outcome[0] is not None:
+        raise ExportError(f"rank 0 could not export the model to {out_dir}: {outcome[0]}")
+
+
+# ------------------------------------------------------------------------------ from a checkpoint
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """`path` when it is a step_* checkpoint, else the newest committed one under it (a
+    run.checkpoint_dir)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(
+            f"checkpoint={path}: no such directory; give a step_* checkpoint directory or a "
+            "run's checkpoint directory (run.checkpoint_dir, e.g. outputs/<run>/checkpoints)"
+        )
+    if path.name.startswith("step_"):
+        if not (path / checkpoint.COMMIT_MARKER).exists():
+            raise ExportError(
+                f"checkpoint={path} is incomplete (no {checkpoint.COMMIT_MARKER} marker: its "
+                "save never finished); give an earlier step_* directory"
+            )
+        return path
+    found = checkpoint.committed(path)
+    if not found:
+        raise ExportError(
+            f"checkpoint={path} holds no committed checkpoint (no step_*/"
+            f"{checkpoint.COMMIT_MARKER}); give a step_* directory or run.checkpoint_dir"
+        )
+    return found[-1]
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
+    """Export the committed checkpoint at `checkpoint_dir` (any ZeRO stage, written by any
+    number of ranks) in this process, without torch.distributed: its trained weights in
+    the architecture its config.yaml describes (nothing is downloaded for the built-in
+    model), with its tokenizer, through `write_verified`. Returns `out_dir`."""
+    path = Path(checkpoint_dir)
+    progress = checkpoint.read_progress(path)
+    cfg = _train_config(path / checkpoint.CONFIG_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(path / checkpoint.TOKENIZER_DIR)
+    config = model_config(cfg.model, tokenizer)
+    state = checkpoint_weights(path, progress["zero_stage"])
+    generation = generation_config(cfg.model, config)
+    return write_verified(holding(config, state, generation, source=str(path)), tokenizer, out_dir)
+
+
+def checkpoint_weights(path: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The trained weights of the checkpoint at `path`: under ZeRO 1-3 the fp32 master
+    weights, merged from every rank's optimizer shards by DeepSpeed's zero_to_fp32; under
+    ZeRO-0 the model states, which hold the whole model."""
+    try:
+        with checkpoint.weights_only_loading():
+            if zero_stage == 0:
+                return torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
+            return get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    except ConfigError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise ExportError(
+            f"{path}: DeepSpeed's ZeRO-{zero_stage} files cannot be read ({err}); the "
+            "checkpoint is incomplete or not one of ours: give another step_* directory"
+        ) from None
+
+
+def _train_config(file: Path) -> TrainConfig:
+    try:
+        saved = OmegaConf.load(file)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+    except (OSError, OmegaConfBaseException) as err:
+        raise ExportError(
+            f"{file} is not a readable training config ({err}); the checkpoint is damaged: "
+            "give another step_* directory"
+        ) from None
+
+
+# ------------------------------------------------------------------------------ write + verify
+
+
+def holding(
+    config: PreTrainedConfig,
+    state: dict[str, torch.Tensor],
+    generation: GenerationConfig,
+    *,
+    source: str,
+) -> PreTrainedModel:
+    """The reference: a model built from `config` that holds exactly `state` (its tensors,
+    not copies; tied aliases and buffers may be absent), in eval mode, with `generation`
+    as its generation config. Raises ExportError if `state` does not fit `config`."""
+    dtype = next(t.dtype for t in state.values() if t.is_floating_point())
+    with no_init_weights():  # every parameter is replaced below
+        model = AutoModelForCausalLM.from_config(
+            # transformers' default attention, which the reloaded export also gets
+            copy.deepcopy(config),
+            dtype=dtype,
+            attn_implementation=None,
+        )
+    try:
+        loaded = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as err:
+        raise ExportError(f"the weights of {source} do not fit its model config: {err}") from None
+    model.tie_weights()  # assigning the embedding broke its tie to the output layer
+    tied = (
+        dict(model.named_parameters(remove_duplicate=False)).keys()
+        - dict(model.named_parameters()).keys()
+    )
+    missing = set(loaded.missing_keys) - tied - dict(model.named_buffers()).keys()
+    if missing or loaded.unexpected_keys:
+        raise ExportError(
+            f"the weights of {source} do not fit its model config: missing "
+            f"{sorted(missing)[:3]}, unexpected {sorted(loaded.unexpected_keys)[:3]}"
+        )
+    model.generation_config = copy.deepcopy(generation)
+    return model.eval()
+
+
+def write_verified(
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    max_shard_size: str = MAX_SHARD_SIZE,
+) -> Path:
+    """Write `reference` and `tokenizer` as a Hugging Face directory next to `out_dir`,
+    verify it from disk (`verify_export`), and only then put it in `out_dir`'s place.
+    On failure `out_dir` is untouched and the rejected files stay in `<out_dir>.tmp`."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_hf(reference, tokenizer, staging, max_shard_size=max_shard_size)
+    try:
+        verify_export(staging, reference, tokenizer)
+    except ExportError as err:
+        raise ExportError(f"{err}; {out_dir} was left as it was") from None
+    _replace(staging, out_dir)
+    return out_dir
+
+
+def save_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: Path,
+    *,
+    max_shard_size: str = MAX_SHARD_SIZE,
+) -> None:
+    """safetensors (sharded above `max_shard_size`), config, generation config that stops
+    at the chat template's end of turn, tokenizer with its chat template."""
+    generation = model.generation_config
+    generation.eos_token_id = stop_tokens(tokenizer, generation)
+    generation.pad_token_id = tokenizer.pad_token_id
+    # Training turns the KV cache off (packed rows must not attend across examples); an
+    # export is for generating, where the cache saves recomputing the whole prefix.
+    model.config.use_cache = generation.use_cache = True
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(directory)
+
+
+def stop_tokens(tokenizer: PreTrainedTokenizerBase, generation: GenerationConfig) -> list[int]:
+    """Ids that end a reply: the tokenizer's eos, the end-of-turn marker its chat template
+    writes, and those the model already stopped at."""
+    template = str(tokenizer.chat_template or "")
+    markers = tokenizer.convert_tokens_to_ids([m for m in _END_OF_TURN if m in template])
+    previous = generation.eos_token_id
+    previous = previous if isinstance(previous, list) else [previous]
+    ids = [tokenizer.eos_token_id, *markers, *previous]
+    return list(dict.fromkeys(i for i in ids if i is not None and i != tokenizer.unk_token_id))
+
+
+def verify_export(
+    directory: Path, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Reload `directory` as a user would (safetensors only, no remote code) and check it:
+    the same parameter names, shapes, dtypes and values as `reference` (nothing missing,
+    extra or left at random init), the same logits on a few token sequences (within
+    `_LOGIT_TOLERANCE`), and the tokenizer's chat template. Raises ExportError naming
+    the first difference and the directory."""
+    try:
+        reloaded = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=reference.dtype, use_safetensors=True, trust_remote_code=False
+        )
+        template = AutoTokenizer.from_pretrained(directory).chat_template
+    except Exception as err:  # whatever stops a user from loading it rejects the export
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"the export in {directory} does not reload: {reason}") from None
+    problem = _parameter_difference(reloaded, reference) or _logit_difference(reloaded, reference)
+    if problem is None and template != tokenizer.chat_template:
+        problem = "the tokenizer lost its chat template"
+    if problem is not None:
+        raise ExportError(f"the export in {directory} does not reload as written: {problem}")
+
+
+def _parameter_difference(reloaded: PreTrainedModel, reference: PreTrainedModel) -> str | None:
+    got, want = dict(reloaded.named_parameters()), dict(reference.named_parameters())
+    for name in sorted(got.keys() ^ want.keys()):
+        return f"parameter {name} is {'missing' if name in want else 'unexpected'}"
+    for name, weight in want.items():
+        if (got[name].dtype, got[name].shape) != (weight.dtype, weight.shape):
+            return (
+                f"parameter {name} is {got[name].dtype} {list(got[name].shape)}, "
+                f"written as {weight.dtype} {list(weight.shape)}"
+            )
+        if not torch.equal(got[name], weight):
+            gap = (got[name].double() - weight.double()).abs().max().item()
+            return f"parameter {name} differs from the written weights (by up to {gap:.3g})"
+    return None
+
+
+def _logit_difference(reloaded: PreTrainedModel, reference: PreTrainedModel) -> str | None:
+    vocab = reference.get_input_embeddings().num_embeddings
+    probe = torch.randint(0, vocab, _PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = reloaded(input_ids=probe, use_cache=False).logits.double()
+        want = reference(input_ids=probe, use_cache=False).logits.double()
+    gap = (got - want).abs().max().item()
+    allowed = _LOGIT_TOLERANCE.get(reference.dtype, _LOGIT_TOLERANCE[torch.bfloat16])
+    if not gap <= allowed:
+        return (
+            f"its logits differ from those of the written weights by up to {gap:.3g} "
+            f"(allowed {allowed:g}): config.json does not describe the trained model"
+        )
+    return None
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Put `staging` in `out_dir`'s place; the old export goes once the new one is there."""
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)

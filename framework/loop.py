@@ -29,7 +29,7 @@ from framework.metrics import ModelShape, clock, gather, peak_flops, peak_memory
 from framework.model import build_model
 from framework.prepare import TOKENIZER_DIR, artifact_path
 from framework.selfcheck import verify_packing
-from framework.stopping import StopCheck
+from framework.stopping import StopCheck, write_stop_request
 from framework.tracking import Tracker
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -54,20 +54,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     out = Path(cfg.run.output_dir)
     artifact = artifact_path(out)
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
-    resume_from = checkpoint.resume_point(cfg)
-    universal = resume_from is not None and checkpoint.needs_universal(resume_from, ctx.world_size)
-    if universal and ctx.rank == 0:
-        print(f"converting {resume_from} to a universal checkpoint for {ctx.world_size} ranks")
-        checkpoint.to_universal(resume_from)
-    dist.barrier()
-    engine, zero3 = _build_engine(cfg, ctx, tokenizer, universal=universal)
-    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact)
-    progress = {}
-    if resume_from is not None:
-        progress = checkpoint.load(engine, resume_from, universal=universal)
-        sampler.load_state_dict(progress["sampler"])
-        if ctx.rank == 0:
-            print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
+    engine, zero3, sampler, progress = _start_or_resume(cfg, ctx, tokenizer, artifact)
     start = progress.get("step", 0)
     batches = iter(sampler)
     if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
@@ -94,10 +81,11 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         stopped = stop.reason(ctx.rank, ctx.device)
         if step % cfg.trainer.save_every == 0 or last or stopped:
             _save(engine, cfg, ctx, tokenizer, step, sampler, tracker)
-            ctx.report({"step": step, **metrics, "stopped": stopped or ""})
+            ctx.report({"step": step, **metrics})
         stop.observe(time.monotonic() - began)
         if stopped:
             if ctx.rank == 0:
+                write_stop_request(out, stopped)  # the reason, for the driver
                 print(
                     f"step {step}: {stopped}; checkpoint saved, stopping. Run the same "
                     "command again to resume.",
@@ -105,10 +93,41 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
                 )
             tracker.close()
             return {**metrics, "stopped": stopped}
+    # Without ZeRO-3's build context, transformers builds whole models again (the export's).
+    del zero3
     export_hf(engine.module, tokenizer, out / "hf", zero_stage=cfg.parallelism.zero_stage)
     tracker.close()
-    del zero3
     return metrics
+
+
+ZERO3_OTHER_LAYOUT_WARNING = (
+    "warning: DeepSpeed restores a ZeRO-3 checkpoint on another number of ranks with exact "
+    "weights but not an exact optimizer state (measured: weights 2e-3 apart two steps "
+    "later, against 1e-8 under ZeRO-1/2); resume on the same number of ranks to continue "
+    "exactly"
+)
+
+
+def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: Path):
+    """Engine, its ZeRO-3 build context, sampler and progress: restored from the checkpoint
+    to resume from (converted first when written by another number of ranks), if any."""
+    resume_from = checkpoint.resume_point(cfg)
+    universal = resume_from is not None and checkpoint.needs_universal(resume_from, ctx.world_size)
+    if universal and ctx.rank == 0:
+        print(f"converting {resume_from} to a universal checkpoint for {ctx.world_size} ranks")
+        checkpoint.to_universal(resume_from)
+        if cfg.parallelism.zero_stage == 3:
+            print(ZERO3_OTHER_LAYOUT_WARNING, flush=True)
+    dist.barrier()
+    engine, zero3 = _build_engine(cfg, ctx, tokenizer, universal=universal)
+    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact)
+    progress = {}
+    if resume_from is not None:
+        progress = checkpoint.load(engine, resume_from, universal=universal)
+        sampler.load_state_dict(progress["sampler"])
+        if ctx.rank == 0:
+            print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
+    return engine, zero3, sampler, progress
 
 
 def _save(engine, cfg: TrainConfig, ctx: WorkerContext, tokenizer, step, sampler, tracker):

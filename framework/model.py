@@ -8,7 +8,9 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    GenerationConfig,
     LlamaConfig,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -57,11 +59,34 @@ def build_model(
         )
     else:
         model = AutoModelForCausalLM.from_config(
-            _tiny_llama(cfg, tokenizer, attention), dtype=dtype
+            model_config(cfg, tokenizer, attention), dtype=dtype
         )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def model_config(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, attention: str = "document_sdpa"
+) -> PreTrainedConfig:
+    """The architecture `build_model` builds, without reading any weights: the pretrained
+    model's config.json (from its directory or the hub cache), or the tiny Llama's."""
+    if cfg.name_or_path is None:
+        return _tiny_llama(cfg, tokenizer, attention)
+    return AutoConfig.from_pretrained(
+        cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, attn_implementation=attention
+    )
+
+
+def generation_config(cfg: ModelConfig, config: PreTrainedConfig) -> GenerationConfig:
+    """The pretrained model's generation defaults (sampling settings, stop tokens) where
+    it ships them, else those derived from `config`."""
+    if cfg.name_or_path is not None:
+        try:
+            return GenerationConfig.from_pretrained(cfg.name_or_path)
+        except OSError:
+            pass  # the model ships none: derive them, as from_pretrained does
+    return GenerationConfig.from_model_config(config)
 
 
 def _tiny_llama(

@@ -74,14 +74,14 @@ def run(cfg: TrainConfig) -> str | None:
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except ray.train.WorkerGroupError as err:
         raise RunFailed(_worker_failures(err)) from None
     except ray.train.TrainingFailedError as err:
         raise RunFailed(f"training failed: {err}") from None
     finally:
-        clear_stop_request(cfg.run.output_dir)
-    return (result.metrics or {}).get("stopped") or None
+        stopped = clear_stop_request(cfg.run.output_dir)
+    return stopped
 
 
 def _worker_failures(err: ray.train.WorkerGroupError) -> str:

@@ -3,7 +3,8 @@ they kill a job), or close to a Slurm job's time limit, the run saves a checkpoi
 exits with EXIT_RESUMABLE; starting the same command again resumes from it.
 
 The driver turns a signal into a file in the run directory, which every worker can see
-on any node; rank 0 looks for it after each step and all ranks stop together.
+on any node; rank 0 looks for it after each step and all ranks stop together. Having
+stopped, rank 0 leaves the reason in that file for the driver.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ def write_stop_request(output_dir: str | Path, reason: str) -> None:
     Path(output_dir, STOP_FILE).write_text(reason + "\n")
 
 
-def clear_stop_request(output_dir: str | Path) -> None:
-    Path(output_dir, STOP_FILE).unlink(missing_ok=True)
+def clear_stop_request(output_dir: str | Path) -> str | None:
+    """Remove the stop file; returns the reason it held, if there was one."""
+    file = Path(output_dir, STOP_FILE)
+    reason = file.read_text().strip() if file.exists() else None
+    file.unlink(missing_ok=True)
+    return reason
 
 
 def stop_on_signals(output_dir: str | Path) -> None:

@@ -7,6 +7,7 @@ import json
 import netrc
 import os
 import time
+import uuid
 from pathlib import Path
 
 from tqdm import tqdm
@@ -45,11 +46,9 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
 
 def _wandb_run_id(out: Path, *, fresh: bool) -> str:
     """The wandb run id of this run directory: new for a fresh start, kept for resumes."""
-    import wandb
-
     file = out / WANDB_ID_FILE
     if fresh or not file.exists():
-        file.write_text(wandb.util.generate_id())
+        file.write_text(uuid.uuid4().hex[:8])
     return file.read_text().strip()
 
 

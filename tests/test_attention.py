@@ -50,6 +50,15 @@ def test_each_packed_example_sees_only_itself(models, tokenizer):
     )
 
 
+def test_a_batch_without_position_ids_is_one_example_per_row(models):
+    ids = torch.randint(3, 100, (3, 17))
+    with torch.no_grad():
+        ours = models[DOCUMENT_SDPA](input_ids=ids, use_cache=False).logits
+        reference = models["sdpa"](input_ids=ids, use_cache=False).logits
+    assert ours.shape == reference.shape == (3, 17, reference.shape[-1])
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_padded_generation_matches_transformers_sdpa(models, tokenizer):
     tokenizer.padding_side = "left"
     prompts = ["Reverse the word apple.", "What is 2 + 3? Answer now"]

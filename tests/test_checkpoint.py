@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from framework import checkpoint
 from framework.checkpoint import CheckpointError, committed, read_progress, step_dir
-from framework.loop import WorkerContext, train
+from framework.loop import ZERO3_OTHER_LAYOUT_WARNING, WorkerContext, train
 from framework.prepare import prepare_run
 from tests.conftest import compose_config
 from tests.distributed import join_group, spawn
@@ -63,12 +63,26 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_run(resumed: Path, straight: Path, steps: list[int], rtol: float):
+    """Losses of `steps` within rtol; each final weight tensor within rtol elementwise."""
     got, want = losses(resumed), losses(straight)
     np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=rtol)
     a, b = weights(resumed), weights(straight)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=rtol * 1e-2)
+
+
+def assert_same_run_other_layout(resumed: Path, straight: Path, steps: list[int]):
+    """As assert_same_run at 1e-5, but each weight tensor compared in norm: another number
+    of ranks sums gradients in another order, and Adam turns that float noise in
+    near-zero gradients into element-wise noise (see tests/test_loop.py)."""
+    got, want = losses(resumed), losses(straight)
+    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=1e-5)
+    a, b = weights(resumed), weights(straight)
+    assert a.keys() == b.keys()
+    for name in a:
+        gap = (a[name] - b[name]).norm() / b[name].norm()
+        assert gap < 1e-5, f"{name}: relative difference {gap:.2e}"
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +135,29 @@ def test_resume_on_one_rank_then_back_on_two(straight, tmp_path):
         world=1,
     )
     assert sorted(losses(one)) == [3, 4, 5, 6]
-    assert_same_run(one, straight / "run", [3, 4, 5, 6], rtol=1e-5)
+    assert_same_run_other_layout(one, straight / "run", [3, 4, 5, 6])
 
     two = tmp_path / "two"
     run(two, straight / "cache", f"trainer.resume={step_dir(one / 'checkpoints', 4)}")
     assert sorted(losses(two)) == [5, 6]
-    assert_same_run(two, straight / "run", [5, 6], rtol=1e-5)
+    assert_same_run_other_layout(two, straight / "run", [5, 6])
+
+
+@pytest.mark.slow
+def test_a_zero3_checkpoint_of_two_ranks_resumes_on_one_with_its_weights(tmp_path, capfd):
+    """Weights come back exactly (step 3's loss, computed from them, is the same); DeepSpeed
+    restores the optimizer state only approximately, which the run says (see the note)."""
+    cache, straight_dir, one = tmp_path / "cache", tmp_path / "straight", tmp_path / "one"
+    straight_run = run(straight_dir, cache, "parallelism=zero3", "trainer.max_steps=4")
+    checkpoints = Path(straight_run.run.checkpoint_dir)
+    zero3_on_one_rank = ["parallelism=zero3", "trainer.max_steps=4", "trainer.grad_accum_steps=2"]
+    run(one, cache, f"trainer.resume={step_dir(checkpoints, 2)}", *zero3_on_one_rank, world=1)
+    assert ZERO3_OTHER_LAYOUT_WARNING in capfd.readouterr().out
+    assert losses(one)[3] == pytest.approx(losses(straight_dir)[3], rel=1e-6)
+    assert losses(one)[4] == pytest.approx(losses(straight_dir)[4], rel=1e-4)
+    a, b = weights(one), weights(straight_dir)
+    for name in a:
+        assert (a[name] - b[name]).norm() / b[name].norm() < 1e-2, name
 
 
 def test_an_unfinished_save_is_ignored_and_the_previous_checkpoint_chosen(straight, tmp_path):

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from framework.checkpoint import committed
+from framework.checkpoint import committed, read_progress, step_dir
+from framework.stopping import EXIT_RESUMABLE
 from tests.conftest import ROOT
 
 SHORT_RUN = [
@@ -26,18 +30,55 @@ SHORT_RUN = [
 SECRET = "sentinel-secret-5f1c9e"
 
 
-def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def _environment() -> dict[str, str]:
     # A key in the environment must reach no file of the run (offline mode keeps wandb local).
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_API_KEY=SECRET)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_API_KEY=SECRET, HF_TOKEN=SECRET)
     env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides],
         cwd=ROOT,
-        env=env,
+        env=_environment(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_training(output_dir, log, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides],
+        cwd=ROOT,
+        env=_environment(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def logged(output_dir) -> list[dict]:
+    path = output_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [m for m in map(json.loads, lines) if "loss" in m]
+
+
+def wait_for_step(process: subprocess.Popen, output_dir, step: int, log) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the run ended early:\n{log.read_text()[-3000:]}"
+        if [m for m in logged(output_dir) if m["step"] >= step]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"step {step} never came:\n{log.read_text()[-3000:]}")
+
+
+def assert_no_secret(output_dir) -> None:
+    leaking = [
+        p for p in output_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()
+    ]
+    assert not leaking
 
 
 @pytest.mark.slow
@@ -80,8 +121,7 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, lo
     assert f"zero_stage: {parallelism[-1]}" in (out / "config.yaml").read_text()
     if logger == "logger.mode=offline":
         assert list((out / "wandb").glob("offline-run-*"))
-    leaking = [p for p in out.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
-    assert not leaking
+    assert_no_secret(out)
 
     tokenizer = AutoTokenizer.from_pretrained(out / "hf")
     model = AutoModelForCausalLM.from_pretrained(out / "hf")
@@ -95,6 +135,51 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, lo
         generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
     assert tokenizer.decode(generated[0, prompt["input_ids"].shape[1] :]).strip()
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_stops_then_a_killed_worker_is_replaced(tmp_path):
+    """SIGTERM to the driver: checkpoint, exit 75. The same command resumes; a worker
+    killed with SIGKILL is restarted by Ray (cluster.max_failures=1) from the newest
+    checkpoint, and the run finishes with every step logged once."""
+    out, log = tmp_path / "run", tmp_path / "train.log"
+    overrides = [
+        "logger.mode=offline",
+        "trainer.max_steps=20",
+        "trainer.save_every=5",
+        "trainer.log_every=1",
+        "trainer.warmup_steps=2",
+        "data.demo_examples=400",
+        "cluster.max_failures=1",
+    ]
+    first = start_training(out, log, *overrides)
+    wait_for_step(first, out, 3, log)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=300) == EXIT_RESUMABLE, log.read_text()[-3000:]
+    assert "stopped early (stop requested (signal))" in log.read_text()
+    stopped_at = read_progress(committed(out / "checkpoints")[-1])["step"]
+    assert [m["step"] for m in logged(out)] == list(range(1, stopped_at + 1))
+
+    second = start_training(out, log, *overrides)
+    wait_for_step(second, out, 11, log)
+    killed_at = time.time()
+    workers = [
+        p
+        for p in psutil.Process(second.pid).children(recursive=True)
+        if "RayTrainWorker" in " ".join(p.cmdline())
+    ]
+    assert len(workers) == 2
+    workers[1].kill()
+    assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"resuming from {step_dir(out / 'checkpoints', stopped_at)}" in text
+    assert f"resuming from {step_dir(out / 'checkpoints', 10)}" in text  # the restart
+    steps = logged(out)
+    assert [m["step"] for m in steps] == list(range(1, 21))
+    assert all(m["time"] > killed_at for m in steps if m["step"] > 10)
+    assert (out / "hf" / "config.json").exists()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 20
+    assert_no_secret(out)
 
 
 @pytest.mark.slow

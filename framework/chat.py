@@ -1,0 +1,276 @@
+"""Chat with a trained model: a local Hugging Face directory (a run's `hf/` export), its
+chat template, and replies streamed as they are generated.
+
+Loading never downloads and never runs the model's own code unless `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TextStreamer,
+)
+
+from framework.config import ConfigError
+from framework.data.templates import apply_template_choice
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ChatConfig:
+    # A local Hugging Face model directory, e.g. outputs/tiny-sft/hf.
+    model: str = MISSING
+    # Answer this one message and exit (for scripts); None: interactive.
+    prompt: str | None = None
+    # A system message that opens every conversation (kept by /reset).
+    system: str | None = None
+    max_new_tokens: int = 256
+    # 0: greedy decoding; above 0: sampling at this temperature within top_p.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    trust_remote_code: bool = False
+    # auto: cuda when available, else cpu; or a torch device such as cuda:1.
+    device: str = "auto"
+    # auto: bf16 on GPUs that support it, fp32 otherwise; or fp32, bf16, fp16.
+    dtype: str = "auto"
+
+
+def chat_config(raw: DictConfig) -> ChatConfig:
+    """The composed Hydra config as a checked ChatConfig."""
+    if OmegaConf.is_missing(raw, "model"):
+        raise ConfigError(
+            "model: give the model directory to chat with, e.g. model=outputs/tiny-sft/hf"
+        )
+    cfg: ChatConfig = OmegaConf.to_object(raw)
+    check_chat_config(cfg)
+    return cfg
+
+
+def check_chat_config(cfg: ChatConfig) -> None:
+    """Raise ConfigError naming the first key whose value cannot work."""
+    if cfg.max_new_tokens <= 0:
+        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} must be > 0")
+    if cfg.temperature < 0:
+        raise ConfigError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy decoding)")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1]")
+    if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r} is not one of {['auto', *_DTYPES]}")
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            raise ConfigError(
+                f"device={cfg.device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)"
+            ) from None
+
+
+def load_model(cfg: ChatConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (in eval mode, on cfg's device and dtype) and its tokenizer, from local
+    files only, with a chat template (ChatML when the tokenizer has none, as in training)."""
+    path = _model_dir(cfg.model)
+    device = _device(cfg.device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=cfg.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=_dtype(cfg.dtype, device),
+            device_map=str(device),
+            use_safetensors=True,
+            local_files_only=True,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())  # one line, as every user error is
+        raise ConfigError(
+            f"model={cfg.model}: could not be loaded ({reason}); models that ship their own "
+            "code need trust_remote_code=true"
+        ) from None
+    apply_template_choice(tokenizer, None)
+    return model.eval(), tokenizer
+
+
+def _model_dir(model: str) -> Path:
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"model={model}: no such directory {path.resolve()}; give a directory written "
+            "by save_pretrained, such as a training run's hf/ (outputs/<run.name>/hf)"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(
+            f"model={model}: no such directory with weights: {path.resolve()} holds no "
+            "*.safetensors files; give a training run's hf/ export"
+        )
+    return path
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device here; use device=auto or cpu")
+    return device
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    # bf16 on a CPU (or an old GPU) without bf16 units is many times slower than fp32.
+    bf16_capable = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16_capable else torch.float32
+
+
+class _ReplyStreamer(TextStreamer):
+    """Writes the reply (no prompt, no special tokens) to `out` as it is decoded, then a
+    newline."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, out: TextIO):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out = out
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.out.write(text + ("\n" if stream_end else ""))
+        self.out.flush()
+
+
+def generate_reply(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    cfg: ChatConfig,
+    out: TextIO = sys.stdout,
+) -> str:
+    """The assistant's next message after `messages`, streamed to `out` while it is
+    generated and returned as text. It ends at an end-of-turn token or max_new_tokens."""
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    ).to(model.device)
+    output = model.generate(
+        **inputs,
+        **_decoding(cfg),
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=_end_of_turn_ids(model, tokenizer),
+        pad_token_id=_pad_id(tokenizer),
+        # Exported configs say use_cache=False (a training setting); without a cache every
+        # new token recomputes the whole conversation.
+        use_cache=True,
+        streamer=_ReplyStreamer(tokenizer, out),
+    )
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _decoding(cfg: ChatConfig) -> dict:
+    if cfg.temperature > 0:
+        return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    # Greedy even where the model's generation_config asks for sampling (Qwen's does).
+    return {"do_sample": False}
+
+
+def _end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
+@dataclass
+class Conversation:
+    """A chat's history: the system message (if any), then user and assistant turns."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    cfg: ChatConfig
+    messages: list[dict[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+
+    def ask(self, text: str, out: TextIO = sys.stdout) -> str:
+        """Stream and return the reply to `text`. The history keeps both only once the
+        reply is complete: a reply stopped by Ctrl-C leaves it as it was."""
+        turn = [*self.messages, {"role": "user", "content": text}]
+        reply = generate_reply(self.model, self.tokenizer, turn, self.cfg, out)
+        self.messages = [*turn, {"role": "assistant", "content": reply}]
+        return reply
+
+
+def interact(
+    conversation: Conversation,
+    read_line: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Read messages after a `> ` prompt and answer each until `/exit` or end of input;
+    `/reset` clears the history; Ctrl-C during a reply stops that reply."""
+    while (line := _next_line(read_line, out)) != "/exit":
+        if line == "/reset":
+            conversation.reset()
+            out.write("(history cleared)\n")
+        elif line:
+            try:
+                conversation.ask(line, out)
+            except KeyboardInterrupt:
+                out.write("\n(reply stopped; this turn is not kept)\n")
+
+
+def _next_line(read_line: Callable[[str], str], out: TextIO) -> str:
+    """The next message or command; `/exit` at end of input (Ctrl-D)."""
+    while True:
+        try:
+            return read_line("> ").strip()
+        except EOFError:
+            out.write("\n")
+            return "/exit"
+        except KeyboardInterrupt:
+            out.write("\n")  # Ctrl-C at the prompt drops the line, as in a shell
+
+
+def prompt_flag_as_override(argv: list[str]) -> list[str]:
+    """`argv` with `--prompt TEXT` (or `--prompt=TEXT`) turned into Hydra's `prompt=...`
+    override, quoted so that the text arrives as written: Hydra rejects unknown flags and
+    would read an unquoted `42`, `true` or `a,b` as a number, a bool or a list."""
+    args = list(argv)
+    for index, arg in enumerate(args):
+        if arg == "--prompt":
+            if index + 1 == len(args):
+                raise ConfigError('--prompt needs the text, e.g. --prompt "hello"')
+            text = args.pop(index + 1)
+        elif arg.startswith("--prompt="):
+            text = arg.removeprefix("--prompt=")
+        else:
+            continue
+        args[index] = f"prompt={_hydra_quoted(text)}"
+        break
+    return args
+
+
+def _hydra_quoted(text: str) -> str:
+    # OmegaConf reads `\${` as a literal `${` (not an interpolation); backslashes right
+    # before it are escapes, so they are doubled.
+    literal = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    # Hydra's quoted strings: backslashes are literal except in a run right before a quote
+    # (the closing one included), where each one is doubled.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", literal)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
