@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from framework.config import ConfigError
-from framework.data.templates import apply_template_choice
+from framework.data.templates import apply_template_choice, stop_token_ids
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -166,9 +166,9 @@ def generate_reply(
         **inputs,
         **_decoding(cfg),
         max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=_end_of_turn_ids(model, tokenizer),
+        eos_token_id=stop_token_ids(tokenizer, model.generation_config.eos_token_id),
         pad_token_id=_pad_id(tokenizer),
-        # Exported configs say use_cache=False (a training setting); without a cache every
+        # Configs saved during training may say use_cache=False; without a cache every
         # new token recomputes the whole conversation.
         use_cache=True,
         streamer=_ReplyStreamer(tokenizer, out),
@@ -181,12 +181,6 @@ def _decoding(cfg: ChatConfig) -> dict:
         return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
     # Greedy even where the model's generation_config asks for sampling (Qwen's does).
     return {"do_sample": False}
-
-
-def _end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
-    return sorted(i for i in ids if i is not None)
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -31,12 +31,10 @@ from transformers.initialization import no_init_weights
 
 from framework import checkpoint
 from framework.config import ConfigError, TrainConfig
+from framework.data.templates import stop_token_ids
 from framework.model import generation_config, model_config
 
 MAX_SHARD_SIZE = "5GB"
-# End-of-turn markers of common chat templates: a reply must stop at the template's marker
-# even where the tokenizer's eos is another token (a base model given a chat template).
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 # The largest logit difference allowed between the reloaded model and the reference: the
 # same weights, attention and device give the same logits (in tests, bit for bit).
 _LOGIT_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -235,24 +233,13 @@ def save_hf(
     """safetensors (sharded above `max_shard_size`), config, generation config that stops
     at the chat template's end of turn, tokenizer with its chat template."""
     generation = model.generation_config
-    generation.eos_token_id = stop_tokens(tokenizer, generation)
+    generation.eos_token_id = stop_token_ids(tokenizer, generation.eos_token_id)
     generation.pad_token_id = tokenizer.pad_token_id
     # Training turns the KV cache off (packed rows must not attend across examples); an
     # export is for generating, where the cache saves recomputing the whole prefix.
     model.config.use_cache = generation.use_cache = True
     model.save_pretrained(directory, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(directory)
-
-
-def stop_tokens(tokenizer: PreTrainedTokenizerBase, generation: GenerationConfig) -> list[int]:
-    """Ids that end a reply: the tokenizer's eos, the end-of-turn marker its chat template
-    writes, and those the model already stopped at."""
-    template = str(tokenizer.chat_template or "")
-    markers = tokenizer.convert_tokens_to_ids([m for m in _END_OF_TURN if m in template])
-    previous = generation.eos_token_id
-    previous = previous if isinstance(previous, list) else [previous]
-    ids = [tokenizer.eos_token_id, *markers, *previous]
-    return list(dict.fromkeys(i for i in ids if i is not None and i != tokenizer.unk_token_id))
 
 
 def verify_export(

@@ -21,6 +21,7 @@ from framework.loop import ZERO3_OTHER_LAYOUT_WARNING, WorkerContext, train
 from framework.prepare import prepare_run
 from tests.conftest import compose_config
 from tests.distributed import join_group, spawn
+from tests.test_loop import _assert_same
 
 RUN = [
     "model.hidden_size=64",
@@ -73,16 +74,12 @@ def assert_same_run(resumed: Path, straight: Path, steps: list[int], rtol: float
 
 
 def assert_same_run_other_layout(resumed: Path, straight: Path, steps: list[int]):
-    """As assert_same_run at 1e-5, but each weight tensor compared in norm: another number
-    of ranks sums gradients in another order, and Adam turns that float noise in
-    near-zero gradients into element-wise noise (see tests/test_loop.py)."""
+    """As across layouts in tests/test_loop.py: losses within 1e-5, weights in norm."""
     got, want = losses(resumed), losses(straight)
-    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=1e-5)
-    a, b = weights(resumed), weights(straight)
-    assert a.keys() == b.keys()
-    for name in a:
-        gap = (a[name] - b[name]).norm() / b[name].norm()
-        assert gap < 1e-5, f"{name}: relative difference {gap:.2e}"
+    _assert_same(
+        {"losses": [got[s] for s in steps], "state": weights(resumed)},
+        {"losses": [want[s] for s in steps], "state": weights(straight)},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from framework import export
 from framework.checkpoint import COMMIT_MARKER, step_dir
 from framework.config import ConfigError
+from framework.data.templates import stop_token_ids
 from framework.export import (
     ExportError,
     export_checkpoint,
     find_checkpoint,
     holding,
     save_hf,
-    stop_tokens,
     verify_export,
     write_verified,
 )
@@ -148,7 +148,7 @@ def test_weights_that_do_not_fit_the_config_are_refused(tiny_model):
 def test_replies_stop_at_the_end_of_turn_when_eos_is_another_token(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     base = AutoTokenizer.from_pretrained(tmp_path, eos_token="<|endoftext|>")
-    assert stop_tokens(base, GenerationConfig(eos_token_id=7)) == [
+    assert stop_token_ids(base, 7) == [
         base.convert_tokens_to_ids("<|endoftext|>"),
         base.convert_tokens_to_ids("<|im_end|>"),
         7,

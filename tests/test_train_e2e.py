@@ -37,9 +37,13 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def _command(output_dir, overrides) -> list[str]:
+    return [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides]
+
+
 def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides],
+        _command(output_dir, overrides),
         cwd=ROOT,
         env=_environment(),
         capture_output=True,
@@ -50,7 +54,7 @@ def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.Complet
 
 def start_training(output_dir, log, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides],
+        _command(output_dir, overrides),
         cwd=ROOT,
         env=_environment(),
         stdout=log.open("w"),

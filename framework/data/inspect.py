@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from framework.data.formats import Conversation
 from framework.data.render import render, trained_spans
+from framework.data.templates import END_OF_TURN_MARKERS
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ trained ⟧
 
@@ -28,9 +29,6 @@ def marked_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], weights: lis
             run.append(token)
         run_weight = weight
     return "".join(pieces)
-
-
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
 
 
 def trained_per_role(
@@ -71,7 +69,7 @@ def warnings_for(
     if bos is not None and ids[:2] == [bos, bos]:
         found.append("double BOS at the start")
     vocab = tokenizer.get_vocab()
-    end_of_turn = {tokenizer.eos_token_id} | {vocab[t] for t in _END_OF_TURN if t in vocab}
+    end_of_turn = {tokenizer.eos_token_id} | {vocab[t] for t in END_OF_TURN_MARKERS if t in vocab}
     run_ends = [
         i for i, w in enumerate(weights) if w > 0 and (i + 1 == len(ids) or weights[i + 1] == 0)
     ]

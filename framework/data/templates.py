@@ -48,3 +48,20 @@ def apply_template_choice(tokenizer: PreTrainedTokenizerBase, choice: str | None
         tokenizer.chat_template = CHAT_TEMPLATES.get(choice, choice)
     elif tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
+
+
+# End-of-turn markers of common chat templates: a reply ends at its template's marker even
+# where the tokenizer's eos is another token (a base model given a chat template).
+END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
+
+
+def stop_token_ids(
+    tokenizer: PreTrainedTokenizerBase, previous: int | list[int] | None
+) -> list[int]:
+    """Ids that end a reply: the tokenizer's eos, the end-of-turn marker its chat template
+    writes, and `previous` (those the model already stopped at)."""
+    template = str(tokenizer.chat_template or "")
+    markers = tokenizer.convert_tokens_to_ids([m for m in END_OF_TURN_MARKERS if m in template])
+    previous = previous if isinstance(previous, list) else [previous]
+    ids = [tokenizer.eos_token_id, *markers, *previous]
+    return list(dict.fromkeys(i for i in ids if i is not None and i != tokenizer.unk_token_id))
