@@ -154,6 +154,14 @@ class ClusterConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    # GPUs reserved for each worker when use_gpu. A worker trains on one GPU: more keeps
+    # the rest of them free of other work; a fraction would put two ranks on one GPU, which
+    # NCCL refuses.
+    gpus_per_worker: float = 1.0
+    # How Ray places the workers: pack (fill a node before the next: fewest nodes, fastest
+    # communication), spread (one per node where possible), or strict_pack / strict_spread
+    # (all on one node / each on its own node, else the run does not start).
+    placement: str = "pack"
     # Restart the workers this many times after a worker or node dies (-1: always); each
     # restart continues from the newest checkpoint.
     max_failures: int = 0
@@ -245,6 +253,7 @@ _CHOICES = {
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "parallelism.zero_stage": (0, 1, 2, 3),
+    "cluster.placement": ("pack", "spread", "strict_pack", "strict_spread"),
 }
 
 _POSITIVE = (
@@ -259,6 +268,7 @@ _POSITIVE = (
     "data.demo_examples",
     "cluster.num_workers",
     "cluster.cpus_per_worker",
+    "cluster.gpus_per_worker",
 )
 
 

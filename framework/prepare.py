@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import socket
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from framework.config import TrainConfig
+from framework.config import ConfigError, TrainConfig
 from framework.data import cache
 from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
@@ -117,5 +118,20 @@ def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> Non
 
 
 def artifact_path(output_dir: str | Path) -> Path:
-    """Where `prepare_run` recorded the data artifact for this run."""
-    return Path(json.loads((Path(output_dir) / DATASET_POINTER).read_text())["path"])
+    """Where `prepare_run` recorded the data artifact for this run. A worker on a node that
+    cannot see the driver's paths fails here, with the fix, rather than deep in a loader."""
+    pointer = Path(output_dir) / DATASET_POINTER
+    if not pointer.is_file():
+        raise ConfigError(_not_shared("run.output_dir", pointer))
+    artifact = Path(json.loads(pointer.read_text())["path"])
+    if not artifact.is_dir():
+        raise ConfigError(_not_shared("run.cache_dir", artifact))
+    return artifact
+
+
+def _not_shared(key: str, path: Path) -> str:
+    return (
+        f"{path} does not exist on node {socket.gethostname()}: the driver prepared it, but "
+        f"this worker cannot see it; on a multi-node cluster set {key} to storage every node "
+        "reads (a shared file system)"
+    )

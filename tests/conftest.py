@@ -15,6 +15,17 @@ from framework.tokenizer import train_bpe
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# Overrides for a training that takes seconds: a 2-layer Llama, short rows, no wandb.
+TINY_RUN = [
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "data.max_seq_len=256",
+    "trainer.micro_batch_size=2",
+    "logger=none",
+]
 
 register_schemas()
 

@@ -19,25 +19,18 @@ from framework import checkpoint
 from framework.checkpoint import CheckpointError, committed, read_progress, step_dir
 from framework.loop import ZERO3_OTHER_LAYOUT_WARNING, WorkerContext, train
 from framework.prepare import prepare_run
-from tests.conftest import compose_config
+from tests.conftest import TINY_RUN, compose_config
 from tests.distributed import join_group, spawn
 from tests.test_loop import _assert_same
 
 RUN = [
-    "model.hidden_size=64",
-    "model.intermediate_size=128",
-    "model.num_layers=2",
-    "model.num_heads=4",
-    "model.num_kv_heads=2",
+    *TINY_RUN,
     "data.demo_examples=240",
-    "data.max_seq_len=256",
-    "trainer.micro_batch_size=2",
     "trainer.max_steps=6",
     "trainer.save_every=2",
     "trainer.keep_checkpoints=10",
     "trainer.log_every=1",
     "trainer.warmup_steps=2",
-    "logger=none",
 ]
 
 

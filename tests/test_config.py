@@ -105,3 +105,17 @@ def test_unknown_group_option_is_rejected():
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         compose_config([override])
+
+
+def test_cluster_placement_and_gpus_per_worker():
+    cfg = compose_config(["cluster.placement=strict_spread", "cluster.gpus_per_worker=0.5"])
+    assert (cfg.cluster.placement, cfg.cluster.gpus_per_worker) == ("strict_spread", 0.5)
+    default = compose_config().cluster
+    assert (default.placement, default.gpus_per_worker) == ("pack", 1.0)
+    allowed = "['pack', 'spread', 'strict_pack', 'strict_spread']"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"cluster.placement='diagonal' is not one of {allowed}")
+    ):
+        compose_config(["cluster.placement=diagonal"])
+    with pytest.raises(ConfigError, match=re.escape("cluster.gpus_per_worker=0.0 must be > 0")):
+        compose_config(["cluster.gpus_per_worker=0"])

@@ -1,10 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 
-from framework.config import TrainConfig
+from framework.config import ConfigError, TrainConfig
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan
-from framework.prepare import size_the_run
+from framework.prepare import DATASET_POINTER, artifact_path, size_the_run
 
 STATS = {"tokens": 100 * 500, "examples": 400}  # 100 rows of 500 tokens, 4 examples each
 PLAN = PackingPlan(np.arange(400), np.arange(0, 401, 4))
@@ -39,3 +41,13 @@ def test_too_little_data_for_one_step_is_an_error():
     cfg.cluster.num_workers = 64
     with pytest.raises(DataError, match="fewer than one micro batch for each of 64 workers"):
         size_the_run(cfg, STATS, PLAN)
+
+
+def test_a_worker_that_cannot_see_the_run_paths_is_told_which_key_to_share(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset.json does not exist .* set run.output_dir"):
+        artifact_path(tmp_path)
+    (tmp_path / DATASET_POINTER).write_text(json.dumps({"path": str(tmp_path / "gone")}))
+    with pytest.raises(ConfigError, match=r"gone does not exist .* set run.cache_dir"):
+        artifact_path(tmp_path)
+    (tmp_path / "gone").mkdir()
+    assert artifact_path(tmp_path) == tmp_path / "gone"

@@ -86,13 +86,10 @@ def assert_no_secret(output_dir) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("parallelism", "logger"),
-    [("zero2", "logger.mode=offline"), ("zero3", "logger=none")],
-)
-def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, logger):
+def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
+    # ZeRO-3 through Ray, to its export, runs in tests/test_slurm_scripts.py (two nodes).
     out = tmp_path / "run"
-    result = train(out, f"parallelism={parallelism}", logger, "data.eval_fraction=0.05", *SHORT_RUN)
+    result = train(out, "logger.mode=offline", "data.eval_fraction=0.05", *SHORT_RUN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -122,9 +119,8 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, parallelism, lo
     assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
 
     assert [p.name for p in committed(out / "checkpoints")] == ["step_00000015", "step_00000030"]
-    assert f"zero_stage: {parallelism[-1]}" in (out / "config.yaml").read_text()
-    if logger == "logger.mode=offline":
-        assert list((out / "wandb").glob("offline-run-*"))
+    assert "zero_stage: 2" in (out / "config.yaml").read_text()
+    assert list((out / "wandb").glob("offline-run-*"))
     assert_no_secret(out)
 
     tokenizer = AutoTokenizer.from_pretrained(out / "hf")
