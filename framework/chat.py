@@ -79,30 +79,40 @@ def check_chat_config(cfg: ChatConfig) -> None:
 
 
 def load_model(cfg: ChatConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in eval mode, on cfg's device and dtype) and its tokenizer, from local
-    files only, with a chat template (ChatML when the tokenizer has none, as in training)."""
-    path = _model_dir(cfg.model)
-    device = _device(cfg.device)
+    """`load_local_model` with the chat's settings."""
+    return load_local_model(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+
+
+def load_local_model(
+    model: str, *, device: str, dtype: str, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (in eval mode, on `device` and `dtype`, "auto" allowed) and its tokenizer,
+    from local files only, with a chat template (ChatML when the tokenizer has none, as in
+    training)."""
+    path = _model_dir(model)
+    where = _device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=cfg.trust_remote_code
+            path, local_files_only=True, trust_remote_code=trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
+        loaded = AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=_dtype(cfg.dtype, device),
-            device_map=str(device),
+            dtype=_dtype(dtype, where),
+            device_map=str(where),
             use_safetensors=True,
             local_files_only=True,
-            trust_remote_code=cfg.trust_remote_code,
+            trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())  # one line, as every user error is
         raise ConfigError(
-            f"model={cfg.model}: could not be loaded ({reason}); models that ship their own "
+            f"model={model}: could not be loaded ({reason}); models that ship their own "
             "code need trust_remote_code=true"
         ) from None
     apply_template_choice(tokenizer, None)
-    return model.eval(), tokenizer
+    return loaded.eval(), tokenizer
 
 
 def _model_dir(model: str) -> Path:

@@ -15,6 +15,9 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from framework.suite.build import check_family_names
+from framework.suite.families import DEFAULT_HELD_OUT, FAMILIES
+
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the fix."""
@@ -62,13 +65,31 @@ class SourceConfig:
 
 
 @dataclass
+class SuiteConfig:
+    """The built-in instruction suite (framework/suite): generated task families whose
+    answers are checked exactly. Training data when data.sources is empty; evaluated
+    zero-shot on the families held out of training."""
+
+    # Families never trained on: their scores are zero-shot.
+    held_out: list[str] = field(default_factory=lambda: list(DEFAULT_HELD_OUT))
+    # Families trained on; empty: every family not held out.
+    train_families: list[str] = field(default_factory=list)
+    # Chats generated for training (data.sources empty).
+    train_examples: int = 3000
+    # Share of training chats that chain 2-3 tasks in one multi-turn conversation.
+    multi_turn: float = 0.3
+    # Instances: fixed apart from trainer.seed so that every run is scored on the same
+    # validation and test items.
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
-    # The training mix. Empty (and no `path`) generates the built-in demo set from
-    # `demo_examples` and the seed.
+    # The training mix. Empty (and no `path`) trains on the built-in suite (data.suite).
     sources: list[SourceConfig] = field(default_factory=list)
     # Shorthand for one source with format auto: data.path=my.jsonl
     path: str | None = None
-    demo_examples: int = 3000
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
     # Held-out evaluation data: its own sources, or a fraction of the training mix.
     eval_sources: list[SourceConfig] = field(default_factory=list)
     eval_fraction: float = 0.0
@@ -130,6 +151,12 @@ class TrainerConfig:
     eval_every: int = 0
     eval_samples: int = 3
     eval_max_new_tokens: int = 64
+    # At each evaluation (and before the first step when eval_every > 0): greedy answers
+    # to this many validation items of every suite family, scored per family and for
+    # trained vs held-out families (suite/* metrics); 0 turns it off.
+    eval_suite_per_family: int = 4
+    # Prompts generated together in one batch.
+    eval_batch_size: int = 32
     # auto: bf16 on GPUs that support it, fp32 otherwise (bf16 on CPU is many times slower).
     precision: str = "auto"
     # token: the step's loss is the mean over every trained token of the global batch.
@@ -265,7 +292,7 @@ _POSITIVE = (
     "trainer.save_every",
     "trainer.keep_checkpoints",
     "data.max_seq_len",
-    "data.demo_examples",
+    "trainer.eval_batch_size",
     "cluster.num_workers",
     "cluster.cpus_per_worker",
     "cluster.gpus_per_worker",
@@ -285,8 +312,9 @@ def validate(cfg: TrainConfig) -> None:
     for key in _POSITIVE:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
-    if min(cfg.trainer.eval_every, cfg.trainer.eval_samples, cfg.trainer.eval_max_new_tokens) < 0:
-        raise ConfigError("trainer.eval_every, eval_samples and eval_max_new_tokens must be >= 0")
+    evals = ("eval_every", "eval_samples", "eval_max_new_tokens", "eval_suite_per_family")
+    if min(getattr(cfg.trainer, key) for key in evals) < 0:
+        raise ConfigError(f"trainer.{', trainer.'.join(evals)} must be >= 0")
     if cfg.trainer.warmup_steps < 0 or cfg.trainer.max_grad_norm < 0:
         raise ConfigError("trainer.warmup_steps and trainer.max_grad_norm must be >= 0")
     offload = cfg.parallelism.offload_optimizer or cfg.parallelism.offload_params
@@ -319,6 +347,34 @@ def validate(cfg: TrainConfig) -> None:
     for group in ("sources", "eval_sources"):
         for index, source in enumerate(getattr(cfg.data, group)):
             _validate_source(source, f"data.{group}[{index}]")
+    validate_suite(cfg.data.suite, "data.suite")
+
+
+def validate_suite(suite: SuiteConfig, key: str) -> None:
+    """Raise ConfigError naming the suite key that cannot work."""
+    for name in ("held_out", "train_families"):
+        try:
+            check_family_names(getattr(suite, name), f"{key}.{name}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    both = sorted(set(suite.held_out) & set(suite.train_families))
+    if both:
+        raise ConfigError(
+            f"{key}.train_families and {key}.held_out both name {both}: a held-out family "
+            "is never trained on; remove it from one of them"
+        )
+    if not trained_families(suite):
+        raise ConfigError(f"{key}.held_out holds every family: nothing is left to train on")
+    if suite.train_examples <= 0:
+        raise ConfigError(f"{key}.train_examples={suite.train_examples} must be > 0")
+    if not 0.0 <= suite.multi_turn <= 1.0:
+        raise ConfigError(f"{key}.multi_turn={suite.multi_turn} must be in [0, 1]")
+
+
+def trained_families(suite: SuiteConfig) -> list[str]:
+    """The families training chats are drawn from, in the suite's order."""
+    chosen = suite.train_families or [f for f in FAMILIES if f not in suite.held_out]
+    return [f for f in FAMILIES if f in chosen and f not in suite.held_out]
 
 
 SOURCE_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
@@ -335,5 +391,5 @@ def _validate_source(source: SourceConfig, key: str) -> None:
         raise ConfigError(
             f"{key}.path: no such file or folder {source.path}; point it at a JSON/JSONL/"
             "Parquet/CSV file, a folder of them, a saved `datasets` directory or a hub name "
-            "(data.path=null with no sources uses the built-in demo data)"
+            "(data.path=null with no sources trains on the built-in suite)"
         )

@@ -1,10 +1,11 @@
 """Evaluation on the held-out split: exactly normalised loss and perplexity (overall and
-per data source), and greedy generations next to their references."""
+per data source), greedy generations next to their references, and scored answers to
+questions (the suite's task families, or a user's file) on any number of ranks."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import collate_rows
+from framework.generate import Message, greedy_replies
 from framework.loss import token_losses
+from framework.scoring import Checker, Scored, score, summarize
+from framework.suite.build import Item
+from framework.suite.checkers import normalized_equal
+from framework.suite.families import FAMILIES
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, positions) -> logits
 
@@ -130,3 +136,76 @@ def greedy_samples(
             }
         )
     return samples
+
+
+@dataclass
+class Question:
+    group: str  # task family, or a user file's task label
+    chat: list[Message]  # ends with the user turn to answer
+    reference: str
+    held_out: bool | None = None  # never trained on; None where no such split exists
+    check: Checker = normalized_equal
+    prediction: str | None = None  # an answer given in the user's file: scored as it is
+
+
+def suite_questions(items: list[Item], held_out: Collection[str] | None) -> list[Question]:
+    """The suite's items as questions checked by their family's checker; `held_out` names
+    the families the model never trained on (None: no trained / held-out split)."""
+    return [
+        Question(
+            group=item.family,
+            chat=item.prompt,
+            reference=item.reference,
+            held_out=None if held_out is None else item.family in held_out,
+            check=FAMILIES[item.family].check,
+        )
+        for item in items
+    ]
+
+
+def answer_and_score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[Question],
+    *,
+    rank: int = 0,
+    world: int = 1,
+    max_new_tokens: int,
+    batch_size: int,
+    synced: bool = False,
+) -> tuple[dict, list[Scored]]:
+    """Collective when world > 1: rank r answers questions r, r + world, ... greedily;
+    rank 0 scores every answer and returns (summary, scored answers in question order),
+    the other ranks ({}, [])."""
+    mine = list(range(rank, len(questions), world))
+    replies = greedy_replies(
+        model,
+        tokenizer,
+        [questions[i].chat for i in mine],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        synced=synced,
+    )
+    answered = list(zip(mine, replies, strict=True))
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, answered)
+        answered = [pair for part in gathered for pair in part]
+    if rank != 0:
+        return {}, []
+    replies_by_index = dict(answered)
+    return score_answers(questions, [replies_by_index[i] for i in range(len(questions))])
+
+
+def score_answers(questions: list[Question], replies: list[str]) -> tuple[dict, list[Scored]]:
+    """(summary, scored answers in question order) of `replies` to `questions`."""
+    scored = [
+        score(q.group, _shown(q.chat), q.reference, reply, held_out=q.held_out, check=q.check)
+        for q, reply in zip(questions, replies, strict=True)
+    ]
+    return summarize(scored), scored
+
+
+def _shown(chat: list[Message]) -> str:
+    """The chat as one readable string (earlier turns give the question its context)."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in chat)

@@ -119,17 +119,23 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Export the committed checkpoint at `checkpoint_dir` (any ZeRO stage, written by any
-    number of ranks) in this process, without torch.distributed: its trained weights in
-    the architecture its config.yaml describes (nothing is downloaded for the built-in
-    model), with its tokenizer, through `write_verified`. Returns `out_dir`."""
+    number of ranks) in this process, without torch.distributed, through `write_verified`.
+    Returns `out_dir`."""
+    return write_verified(*load_checkpoint(checkpoint_dir), out_dir)
+
+
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The committed checkpoint's trained weights in the architecture its config.yaml
+    describes (nothing is downloaded for the built-in model), in eval mode on the CPU,
+    and its tokenizer."""
     path = Path(checkpoint_dir)
     progress = checkpoint.read_progress(path)
-    cfg = _train_config(path / checkpoint.CONFIG_FILE)
+    cfg = train_config(path / checkpoint.CONFIG_FILE)
     tokenizer = AutoTokenizer.from_pretrained(path / checkpoint.TOKENIZER_DIR)
     config = model_config(cfg.model, tokenizer)
     state = checkpoint_weights(path, progress["zero_stage"])
     generation = generation_config(cfg.model, config)
-    return write_verified(holding(config, state, generation, source=str(path)), tokenizer, out_dir)
+    return holding(config, state, generation, source=str(path)), tokenizer
 
 
 def checkpoint_weights(path: Path, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -150,7 +156,7 @@ def checkpoint_weights(path: Path, zero_stage: int) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _train_config(file: Path) -> TrainConfig:
+def train_config(file: Path) -> TrainConfig:
     try:
         saved = OmegaConf.load(file)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))

@@ -22,14 +22,24 @@ from framework.data.cache import first_plan, load_stats
 from framework.data.dataset import TokenizedDataset
 from framework.data.loader import RankBatches
 from framework.engine import build_engine, deepspeed_config, partitioned_init, resolve_precision
-from framework.evaluate import EvalSet, eval_loss, greedy_samples
+from framework.evaluate import (
+    EvalSet,
+    Question,
+    answer_and_score,
+    eval_loss,
+    greedy_samples,
+    suite_questions,
+)
 from framework.export import export_hf
 from framework.loss import summed_loss
 from framework.metrics import ModelShape, clock, gather, peak_flops, peak_memory_gb, summarize
 from framework.model import build_model
 from framework.prepare import TOKENIZER_DIR, artifact_path
+from framework.scoring import examples_worst_first, flat_metrics
 from framework.selfcheck import verify_packing
 from framework.stopping import StopCheck, write_stop_request
+from framework.suite.build import eval_items
+from framework.suite.families import FAMILIES
 from framework.tracking import Tracker
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -63,6 +73,10 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         batches = itertools.chain([first], batches)
     tracker = Tracker(cfg, enabled=ctx.rank == 0, start_step=start, totals=progress.get("totals"))
     evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
+    questions = _suite_sample(cfg)
+    evaluating = evalset is not None or bool(questions)
+    if evaluating and cfg.trainer.eval_every and start == 0:  # the untrained baseline
+        tracker.log_eval(0, *_evaluate(engine, tokenizer, evalset, questions, cfg, ctx))
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
     metrics: dict = {}
@@ -76,8 +90,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         if step % cfg.trainer.log_every == 0 or last:
             tracker.log(step, metrics)
         every = cfg.trainer.eval_every
-        if evalset is not None and ((every and step % every == 0) or last):
-            tracker.log_eval(step, *_evaluate(engine, tokenizer, evalset, cfg, ctx))
+        if evaluating and ((every and step % every == 0) or last):
+            tracker.log_eval(step, *_evaluate(engine, tokenizer, evalset, questions, cfg, ctx))
         stopped = stop.reason(ctx.rank, ctx.device)
         if step % cfg.trainer.save_every == 0 or last or stopped:
             _save(engine, cfg, ctx, tokenizer, step, sampler, tracker)
@@ -203,13 +217,19 @@ def _sampler(cfg: TrainConfig, ctx: WorkerContext, pad_id: int, artifact: Path) 
     )
 
 
+def _packed_logits(engine) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(input ids, position ids) -> logits of packed rows; no cache, or packed examples
+    would attend to each other."""
+    return lambda ids, positions: (
+        engine(input_ids=ids, position_ids=positions, use_cache=False).logits
+    )
+
+
 def _verify_packing(engine, batch: dict[str, torch.Tensor], ctx: WorkerContext) -> None:
     batch = {k: v.to(ctx.device) for k, v in batch.items()}
     fp32 = next(engine.module.parameters()).dtype == torch.float32
     worst = verify_packing(
-        lambda ids, positions: (
-            engine(input_ids=ids, position_ids=positions, use_cache=False).logits
-        ),
+        _packed_logits(engine),
         batch,
         rtol=1e-4 if fp32 else 2e-2,
     )
@@ -217,35 +237,62 @@ def _verify_packing(engine, batch: dict[str, torch.Tensor], ctx: WorkerContext) 
         print(f"packing self-check passed (largest difference {worst:.1e})", flush=True)
 
 
-def _evaluate(engine, tokenizer, evalset: EvalSet, cfg: TrainConfig, ctx: WorkerContext):
-    """Eval loss on every rank together, then greedy samples (on all ranks under ZeRO-3,
-    where generating needs every rank's weights; on rank 0 otherwise)."""
+def _suite_sample(cfg: TrainConfig) -> list[Question]:
+    """trainer.eval_suite_per_family validation items of every suite family; trained and
+    held-out families are told apart when the run trains on the suite."""
+    per_family = cfg.trainer.eval_suite_per_family
+    if not per_family:
+        return []
+    items = eval_items(list(FAMILIES), "validation", per_family, cfg.data.suite.seed)
+    return suite_questions(items, None if cfg.data.sources else cfg.data.suite.held_out)
+
+
+def _evaluate(
+    engine, tokenizer, evalset: EvalSet | None, questions: list[Question], cfg, ctx
+) -> tuple[dict, list[dict], list[dict]]:
+    """Collective. (metrics, greedy samples, scored suite answers worst first): eval loss
+    on every rank together, then greedy samples (on all ranks under ZeRO-3, where
+    generating needs every rank's weights; on rank 0 otherwise), then the suite's
+    questions shared out over the ranks."""
     engine.module.eval()
-    metrics = eval_loss(
-        lambda ids, positions: (
-            engine(input_ids=ids, position_ids=positions, use_cache=False).logits
-        ),
-        evalset,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        rank=ctx.rank,
-        world=ctx.world_size,
-        pad_id=tokenizer.pad_token_id,
-        device=ctx.device,
-    )
     synced = cfg.parallelism.zero_stage == 3
-    samples = []
-    if synced or ctx.rank == 0:
-        samples = greedy_samples(
-            engine.module,
-            tokenizer,
+    metrics, samples, answers = {}, [], []
+    if evalset is not None:
+        metrics = eval_loss(
+            _packed_logits(engine),
             evalset,
-            count=cfg.trainer.eval_samples,
-            max_new_tokens=cfg.trainer.eval_max_new_tokens,
-            synced=synced,
+            micro_batch_size=cfg.trainer.micro_batch_size,
+            rank=ctx.rank,
+            world=ctx.world_size,
+            pad_id=tokenizer.pad_token_id,
             device=ctx.device,
         )
+        if synced or ctx.rank == 0:
+            samples = greedy_samples(
+                engine.module,
+                tokenizer,
+                evalset,
+                count=cfg.trainer.eval_samples,
+                max_new_tokens=cfg.trainer.eval_max_new_tokens,
+                synced=synced,
+                device=ctx.device,
+            )
+    if questions:
+        summary, scored = answer_and_score(
+            engine.module,
+            tokenizer,
+            questions,
+            rank=ctx.rank,
+            world=ctx.world_size,
+            max_new_tokens=cfg.trainer.eval_max_new_tokens,
+            batch_size=cfg.trainer.eval_batch_size,
+            synced=synced,
+        )
+        if ctx.rank == 0:
+            metrics |= flat_metrics(summary, "suite")
+            answers = examples_worst_first(scored, summary)
     engine.module.train()
-    return metrics, samples
+    return metrics, samples, answers
 
 
 class NonFiniteLoss(RuntimeError):

@@ -14,9 +14,11 @@ from tqdm import tqdm
 
 from framework.config import LoggerConfig, TrainConfig
 from framework.prepare import INSPECT_FILE, STATS_FILE
+from framework.scoring import flat_metrics
 
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.jsonl"
+SUITE_ANSWERS_FILE = "suite_answers.jsonl"
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -35,10 +37,13 @@ def wandb_mode(cfg: LoggerConfig) -> str:
 
 
 def _keep_lines_up_to(path: Path, step: int) -> None:
-    """Drop the JSON lines of `path` logged after `step` (all of them for step 0)."""
+    """Drop the JSON lines of `path` logged after `step` (all of them for step 0: a fresh
+    start logs its own step-0 evaluation)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    kept = [
+        line for line in path.read_text().splitlines() if step and json.loads(line)["step"] <= step
+    ]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -50,6 +55,46 @@ def _wandb_run_id(out: Path, *, fresh: bool) -> str:
     if fresh or not file.exists():
         file.write_text(uuid.uuid4().hex[:8])
     return file.read_text().strip()
+
+
+ANSWER_COLUMNS = [
+    "group",
+    "held_out",
+    "prompt",
+    "reference",
+    "prediction",
+    "exact",
+    "normalized",
+    "rouge_l",
+]
+
+
+def _table(rows: list[dict], columns: list[str]):
+    import wandb
+
+    return wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+
+
+def _init_wandb(**kwargs):
+    """wandb.init, retried when the run id is still held by a wandb service: after Ray
+    restarts the workers, the killed rank 0's service can hold the id for a while. A retry
+    starts a service of this process's own."""
+    import wandb
+
+    for attempt in range(1, _WANDB_INIT_TRIES):
+        try:
+            return wandb.init(**kwargs)
+        except Exception as err:
+            if "is in use" not in str(err):
+                raise
+            print(f"wandb: {err}; retrying with a service of this process's own", flush=True)
+            wandb.teardown()
+            os.environ.pop("WANDB_SERVICE", None)
+            time.sleep(2.0 * attempt)
+    return wandb.init(**kwargs)
+
+
+_WANDB_INIT_TRIES = 5
 
 
 class Tracker:
@@ -72,14 +117,14 @@ class Tracker:
         self.last: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         # What was logged after the checkpoint did not happen, as far as the run goes on.
-        _keep_lines_up_to(out / SAMPLES_FILE, start_step)
-        _keep_lines_up_to(out / METRICS_FILE, start_step)
+        for name in (SAMPLES_FILE, SUITE_ANSWERS_FILE, METRICS_FILE):
+            _keep_lines_up_to(out / name, start_step)
         self.metrics_file = (out / METRICS_FILE).open("a", encoding="utf-8")
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
         if cfg.logger.backend == "wandb":
             import wandb
 
-            self.run = wandb.init(
+            self.run = _init_wandb(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 name=cfg.run.name,
@@ -137,22 +182,27 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
-    def log_eval(self, step: int, metrics: dict[str, float], samples: list[dict]) -> None:
-        """Eval metrics to metrics.jsonl and wandb; samples to samples.jsonl and a table."""
+    def log_eval(
+        self, step: int, metrics: dict[str, float], samples: list[dict], answers: list[dict]
+    ) -> None:
+        """Eval metrics to metrics.jsonl and wandb; greedy samples to samples.jsonl, scored
+        suite answers (worst family first) to suite_answers.jsonl, and both as tables."""
         if not self.enabled:
             return
         self._write(step, metrics)
-        with (self.out / SAMPLES_FILE).open("a", encoding="utf-8") as f:
-            f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in samples)
+        for name, rows in ((SAMPLES_FILE, samples), (SUITE_ANSWERS_FILE, answers)):
+            with (self.out / name).open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
         self.last_eval = metrics
         if self.run is not None:
-            import wandb
-
-            columns = ["step", "prompt", "reference", "generated"]
-            rows = [[step, s["prompt"], s["reference"], s["generated"]] for s in samples]
-            self.run.log(
-                {**metrics, "eval/samples": wandb.Table(columns=columns, data=rows)}, step=step
-            )
+            tables = {
+                "eval/samples": (samples, ["prompt", "reference", "generated"]),
+                "eval/suite_answers": (answers, ANSWER_COLUMNS),
+            }
+            for key, (rows, columns) in tables.items():
+                if rows:
+                    metrics = {**metrics, key: _table(rows, columns)}
+            self.run.log(metrics, step=step)
 
     def summary(self) -> dict[str, float]:
         """The whole run: totals, mean throughput over training time, last loss."""
@@ -166,7 +216,8 @@ class Tracker:
             "tokens_per_s": self.totals.get("tokens", 0.0) / max(seconds, 1e-9),
             "peak_memory_gb": self.totals.get("peak_memory_gb", 0.0),
             "skipped_steps": self.totals.get("skipped", 0.0),
-            **self.last_eval,
+            # Every family's curve is in metrics.jsonl; the summary keeps the aggregates.
+            **{k: v for k, v in self.last_eval.items() if not k.startswith("suite/family/")},
         }
 
     def close(self) -> None:
@@ -181,3 +232,23 @@ class Tracker:
         self.metrics_file.close()
         if self.run is not None:
             self.run.finish()
+
+
+def log_evaluation(logger: LoggerConfig, name: str, out: Path, config: dict, result: dict) -> None:
+    """A standalone evaluation (launch/eval.py) as a wandb run of its own: the summary's
+    means and per-family scores, and every answer as a table, worst family first."""
+    import wandb
+
+    run = _init_wandb(
+        project=logger.project,
+        entity=logger.entity,
+        name=name,
+        job_type="eval",
+        dir=str(out),
+        config=config,
+        mode=wandb_mode(logger),
+        settings=wandb.Settings(console="off"),
+    )
+    run.log({"eval/answers": _table(result["answers"], ANSWER_COLUMNS)})
+    run.summary.update(flat_metrics(result["summary"], "eval"))
+    run.finish()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from framework.suite.build import training_chats
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from framework.config import TrainConfig, from_hydra, register_schemas
-from framework.data.demo import demo_conversations
+from framework.suite.families import FAMILIES
 from framework.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,9 @@ def compose_config(overrides: list[str] | None = None) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    texts = [m["content"] for r in demo_conversations(300, seed=0) for m in r["messages"]]
+    texts = [
+        m["content"] for r in training_chats(list(FAMILIES), 300, seed=0) for m in r["messages"]
+    ]
     return train_bpe(texts, vocab_size=512)
 
 

@@ -25,7 +25,7 @@ from tests.test_loop import _assert_same
 
 RUN = [
     *TINY_RUN,
-    "data.demo_examples=240",
+    "data.suite.train_examples=240",
     "trainer.max_steps=6",
     "trainer.save_every=2",
     "trainer.keep_checkpoints=10",

@@ -3,10 +3,21 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
-from framework.evaluate import EvalSet, eval_loss, greedy_samples, rank_chunks
+from framework.evaluate import (
+    EvalSet,
+    answer_and_score,
+    eval_loss,
+    greedy_samples,
+    rank_chunks,
+    suite_questions,
+)
 from framework.loss import token_losses
-from tests.test_loop import synthetic_data
+from framework.model import build_model
+from framework.suite.build import eval_items
+from tests.distributed import join_group, spawn
+from tests.test_loop import TINY, synthetic_data
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +84,31 @@ def test_greedy_samples_pair_each_prompt_with_its_reference(setup, tokenizer):
     last = tokenizer.decode(tokens[trained[-1] : trained[-1] + 1])
     assert samples[0]["reference"].endswith(last)
     assert all(set(s) == {"prompt", "reference", "generated"} for s in samples)
+
+
+def _answer_on_ranks(rank, world, port, tokenizer, questions, results):
+    join_group(rank, world, port)
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32).eval()
+    summary, scored = answer_and_score(
+        model, tokenizer, questions, rank=rank, world=world, max_new_tokens=5, batch_size=4
+    )
+    if rank == 0:
+        results.put((summary, [s.prediction for s in scored]))
+    dist.destroy_process_group()
+
+
+def test_answers_shared_over_two_ranks_equal_one_rank(tokenizer):
+    questions = suite_questions(
+        eval_items(["add", "recall", "subtract"], "test", 3, 0), ["subtract"]
+    )
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32).eval()
+    summary, scored = answer_and_score(model, tokenizer, questions, max_new_tokens=5, batch_size=4)
+    assert [s.group for s in scored] == ["add"] * 3 + ["recall"] * 3 + ["subtract"] * 3
+    assert [s.held_out for s in scored] == [False] * 6 + [True] * 3
+    results = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    spawn(_answer_on_ranks, 2, tokenizer, questions, results)
+    two_ranks, predictions = results.get()
+    assert predictions == [s.prediction for s in scored]
+    assert two_ranks == summary

@@ -2,15 +2,16 @@
 
 import pytest
 import torch
+from framework.suite.build import training_chats
 
 from framework.config import ModelConfig
 from framework.data.dataset import TokenizedDataset
-from framework.data.demo import demo_conversations
 from framework.data.formats import Conversation
 from framework.data.pack import collate_rows
 from framework.data.render import render
 from framework.loss import summed_loss, token_losses
 from framework.model import build_model
+from framework.suite.families import FAMILIES
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 
@@ -21,7 +22,7 @@ def setup(tokenizer):
     model = build_model(TINY, tokenizer, torch.float32).eval()
     examples = [
         render(tokenizer, Conversation(r["messages"]), "assistant", f"demo[{i}]")
-        for i, r in enumerate(demo_conversations(4, seed=5))
+        for i, r in enumerate(training_chats(list(FAMILIES), 4, seed=5))
     ]
     data = TokenizedDataset.from_examples([(e.input_ids, e.weights) for e in examples])
     return model, data

@@ -37,7 +37,7 @@ SMALL_RUN = [
     "trainer.log_every=1",
     "trainer.save_every=2",
     "trainer.warmup_steps=1",
-    "data.demo_examples=200",
+    "data.suite.train_examples=200",
     *TINY_RUN,
 ]
 

@@ -33,7 +33,7 @@ TRAINING = [
     "trainer.save_every=2",
     "trainer.log_every=1",
     "trainer.warmup_steps=1",
-    "data.demo_examples=200",
+    "data.suite.train_examples=200",
     *TINY_RUN,
 ]
 # Job states after which a job never runs again (a requeued job goes back to PENDING).

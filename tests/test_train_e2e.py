@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from framework.checkpoint import committed, read_progress, step_dir
 from framework.stopping import EXIT_RESUMABLE
+from framework.suite.families import DEFAULT_HELD_OUT
 from tests.conftest import ROOT
 
 SHORT_RUN = [
@@ -23,7 +24,7 @@ SHORT_RUN = [
     "trainer.log_every=5",
     "trainer.save_every=15",
     "trainer.warmup_steps=5",
-    "data.demo_examples=600",
+    "data.suite.train_examples=600",
 ]
 
 
@@ -89,14 +90,21 @@ def assert_no_secret(output_dir) -> None:
 def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     # ZeRO-3 through Ray, to its export, runs in tests/test_slurm_scripts.py (two nodes).
     out = tmp_path / "run"
-    result = train(out, "logger.mode=offline", "data.eval_fraction=0.05", *SHORT_RUN)
+    result = train(out, "logger.mode=offline", "trainer.eval_every=20", *SHORT_RUN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     metrics = [m for m in logged if "loss" in m]
     evaluations = [m for m in logged if "eval_loss" in m]
-    assert [m["step"] for m in evaluations] == [30]  # eval_every=0: at the end
-    assert evaluations[0]["eval_loss"] < metrics[0]["loss"]
+    assert [m["step"] for m in evaluations] == [0, 20, 30]  # before training, every 20, at the end
+    assert evaluations[-1]["eval_loss"] < evaluations[0]["eval_loss"]
+    assert evaluations[-1]["eval_loss/suite-held-out"] > evaluations[-1]["eval_loss/suite-trained"]
+    assert {"suite/trained/normalized", "suite/held_out/rouge_l", "suite/family/add"} <= set(
+        evaluations[0]
+    )
+    answers = [json.loads(line) for line in (out / "suite_answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 * 28 * 4  # every family's first 4 validation items, 3 times
+    assert {a["group"] for a in answers if a["held_out"]} == set(DEFAULT_HELD_OUT)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and all(s["reference"] for s in samples)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30]
@@ -123,6 +131,8 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     assert list((out / "wandb").glob("offline-run-*"))
     assert_no_secret(out)
 
+    _evaluate_the_export_and_the_checkpoint_alike(out)
+
     tokenizer = AutoTokenizer.from_pretrained(out / "hf")
     model = AutoModelForCausalLM.from_pretrained(out / "hf")
     prompt = tokenizer.apply_chat_template(
@@ -137,6 +147,36 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     assert tokenizer.decode(generated[0, prompt["input_ids"].shape[1] :]).strip()
 
 
+def _evaluate_the_export_and_the_checkpoint_alike(out):
+    """launch/eval.py on the run's hf/ and on its newest checkpoint (the same weights)."""
+    results = []
+    for model in ("hf", "checkpoints"):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "launch/eval.py",
+                f"model={out / model}",
+                "per_family=3",
+                "max_new_tokens=16",
+                "logger.mode=offline",
+            ],
+            cwd=ROOT,
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"the training run's {out / 'config.yaml'}" in result.stdout
+        assert "mean: held_out" in result.stdout and "mean: trained" in result.stdout
+        written = json.loads((out / f"{model}-eval" / "eval.json").read_text())
+        assert len(written["answers"]) == 28 * 3
+        assert list((out / f"{model}-eval" / "wandb").glob("offline-run-*"))
+        results.append(written)
+    assert results[0]["summary"] == results[1]["summary"]
+    assert results[0]["answers"] == results[1]["answers"]
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_stops_then_a_killed_worker_is_replaced(tmp_path):
     """SIGTERM to the driver: checkpoint, exit 75. The same command resumes; a worker
@@ -149,7 +189,7 @@ def test_sigterm_checkpoints_and_stops_then_a_killed_worker_is_replaced(tmp_path
         "trainer.save_every=5",
         "trainer.log_every=1",
         "trainer.warmup_steps=2",
-        "data.demo_examples=400",
+        "data.suite.train_examples=400",
         "cluster.max_failures=1",
     ]
     first = start_training(out, log, *overrides)
@@ -197,7 +237,7 @@ def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path):
         (["model.name_or_path=/no/such/model"], "error: model.name_or_path: no such directory"),
         (["trainer.max_stepz=3"], "Key 'max_stepz' not in 'TrainerConfig'"),
         (
-            ["data.demo_examples=10", "trainer.micro_batch_size=64"],
+            ["data.suite.train_examples=10", "trainer.micro_batch_size=64"],
             "fewer than one micro batch for each of 2 workers at trainer.micro_batch_size=64",
         ),
     ],

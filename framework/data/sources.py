@@ -2,8 +2,9 @@
 
 A source is a JSON / JSONL / Parquet / CSV file, a folder of them, a `datasets` directory
 written by `save_to_disk`, a hub data set, or (with no sources configured) the built-in
-demo set. Each source is read, capped at `max_samples`, converted (bad records go through
-the ErrorPolicy), optionally split for eval, and weighted into the training mix.
+instruction suite: its training chats, and its validation items as the eval split. Each
+source is read, capped at `max_samples`, converted (bad records go through the
+ErrorPolicy), optionally split for eval, and weighted into the training mix.
 
 Everything is deterministic for (config, seed): each random choice has its own generator
 seeded by the seed, the source's name and what the choice is for.
@@ -19,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from framework.config import DataConfig, SourceConfig
-from framework.data.demo import demo_conversations
+from framework.config import DataConfig, SourceConfig, SuiteConfig, trained_families
 from framework.data.formats import (
     Conversation,
     DataError,
@@ -28,11 +28,15 @@ from framework.data.formats import (
     RecordError,
     to_conversation,
 )
+from framework.suite.build import eval_items, training_chats
 
 SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
 # Files that `datasets.save_to_disk` writes (a Dataset, or a DatasetDict at the top level).
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-_DEMO_PATH = "<demo>"
+# The built-in suite's sources: its training chats, and validation items of the trained
+# and of the held-out families (for eval loss per group).
+_SUITE_TRAIN, _SUITE_TRAINED, _SUITE_HELD_OUT = "<suite>", "<suite:trained>", "<suite:held-out>"
+_EVAL_LOSS_ITEMS_PER_FAMILY = 8
 
 # (where, record), or (where, RecordError) for a record that could not even be parsed.
 Raw = tuple[str, object]
@@ -66,9 +70,15 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
     appear in train; each source contributes round(weight x kept) examples; train is
     shuffled; the result depends only on (cfg, seed). Raises DataError for an unreadable
     source or one with no usable record, and whatever `policy` raises for a bad record."""
-    sources = cfg.sources or [SourceConfig(path=_DEMO_PATH, format="messages", name="demo")]
-    names = _names([*sources, *cfg.eval_sources])
-    holdout = 0.0 if cfg.eval_sources else cfg.eval_fraction
+    sources, eval_sources = cfg.sources, cfg.eval_sources
+    if not sources:
+        sources = [_suite_source(_SUITE_TRAIN, "suite")]
+        if not eval_sources and not cfg.eval_fraction:
+            eval_sources = [_suite_source(_SUITE_TRAINED, "suite-trained")]
+            if cfg.suite.held_out:
+                eval_sources.append(_suite_source(_SUITE_HELD_OUT, "suite-held-out"))
+    names = _names([*sources, *eval_sources])
+    holdout = 0.0 if eval_sources else cfg.eval_fraction
     train: list[LoadedRecord] = []
     evaluation: list[LoadedRecord] = []
     summaries: dict[str, SourceSummary] = {}
@@ -80,7 +90,7 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
         train += taken
         evaluation += held
         summaries[name] = summary
-    for source, name in zip(cfg.eval_sources, names[len(sources) :], strict=True):
+    for source, name in zip(eval_sources, names[len(sources) :], strict=True):
         kept, summary = _load_source(source, name, cfg, seed, policy)
         summary.taken = len(kept)
         evaluation += kept
@@ -93,7 +103,7 @@ def _load_source(
     source: SourceConfig, name: str, cfg: DataConfig, seed: int, policy: ErrorPolicy
 ) -> tuple[list[LoadedRecord], SourceSummary]:
     """The source's converted records, in reading order, after the max_samples cap."""
-    raw = list(_read(source, cfg.demo_examples, seed))
+    raw = list(_read(source, cfg.suite))
     raw = _cap(raw, source.max_samples, _rng(seed, name, "cap"))
     kept = []
     for where, record in raw:
@@ -167,11 +177,31 @@ def _weighted(kept: list[LoadedRecord], weight: float, rng: random.Random) -> li
     return kept * whole + [kept[i] for i in sorted(rng.sample(range(len(kept)), extra))]
 
 
-def _read(source: SourceConfig, demo_examples: int, seed: int) -> Iterator[Raw]:
+def _suite_source(path: str, name: str) -> SourceConfig:
+    return SourceConfig(path=path, format="messages", name=name)
+
+
+def _read_suite(path: str, suite: SuiteConfig) -> Iterator[Raw]:
+    if path == _SUITE_TRAIN:
+        chats = training_chats(
+            trained_families(suite), suite.train_examples, suite.seed, suite.multi_turn
+        )
+        yield from ((f"suite[{i}]", chat) for i, chat in enumerate(chats))
+        return
+    held_out = path == _SUITE_HELD_OUT
+    families = suite.held_out if held_out else trained_families(suite)
+    items = eval_items(families, "validation", _EVAL_LOSS_ITEMS_PER_FAMILY, suite.seed)
+    for index, item in enumerate(items):
+        yield (
+            f"suite validation {item.family}[{index % _EVAL_LOSS_ITEMS_PER_FAMILY}]",
+            item.record(),
+        )
+
+
+def _read(source: SourceConfig, suite: SuiteConfig) -> Iterator[Raw]:
     """Every record of the source with its location string."""
-    if source.path == _DEMO_PATH:
-        for index, record in enumerate(demo_conversations(demo_examples, seed)):
-            yield f"demo[{index}]", record
+    if source.path.startswith("<suite"):
+        yield from _read_suite(source.path, suite)
         return
     path = Path(source.path).expanduser()
     if path.is_dir() and any((path / marker).exists() for marker in _SAVED_MARKERS):

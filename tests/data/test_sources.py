@@ -10,7 +10,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from framework.config import DataConfig, SourceConfig
+from framework.config import DataConfig, SourceConfig, SuiteConfig, trained_families
 from framework.data.formats import DataError, ErrorPolicy, RecordError
 from framework.data.sources import load_data
 from tests.conftest import CONF_DIR, SHARED_DATA, compose_config
@@ -150,10 +150,24 @@ def test_missing_local_path_and_unsupported_file(tmp_path):
         _load(tmp_path / "d.txt")
 
 
-def test_demo_set_when_no_sources():
-    loaded = load_data(DataConfig(demo_examples=20), 0, ErrorPolicy("raise"))
-    assert sorted(r.where for r in loaded.train) == sorted(f"demo[{i}]" for i in range(20))
-    assert loaded.summaries["demo"].taken == 20
+def test_the_suite_when_no_sources_trains_only_on_trained_families_and_evaluates_both():
+    suite = SuiteConfig(held_out=["subtract", "lowercase"], train_examples=40)
+    loaded = load_data(DataConfig(suite=suite), 0, ErrorPolicy("raise"))
+    assert sorted(r.where for r in loaded.train) == sorted(f"suite[{i}]" for i in range(40))
+    assert loaded.summaries["suite"].taken == 40
+    trained = set(trained_families(suite))
+    assert {r.source for r in loaded.eval} == {"suite-trained", "suite-held-out"}
+    held = [r for r in loaded.eval if r.source == "suite-held-out"]
+    assert {r.where.split()[2].split("[")[0] for r in held} == {"subtract", "lowercase"}
+    seen = [r for r in loaded.eval if r.source == "suite-trained"]
+    assert {r.where.split()[2].split("[")[0] for r in seen} == trained
+
+    # A held-out family's questions are never a training turn.
+    def questions(records):
+        turns = [m for r in records for m in r.conversation.messages]
+        return {m["content"] for m in turns if m["role"] == "user"}
+
+    assert questions(held) and not questions(held) & questions(loaded.train)
 
 
 # One bad line of each kind a file can hold, with the reason it must get.
@@ -295,7 +309,7 @@ RECIPES = sorted(p.stem for p in Path(CONF_DIR, "data").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_loads_without_a_bad_record(recipe):
-    cfg = compose_config([f"data={recipe}", "data.demo_examples=50"])
+    cfg = compose_config([f"data={recipe}", "data.suite.train_examples=50"])
     for source in [*cfg.data.sources, *cfg.data.eval_sources]:
         assert Path(source.path).is_relative_to(SHARED_DATA.resolve())
     loaded = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("raise"))

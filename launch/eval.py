@@ -1,0 +1,38 @@
+"""Evaluate a model: greedy answers to the suite's test split (or a JSONL of prompts with
+references), scored per task family and for trained vs held-out families.
+
+python launch/eval.py model=outputs/tiny-sft/hf
+python launch/eval.py model=outputs/tiny-sft/checkpoints split=validation per_family=20
+python launch/eval.py model=outputs/tiny-sft/hf eval=my_questions.jsonl logger.backend=none
+
+`model` is a Hugging Face directory (a run's hf/), a step_* checkpoint or a run's
+checkpoint directory. A table goes to stdout, every answer (worst families first) to
+`<out>/eval.json` (default `<model>-eval/`), and both to a wandb run (offline unless an
+API key is set). The keys are framework.eval_job.EvalConfig's (conf/eval/eval.yaml).
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from framework.cli import exit_on_user_error
+from framework.eval_job import EVAL_FILE, EvalConfig, eval_config, output_dir, run_eval
+
+# Registered here, not in framework/: Hydra stays inside framework/config.py.
+ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
+# Its own config directory: in conf/, Hydra would take `model=<dir>` for a choice of the
+# training config's `model` group.
+@hydra.main(config_path="../conf/eval", config_name="eval", version_base=None)
+def main(raw: DictConfig) -> None:
+    with exit_on_user_error():
+        cfg = eval_config(raw)
+        run_eval(cfg)
+    print(f"done: {output_dir(cfg) / EVAL_FILE}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
