@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from framework.suite.build import training_chats
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from framework.config import TrainConfig, from_hydra, register_schemas
+from framework.suite.build import training_chats
 from framework.suite.families import FAMILIES
 from framework.tokenizer import train_bpe
 
@@ -25,6 +25,9 @@ TINY_RUN = [
     "model.num_kv_heads=2",
     "data.max_seq_len=256",
     "trainer.micro_batch_size=2",
+    # Evaluation at the end only, without the suite's answers: tests that need them ask.
+    "trainer.eval_every=0",
+    "trainer.eval_suite_per_family=0",
     "logger=none",
 ]
 

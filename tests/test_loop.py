@@ -98,14 +98,15 @@ def run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage=2, per_example
     return torch.load(out, weights_only=True)
 
 
-def _assert_same(a, b):
-    """Losses within 1e-5 relative; each weight tensor within 1e-5 relative (in norm: Adam
-    turns float summation-order noise in near-zero gradients into element-wise noise)."""
+def _assert_same(a, b, weight_rtol=1e-5):
+    """Losses within 1e-5 relative; each weight tensor within `weight_rtol` relative (in
+    norm: Adam turns float summation-order noise in near-zero gradients into element-wise
+    noise)."""
     np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
     assert a["state"].keys() == b["state"].keys()
     for name, weight in a["state"].items():
         gap = (weight - b["state"][name]).norm() / weight.norm()
-        assert gap < 1e-5, f"{name}: relative difference {gap:.2e}"
+        assert gap < weight_rtol, f"{name}: relative difference {gap:.2e}"
 
 
 @pytest.mark.slow
@@ -126,7 +127,10 @@ def test_per_example_average_is_layout_invariant_and_differs_from_token_average(
 ):
     by_token = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2)
     by_example = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, per_example=True)
-    _assert_same(by_example, run_layout(tmp_path, tokenizer, 2, 1, 4, per_example=True))
+    # Per-token weights of 1/length carry more rounding: 3.3e-5 was measured across these
+    # layouts (losses within 3e-8), against 0.6 between per-example and per-token averages.
+    other_layout = run_layout(tmp_path, tokenizer, 2, 1, 4, per_example=True)
+    _assert_same(by_example, other_layout, weight_rtol=1e-4)
     assert abs(by_example["losses"][0] - by_token["losses"][0]) > 1e-3
 
 

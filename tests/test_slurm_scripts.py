@@ -14,6 +14,7 @@ training driver: they check the scripts' signal handling and arguments, not the 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -174,7 +175,9 @@ def test_two_nodes_train_as_one_node_and_leave_no_ray(tmp_path, ray_port):
     those of the same run on 2 gloo ranks in one process group without Ray."""
     cache = tmp_path / "cache"
     env = _multi_node_environment(tmp_path, ray_port, ["node1", "node2"])
-    overrides = [*RUN, "parallelism=zero3", f"run.cache_dir={cache}"]
+    # One suite item per family: every rank generates under ZeRO-3, in step.
+    suite = "trainer.eval_suite_per_family=1"
+    overrides = [*RUN, "parallelism=zero3", suite, f"run.cache_dir={cache}"]
 
     status, output = _run_job(
         tmp_path / "job.out", "train_multi_node.sbatch", env, *overrides, timeout=240
@@ -185,10 +188,15 @@ def test_two_nodes_train_as_one_node_and_leave_no_ray(tmp_path, ray_port):
     assert (tmp_path / "run" / "hf" / "model.safetensors").exists()
     _assert_ray_is_gone(tmp_path, ray_port)
 
-    run(tmp_path / "one_node", cache, "parallelism=zero3")
+    run(tmp_path / "one_node", cache, "parallelism=zero3", suite)
     got, want = losses(tmp_path / "run"), losses(tmp_path / "one_node")
     assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
+    answers = [
+        [json.loads(line) for line in (out / "suite_answers.jsonl").read_text().splitlines()]
+        for out in (tmp_path / "run", tmp_path / "one_node")
+    ]
+    assert len(answers[0]) == 28 and answers[0] == answers[1]
 
 
 @pytest.mark.slow

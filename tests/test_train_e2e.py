@@ -106,7 +106,8 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     assert len(answers) == 3 * 28 * 4  # every family's first 4 validation items, 3 times
     assert {a["group"] for a in answers if a["held_out"]} == set(DEFAULT_HELD_OUT)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 and all(s["reference"] for s in samples)
+    assert [s["step"] for s in samples] == [0] * 3 + [20] * 3 + [30] * 3  # eval_samples=3
+    assert all(s["reference"] for s in samples)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30]
     assert {
         "loss",
