@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -24,7 +25,9 @@ from transformers import AutoTokenizer
 
 from framework.config import LoggerConfig, ModelConfig
 from framework.eval_job import EvalConfig, run_eval
+from framework.evaluate import score_answers, suite_questions
 from framework.model import build_model
+from framework.suite.build import eval_items
 from framework.suite.families import DEFAULT_HELD_OUT, FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +63,20 @@ def last_eval_losses(run: Path) -> dict[str, float]:
     return evaluations[-1] if evaluations else {}
 
 
+def majority_answers(per_family: int) -> dict:
+    """A baseline without a model: every item answered with its family's most common
+    test reference (e.g. "1" for count_letter, where most letters occur once)."""
+    questions = suite_questions(
+        eval_items(list(FAMILIES), "test", per_family, seed=0), DEFAULT_HELD_OUT
+    )
+    common = {}
+    for question in questions:
+        counts = common.setdefault(question.group, Counter())
+        counts[question.reference] += 1
+    replies = [common[q.group].most_common(1)[0][0] for q in questions]
+    return score_answers(questions, replies)[0]
+
+
 def scores(model: Path, per_family: int) -> dict:
     cfg = EvalConfig(
         model=str(model),
@@ -80,13 +97,14 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="suite-evidence-"))
     runs = {"more": None, "fewer": FEWER}
     for name, families in runs.items():
-        train(work / name, args.steps, families)
+        if not (work / name / "hf").is_dir():  # a finished run in --work is reused
+            train(work / name, args.steps, families)
     models = {
         "untrained": untrained(work / "untrained", work / "more" / "tokenizer"),
         "more": work / "more" / "hf",
         "fewer": work / "fewer" / "hf",
     }
-    rows = []
+    rows = [("majority", majority_answers(args.per_family), {})]
     for name, model in models.items():
         summary = scores(model, args.per_family)
         losses = last_eval_losses(work / name) if name in runs else {}
@@ -101,7 +119,12 @@ def _mean(summary: dict, families: list[str], metric: str) -> float:
 def print_table(rows, args) -> None:
     default_families = [f for f in FAMILIES if f not in DEFAULT_HELD_OUT]
     # "seen": the families the run trained on (the default run's for the untrained model).
-    seen = {"untrained": default_families, "more": default_families, "fewer": FEWER}
+    seen = {
+        "majority": default_families,
+        "untrained": default_families,
+        "more": default_families,
+        "fewer": FEWER,
+    }
     held = list(DEFAULT_HELD_OUT)
     print(
         f"\nsuite test split, {args.per_family} items per family, {args.steps} training steps; "
@@ -114,13 +137,22 @@ def print_table(rows, args) -> None:
     print(header + "\n" + "-" * len(header))
     for name, summary, losses in rows:
         print(
-            f"{name:<11}{len(seen[name]) if name != 'untrained' else 0:>9}"
+            f"{name:<11}{len(seen[name]) if name in ('more', 'fewer') else 0:>9}"
             f"{_mean(summary, seen[name], 'normalized'):>11.1%}"
             f"{_mean(summary, seen[name], 'rouge_l'):>10.3f}"
             f"{_mean(summary, held, 'normalized'):>15.1%}{_mean(summary, held, 'rouge_l'):>14.3f}"
             f"{losses.get('eval_loss/suite-trained', float('nan')):>11.3f}"
             f"{losses.get('eval_loss/suite-held-out', float('nan')):>15.3f}"
         )
+    print("\nfamilies above the majority answer (normalized match, model vs majority):")
+    baseline = rows[0][1]["groups"]
+    for name, summary, _ in rows[1:]:
+        better = [
+            f"{f} {g['normalized']:.0%} vs {baseline[f]['normalized']:.0%}"
+            for f, g in summary["groups"].items()
+            if g["normalized"] > baseline[f]["normalized"]
+        ]
+        print(f"  {name:<10}" + (", ".join(better) or "none"))
     print("\nheld-out families, normalized match / ROUGE-L:")
     for family in held:
         cells = [

@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from framework.config import ConfigError
+from framework.config import ConfigError, trained_families, untrained_families
+from framework.suite.families import FAMILIES
 from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = ("model", "data", "parallelism", "trainer", "cluster", "logger")
@@ -119,3 +120,33 @@ def test_cluster_placement_and_gpus_per_worker():
         compose_config(["cluster.placement=diagonal"])
     with pytest.raises(ConfigError, match=re.escape("cluster.gpus_per_worker=0.0 must be > 0")):
         compose_config(["cluster.gpus_per_worker=0"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.suite.held_out=[reverse,add]",
+            "data.suite.held_out: unknown task family ['reverse']",
+        ),
+        ("data.suite.train_families=[add,subtract]", "both name ['subtract']"),
+        ("data.suite.train_examples=0", "data.suite.train_examples=0 must be > 0"),
+        ("data.suite.multi_turn=1.5", "data.suite.multi_turn=1.5 must be in [0, 1]"),
+        ("trainer.eval_suite_per_family=-1", "trainer.eval_suite_per_family must be >= 0"),
+    ],
+)
+def test_bad_suite_settings_name_their_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose_config([override])
+
+
+def test_every_family_left_out_of_training_counts_as_held_out():
+    default = compose_config([]).data.suite
+    assert untrained_families(default) == list(default.held_out)
+    assert set(trained_families(default)) == set(FAMILIES) - set(default.held_out)
+    few = compose_config(["data.suite.train_families=[add,recall]"]).data.suite
+    assert trained_families(few) == ["add", "recall"]
+    assert untrained_families(few) == [f for f in FAMILIES if f not in ("add", "recall")]
+    everything = [f"data.suite.held_out=[{','.join(FAMILIES)}]"]
+    with pytest.raises(ConfigError, match="held_out holds every family"):
+        compose_config(everything)
