@@ -37,6 +37,16 @@ def _write(path, rows) -> str:
     return str(path)
 
 
+def _eval_command(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "launch/eval.py", *overrides, "logger.backend=none"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_file_of_predictions_scores_as_worked_out_by_hand(tmp_path):
     data = _write(tmp_path / "answers.jsonl", PREDICTIONS)
     cfg = EvalConfig(eval=data, out=str(tmp_path / "out"), logger=LoggerConfig(backend="none"))
@@ -73,13 +83,7 @@ def test_a_file_of_predictions_scores_as_worked_out_by_hand(tmp_path):
 
 def test_the_command_prints_the_table_worst_first(tmp_path):
     data = _write(tmp_path / "answers.jsonl", PREDICTIONS)
-    result = subprocess.run(
-        [sys.executable, "launch/eval.py", f"eval={data}", "logger.backend=none"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _eval_command(f"eval={data}")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     rows = [line for line in lines if line.startswith(("a ", "b ", "mean:"))]
@@ -126,13 +130,7 @@ def test_bad_settings_name_their_key(cfg, message):
 
 
 def test_a_model_path_that_is_neither_a_model_nor_a_checkpoint_is_named(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "launch/eval.py", f"model={tmp_path}", "logger.backend=none"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _eval_command(f"model={tmp_path}")
     assert result.returncode == 1
     assert f"error: model={tmp_path}: neither a model directory" in result.stderr
     assert "Traceback" not in result.stderr

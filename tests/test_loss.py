@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from framework.suite.build import training_chats
 
 from framework.config import ModelConfig
 from framework.data.dataset import TokenizedDataset
@@ -11,6 +10,7 @@ from framework.data.pack import collate_rows
 from framework.data.render import render
 from framework.loss import summed_loss, token_losses
 from framework.model import build_model
+from framework.suite.build import training_chats
 from framework.suite.families import FAMILIES
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
