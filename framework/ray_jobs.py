@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,28 +112,13 @@ def submit(address: str, overrides: list[str], python: str) -> tuple[JobSubmissi
 
 
 def follow(client: JobSubmissionClient, job_id: str, write: Callable[[str], None]) -> JobDetails:
-    """Hand the job's logs to `write` as they come, until it ends; returns the ended job.
-    Ctrl-C raises KeyboardInterrupt at once: the logs are read in a daemon thread, since
-    asyncio's own Ctrl-C handling waits for the log stream to wind down (seen to take
-    over a minute under load)."""
-    failure: list[BaseException] = []
+    """Hand the job's logs to `write` as they come, until it ends; returns the ended job."""
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             write(chunk)
 
-    def read() -> None:
-        try:
-            asyncio.run(tail())
-        except BaseException as err:  # handed to the main thread, which raises it
-            failure.append(err)
-
-    reader = threading.Thread(target=read, name="job-logs", daemon=True)
-    reader.start()
-    while reader.is_alive():
-        reader.join(timeout=0.2)
-    if failure:
-        raise failure[0]
+    asyncio.run(tail())
     return client.get_job_info(job_id)
 
 
