@@ -213,6 +213,9 @@ def test_ctrl_c_leaves_the_job_running_and_stop_ends_it(cluster, tmp_path):
         env=cluster.client_env(),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        # As at a terminal: a shell's background job (`make test &`) starts every child
+        # with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for(lambda: "submitted " in log.read_text(), "the job id", log)
     job = log.read_text().split("submitted ")[1].split()[0]
