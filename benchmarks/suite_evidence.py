@@ -67,7 +67,8 @@ def majority_answers(per_family: int) -> dict:
     """A baseline without a model: every item answered with its family's most common
     test reference (e.g. "1" for count_letter, where most letters occur once)."""
     questions = suite_questions(
-        eval_items(list(FAMILIES), "test", per_family, seed=0), DEFAULT_HELD_OUT
+        eval_items(list(FAMILIES), "test", per_family, seed=0),
+        ([f for f in FAMILIES if f not in DEFAULT_HELD_OUT], DEFAULT_HELD_OUT),
     )
     common = {}
     for question in questions:

@@ -377,13 +377,6 @@ def trained_families(suite: SuiteConfig) -> list[str]:
     return [f for f in FAMILIES if f in chosen and f not in suite.held_out]
 
 
-def untrained_families(suite: SuiteConfig) -> list[str]:
-    """Every family a run on `suite` never trains on, scored zero-shot: data.suite.held_out
-    and, when data.suite.train_families is set, every family it leaves out."""
-    trained = trained_families(suite)
-    return [f for f in FAMILIES if f not in trained]
-
-
 SOURCE_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 
 

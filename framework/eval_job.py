@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.chat import load_local_model
 from framework.checkpoint import COMMIT_MARKER
-from framework.config import ConfigError, LoggerConfig, SuiteConfig, untrained_families
+from framework.config import ConfigError, LoggerConfig, SuiteConfig, trained_families
 from framework.data.formats import DataError
 from framework.data.templates import apply_template_choice
 from framework.evaluate import Question, answer_and_score, score_answers, suite_questions
@@ -43,8 +43,8 @@ class EvalConfig:
     # The suite's split to answer: test (final numbers) or validation.
     split: str = "test"
     per_family: int = 50
-    # Which families count as held out (never trained on), and the suite's seed. null: the
-    # training run's (its config.yaml, found beside the model), else the suite's defaults.
+    # Which families count as held out, and the suite's seed. null: the training run's
+    # (its config.yaml, found beside the model), else the suite's defaults.
     held_out: list[str] | None = None
     seed: int | None = None
     max_new_tokens: int = 64
@@ -139,12 +139,15 @@ def suite_questions_for(cfg: EvalConfig) -> tuple[list[Question], str]:
         origin = f"none: {found} trained on other data, so no family was trained on"
     else:
         origin = f"the training run's {found}"
-    held_out = None if suite is None else untrained_families(suite)
+    split = None if suite is None else (trained_families(suite), suite.held_out)
     if cfg.held_out is not None:
-        held_out, origin = cfg.held_out, "held_out= on the command line"
+        trained = split[0] if split else list(FAMILIES)
+        split = ([f for f in trained if f not in cfg.held_out], cfg.held_out)
+        origin = "held_out= on the command line"
     seed = cfg.seed if cfg.seed is not None else (suite or SuiteConfig()).seed
     items = eval_items(list(FAMILIES), cfg.split, cfg.per_family, seed)
-    return suite_questions(items, held_out), f"held-out families ({origin}): {held_out}"
+    held_out = None if split is None else list(split[1])
+    return suite_questions(items, split), f"held-out families ({origin}): {held_out}"
 
 
 def file_questions(path: str) -> list[Question]:

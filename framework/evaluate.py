@@ -148,15 +148,25 @@ class Question:
     prediction: str | None = None  # an answer given in the user's file: scored as it is
 
 
-def suite_questions(items: list[Item], held_out: Collection[str] | None) -> list[Question]:
-    """The suite's items as questions checked by their family's checker; `held_out` names
-    the families the model never trained on (None: no trained / held-out split)."""
+def suite_questions(
+    items: list[Item], split: tuple[Collection[str], Collection[str]] | None
+) -> list[Question]:
+    """The suite's items as questions checked by their family's checker. `split` is
+    (trained families, held-out families): a family in neither (left out of a smaller
+    training set) belongs to neither mean, so runs on different training sets are
+    compared on the same held-out families. None: no such split (other training data)."""
+
+    def held_out(family: str) -> bool | None:
+        if split is None or family not in {*split[0], *split[1]}:
+            return None
+        return family in split[1]
+
     return [
         Question(
             group=item.family,
             chat=item.prompt,
             reference=item.reference,
-            held_out=None if held_out is None else item.family in held_out,
+            held_out=held_out(item.family),
             check=FAMILIES[item.family].check,
         )
         for item in items

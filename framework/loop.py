@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from framework import checkpoint
 from framework.attention import choose_attention
-from framework.config import TrainConfig, untrained_families
+from framework.config import TrainConfig, trained_families
 from framework.data.cache import first_plan, load_stats
 from framework.data.dataset import TokenizedDataset
 from framework.data.loader import RankBatches
@@ -239,12 +239,14 @@ def _verify_packing(engine, batch: dict[str, torch.Tensor], ctx: WorkerContext) 
 
 def _suite_sample(cfg: TrainConfig) -> list[Question]:
     """trainer.eval_suite_per_family validation items of every suite family; trained and
-    held-out (never trained on) families are told apart when the run trains on the suite."""
+    held-out families are told apart when the run trains on the suite."""
     per_family = cfg.trainer.eval_suite_per_family
     if not per_family:
         return []
     items = eval_items(list(FAMILIES), "validation", per_family, cfg.data.suite.seed)
-    return suite_questions(items, None if cfg.data.sources else untrained_families(cfg.data.suite))
+    suite = cfg.data.suite
+    split = None if cfg.data.sources else (trained_families(suite), suite.held_out)
+    return suite_questions(items, split)
 
 
 def _evaluate(

@@ -111,7 +111,7 @@ def format_table(summary: dict) -> str:
         )
 
     for name, group in summary["groups"].items():
-        split = {True: "held-out", False: "trained", None: ""}[group["held_out"]]
+        split = {True: "held-out", False: "trained", None: "-"}[group["held_out"]]
         lines.append(row(name, split, group["n"], group))
     lines.append("-" * len(header))
     for label in ("trained", "held_out", "all"):

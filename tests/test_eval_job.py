@@ -87,8 +87,8 @@ def test_the_command_prints_the_table_worst_first(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     rows = [line for line in lines if line.startswith(("a ", "b ", "mean:"))]
-    assert rows[0].split() == ["b", "2", "0.0%", "0.0%", "0.400"]
-    assert rows[1].split() == ["a", "2", "50.0%", "100.0%", "1.000"]
+    assert rows[0].split() == ["b", "-", "2", "0.0%", "0.0%", "0.400"]
+    assert rows[1].split() == ["a", "-", "2", "50.0%", "100.0%", "1.000"]
     assert rows[2].split() == ["mean:", "all", "2", "25.0%", "50.0%", "0.700"]
     assert (tmp_path / "answers.jsonl-eval" / "eval.json").is_file()
 

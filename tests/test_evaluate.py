@@ -100,7 +100,7 @@ def _answer_on_ranks(rank, world, port, tokenizer, questions, results):
 
 def test_answers_shared_over_two_ranks_equal_one_rank(tokenizer):
     questions = suite_questions(
-        eval_items(["add", "recall", "subtract"], "test", 3, 0), ["subtract"]
+        eval_items(["add", "recall", "subtract"], "test", 3, 0), (["add", "recall"], ["subtract"])
     )
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, torch.float32).eval()
@@ -112,3 +112,10 @@ def test_answers_shared_over_two_ranks_equal_one_rank(tokenizer):
     two_ranks, predictions = results.get()
     assert predictions == [s.prediction for s in scored]
     assert two_ranks == summary
+
+
+def test_families_are_trained_held_out_or_neither():
+    items = eval_items(["add", "recall", "subtract"], "test", 1, 0)
+    labels = [q.held_out for q in suite_questions(items, (["add"], ["subtract"]))]
+    assert labels == [False, None, True]  # recall: left out of training, not held out
+    assert [q.held_out for q in suite_questions(items, None)] == [None, None, None]
