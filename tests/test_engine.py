@@ -35,6 +35,9 @@ def _partition_sizes(rank, world, port, tok_dir, out_file):
     if rank == 0:
         torch.save({"held": torch.stack(gathered), "total": total}, out_file)
     del keep_alive
+    # Neither rank leaves the gloo group while the other still uses it: a peer closing
+    # early aborted rank 1 once ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
