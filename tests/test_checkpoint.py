@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 
 from framework import checkpoint
@@ -20,7 +19,7 @@ from framework.checkpoint import CheckpointError, committed, read_progress, step
 from framework.loop import ZERO3_OTHER_LAYOUT_WARNING, WorkerContext, train
 from framework.prepare import prepare_run
 from tests.conftest import TINY_RUN, compose_config
-from tests.distributed import join_group, spawn
+from tests.distributed import join_group, leave_group, spawn
 from tests.test_loop import _assert_same
 
 RUN = [
@@ -37,7 +36,7 @@ RUN = [
 def _train_rank(rank, world, port, cfg):
     join_group(rank, world, port)
     train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
-    dist.destroy_process_group()
+    leave_group()
 
 
 def run(out: Path, cache: Path, *overrides: str, world: int = 2):

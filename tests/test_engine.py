@@ -12,7 +12,7 @@ from framework.engine import (
     partitioned_init,
 )
 from framework.model import build_model
-from tests.distributed import join_group, spawn
+from tests.distributed import join_group, leave_group, spawn
 from tests.test_loop import TINY
 
 
@@ -35,10 +35,7 @@ def _partition_sizes(rank, world, port, tok_dir, out_file):
     if rank == 0:
         torch.save({"held": torch.stack(gathered), "total": total}, out_file)
     del keep_alive
-    # Neither rank leaves the gloo group while the other still uses it: a peer closing
-    # early aborted rank 1 once ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group()
 
 
 def test_zero3_two_workers_each_hold_about_half_the_parameters(tmp_path, tokenizer):

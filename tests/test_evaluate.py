@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from framework.evaluate import (
     EvalSet,
@@ -16,7 +15,7 @@ from framework.evaluate import (
 from framework.loss import token_losses
 from framework.model import build_model
 from framework.suite.build import eval_items
-from tests.distributed import join_group, spawn
+from tests.distributed import join_group, leave_group, spawn
 from tests.test_loop import TINY, synthetic_data
 
 
@@ -95,7 +94,7 @@ def _answer_on_ranks(rank, world, port, tokenizer, questions, results):
     )
     if rank == 0:
         results.put((summary, [s.prediction for s in scored]))
-    dist.destroy_process_group()
+    leave_group()
 
 
 def test_answers_shared_over_two_ranks_equal_one_rank(tokenizer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from transformers import AutoTokenizer
 
 from framework.config import ModelConfig, TrainConfig
@@ -16,7 +15,7 @@ from framework.export import gather_state_dict
 from framework.loop import NonFiniteLoss, WorkerContext, _guarded_step, train_step
 from framework.loss import summed_loss
 from framework.model import build_model
-from tests.distributed import join_group, single_process_group, spawn
+from tests.distributed import join_group, leave_group, single_process_group, spawn
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
@@ -85,8 +84,7 @@ def _run_layout(rank, world, port, accum, mbs, tok_dir, out_file, zero_stage, pe
     state = gather_state_dict(engine.module, zero_stage)
     if rank == 0:
         torch.save({"losses": losses, "state": state}, out_file)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group()
 
 
 def run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage=2, per_example=False, masked=-1):
