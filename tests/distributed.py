@@ -38,8 +38,8 @@ def spawn(fn, world: int, *args) -> None:
 
 def _run_then_exit(rank: int, fn, world: int, port: int, *args) -> None:
     fn(rank, world, port, *args)
-    # Skip the interpreter's teardown once fn has returned: there, rarely (about 1 exit in
-    # 200 here), a C++ destructor of torch or DeepSpeed aborted a rank ("terminate called
+    # Skip the interpreter's teardown once fn has returned: there, rarely (1 exit in about
+    # 230 here), a C++ destructor of torch or DeepSpeed aborted a rank ("terminate called
     # without an active exception", no Python frame left) after all its work was written.
     sys.stdout.flush()
     sys.stderr.flush()
