@@ -42,7 +42,7 @@ REPEATS_BELOW = 100_000  # sets smaller than this are timed best of 3, larger on
 def alpaca_lengths() -> np.ndarray:
     """Token lengths of alpaca_en_demo.json as ChatML chats, with a byte-level BPE (8,000
     tokens) trained on the file's own texts: a stand-in for the pipeline's real lengths."""
-    from framework.tokenizer import train_bpe
+    from framework.model.tokenizer import train_bpe
 
     records = json.loads((DATA / "alpaca_en_demo.json").read_text())
     texts = [r[key] for r in records for key in ("instruction", "input", "output") if r[key]]

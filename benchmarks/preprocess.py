@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framework.config import DataConfig, SourceConfig  # noqa: E402
+from framework.config.schema import DataConfig, SourceConfig  # noqa: E402
 from framework.data.cache import render_all  # noqa: E402
 from framework.data.formats import ErrorPolicy  # noqa: E402
 from framework.data.render import RenderedExample  # noqa: E402
 from framework.data.sources import LoadedRecord, load_data  # noqa: E402
-from framework.tokenizer import train_bpe  # noqa: E402
+from framework.model.tokenizer import train_bpe  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = [

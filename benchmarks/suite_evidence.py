@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from framework.config import LoggerConfig, ModelConfig
-from framework.eval_job import EvalConfig, run_eval
-from framework.evaluate import score_answers, suite_questions
-from framework.model import build_model
+from framework.config.schema import DEFAULT_HELD_OUT, EvalConfig, LoggerConfig, ModelConfig
+from framework.eval.job import run_eval
+from framework.eval.questions import score_answers, suite_questions
+from framework.model.build import build_model
+from framework.run_dir import HF_DIR, METRICS_FILE, TOKENIZER_DIR
 from framework.suite.build import eval_items
-from framework.suite.families import DEFAULT_HELD_OUT, FAMILIES
+from framework.suite.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 # The held-out families' nearest trained relatives (uppercase for lowercase, add for
@@ -58,7 +59,7 @@ def untrained(out: Path, tokenizer_dir: Path) -> Path:
 
 
 def last_eval_losses(run: Path) -> dict[str, float]:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
     evaluations = [m for m in lines if "eval_loss" in m]
     return evaluations[-1] if evaluations else {}
 
@@ -98,12 +99,12 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="suite-evidence-"))
     runs = {"more": None, "fewer": FEWER}
     for name, families in runs.items():
-        if not (work / name / "hf").is_dir():  # a finished run in --work is reused
+        if not (work / name / HF_DIR).is_dir():  # a finished run in --work is reused
             train(work / name, args.steps, families)
     models = {
-        "untrained": untrained(work / "untrained", work / "more" / "tokenizer"),
-        "more": work / "more" / "hf",
-        "fewer": work / "fewer" / "hf",
+        "untrained": untrained(work / "untrained", work / "more" / TOKENIZER_DIR),
+        "more": work / "more" / HF_DIR,
+        "fewer": work / "fewer" / HF_DIR,
     }
     rows = [("majority", majority_answers(args.per_family), {})]
     for name, model in models.items():

@@ -1,4 +1,4 @@
-"""`framework.loop.train` under torchrun instead of Ray Train, for benchmarks/training.py.
+"""`framework.train.loop.train` under torchrun instead of Ray Train, for benchmarks/launchers.py.
 
 Two steps, as launch/train.py does them (compose and prepare on the driver, then train):
 
@@ -20,21 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framework.config import TrainConfig  # noqa: E402
-
-
-def compose(overrides: list[str]) -> TrainConfig:
-    """conf/train.yaml with Hydra overrides, checked, as launch/train.py composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from framework.config import from_hydra, register_schemas
-
-    register_schemas()
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None)
-    return from_hydra(hydra_compose(config_name="train", overrides=overrides))
+from framework.config.compose import compose_train_config  # noqa: E402
+from framework.config.schema import TrainConfig  # noqa: E402
+from framework.run_dir import CONFIG_FILE  # noqa: E402
 
 
 def prepare(overrides: list[str]) -> None:
@@ -42,24 +30,23 @@ def prepare(overrides: list[str]) -> None:
     from framework.prepare import prepare_run
 
     with exit_on_user_error():
-        prepare_run(compose(overrides))
+        prepare_run(compose_train_config(overrides))
 
 
 def resolved_config(run_dir: Path) -> TrainConfig:
     """The config as the driver resolved and saved it."""
-    from omegaconf import OmegaConf
+    from framework.config.saved import load_train_config
 
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+    return load_train_config(run_dir / CONFIG_FILE)
 
 
 def worker(run_dir: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from framework.loop import WorkerContext, train
+    from framework.train.loop import WorkerContext, train
 
-    # As under Ray Train (ray_entry._worker_main): DeepSpeed's deprecated-API noise.
+    # As under Ray Train (ray_train._worker_main): DeepSpeed's deprecated-API noise.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     cfg = resolved_config(run_dir)
     gpu = torch.cuda.is_available() and cfg.cluster.use_gpu

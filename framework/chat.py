@@ -10,72 +10,13 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
-import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    TextStreamer,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from framework.config import ConfigError
-from framework.data.templates import apply_template_choice, stop_token_ids
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ChatConfig:
-    # A local Hugging Face model directory, e.g. outputs/tiny-sft/hf.
-    model: str = MISSING
-    # Answer this one message and exit (for scripts); None: interactive.
-    prompt: str | None = None
-    # A system message that opens every conversation (kept by /reset).
-    system: str | None = None
-    max_new_tokens: int = 256
-    # 0: greedy decoding; above 0: sampling at this temperature within top_p.
-    temperature: float = 0.0
-    top_p: float = 1.0
-    trust_remote_code: bool = False
-    # auto: cuda when available, else cpu; or a torch device such as cuda:1.
-    device: str = "auto"
-    # auto: bf16 on GPUs that support it, fp32 otherwise; or fp32, bf16, fp16.
-    dtype: str = "auto"
-
-
-def chat_config(raw: DictConfig) -> ChatConfig:
-    """The composed Hydra config as a checked ChatConfig."""
-    if OmegaConf.is_missing(raw, "model"):
-        raise ConfigError(
-            "model: give the model directory to chat with, e.g. model=outputs/tiny-sft/hf"
-        )
-    cfg: ChatConfig = OmegaConf.to_object(raw)
-    check_chat_config(cfg)
-    return cfg
-
-
-def check_chat_config(cfg: ChatConfig) -> None:
-    """Raise ConfigError naming the first key whose value cannot work."""
-    if cfg.max_new_tokens <= 0:
-        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} must be > 0")
-    if cfg.temperature < 0:
-        raise ConfigError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy decoding)")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1]")
-    if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
-        raise ConfigError(f"dtype={cfg.dtype!r} is not one of {['auto', *_DTYPES]}")
-    if cfg.device != "auto":
-        try:
-            torch.device(cfg.device)
-        except RuntimeError:
-            raise ConfigError(
-                f"device={cfg.device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)"
-            ) from None
+from framework.config.schema import ChatConfig, ConfigError
+from framework.data.templates import stop_token_ids
+from framework.model.local import load_local_model
 
 
 def load_model(cfg: ChatConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -83,68 +24,6 @@ def load_model(cfg: ChatConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return load_local_model(
         cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
-
-
-def load_local_model(
-    model: str, *, device: str, dtype: str, trust_remote_code: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in eval mode, on `device` and `dtype`, "auto" allowed) and its tokenizer,
-    from local files only, with a chat template (ChatML when the tokenizer has none, as in
-    training)."""
-    path = _model_dir(model)
-    where = _device(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-        loaded = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=_dtype(dtype, where),
-            device_map=str(where),
-            use_safetensors=True,
-            local_files_only=True,
-            trust_remote_code=trust_remote_code,
-        )
-    except (OSError, ValueError) as err:
-        reason = " ".join(str(err).split())  # one line, as every user error is
-        raise ConfigError(
-            f"model={model}: could not be loaded ({reason}); models that ship their own "
-            "code need trust_remote_code=true"
-        ) from None
-    apply_template_choice(tokenizer, None)
-    return loaded.eval(), tokenizer
-
-
-def _model_dir(model: str) -> Path:
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"model={model}: no such directory {path.resolve()}; give a directory written "
-            "by save_pretrained, such as a training run's hf/ (outputs/<run.name>/hf)"
-        )
-    if not any(path.glob("*.safetensors")):
-        raise ConfigError(
-            f"model={model}: no such directory with weights: {path.resolve()} holds no "
-            "*.safetensors files; give a training run's hf/ export"
-        )
-    return path
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: no CUDA device here; use device=auto or cpu")
-    return device
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return _DTYPES[name]
-    # bf16 on a CPU (or an old GPU) without bf16 units is many times slower than fp32.
-    bf16_capable = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if bf16_capable else torch.float32
 
 
 class _ReplyStreamer(TextStreamer):

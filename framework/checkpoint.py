@@ -1,7 +1,9 @@
-"""Checkpoints: `<root>/step_<N>/` holds DeepSpeed's files (sharded as ZeRO shards them),
-every rank's RNG state, the run's progress (`progress.json`), the resolved config and the
-tokenizer, and a COMMITTED marker that rank 0 writes last, once every rank has finished.
-Only committed checkpoints count; every file is read through torch.load(weights_only=True).
+"""Checkpoints, the only module that knows what one holds: `<root>/step_<N>/` has
+DeepSpeed's files (sharded as ZeRO shards them), every rank's RNG state, the run's
+progress (`progress.json`: step, layout, sampler position, counters), the resolved config
+and the tokenizer, and a COMMITTED marker that rank 0 writes last, once every rank has
+finished. Only committed checkpoints count; every file is read through
+torch.load(weights_only=True). File names: framework/run_dir.py.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
-from framework.config import ConfigError, TrainConfig
-
-COMMIT_MARKER = "COMMITTED"
-PROGRESS_FILE = "progress.json"
-CONFIG_FILE = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
-UNIVERSAL_TAG = "universal"
+from framework.config.saved import save_train_config
+from framework.config.schema import ConfigError, TrainConfig
+from framework.run_dir import (
+    COMMIT_MARKER,
+    CONFIG_FILE,
+    PROGRESS_FILE,
+    TOKENIZER_DIR,
+    UNIVERSAL_DIR,
+    write_atomically,
+    write_json,
+)
 
 
 class CheckpointError(ConfigError):
@@ -183,14 +188,29 @@ def _rng_file(path: Path, rank: int) -> Path:
 
 
 def save(
-    engine: deepspeed.DeepSpeedEngine, cfg: TrainConfig, step: int, progress: dict, *, tokenizer
+    engine: deepspeed.DeepSpeedEngine,
+    cfg: TrainConfig,
+    step: int,
+    *,
+    sampler_state: dict,
+    totals: dict[str, float],
+    tokenizer,
 ) -> Path:
-    """Collective: every rank writes its shards and RNG state, rank 0 the progress, config
-    and tokenizer; then the commit marker; then checkpoints older than the newest
+    """Collective: every rank writes its shards and RNG state, rank 0 the progress (the
+    step, the layout it was written in, the sampler's position and the run's totals),
+    config and tokenizer; then the commit marker; then checkpoints older than the newest
     `trainer.keep_checkpoints` go."""
     root = Path(cfg.run.checkpoint_dir)
     path = step_dir(root, step)
     rank = dist.get_rank()
+    progress = {
+        "step": step,
+        "world_size": dist.get_world_size(),
+        "micro_batch_size": cfg.trainer.micro_batch_size,
+        "zero_stage": cfg.parallelism.zero_stage,
+        "sampler": sampler_state,
+        "totals": totals,
+    }
     if rank == 0 and path.exists():
         # Left by a save that never committed (maybe by another number of ranks).
         shutil.rmtree(path)
@@ -199,24 +219,16 @@ def save(
     engine.save_checkpoint(str(root), tag=path.name, save_latest=False)
     torch.save(_rng_state(), _rng_file(path, rank))
     if rank == 0:
-        (path / PROGRESS_FILE).write_text(json.dumps({"step": step, **progress}, indent=2))
-        OmegaConf.save(OmegaConf.structured(cfg), path / CONFIG_FILE)
+        write_json(path / PROGRESS_FILE, progress)
+        save_train_config(cfg, path / CONFIG_FILE)
         tokenizer.save_pretrained(path / TOKENIZER_DIR)
     dist.barrier()
     if rank == 0:
-        _write_atomically(path / COMMIT_MARKER, f"{step}\n")
+        write_atomically(path / COMMIT_MARKER, f"{step}\n")
         for old in committed(root)[: -cfg.trainer.keep_checkpoints]:
             shutil.rmtree(old)
     dist.barrier()
     return path
-
-
-def _write_atomically(file: Path, text: str) -> None:
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(text)
-    with tmp.open() as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, file)
 
 
 # ------------------------------------------------------------------------------ load
@@ -234,10 +246,10 @@ def to_universal(path: Path) -> Path:
     `path/universal`. Returns that directory."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    target = path / UNIVERSAL_TAG
+    target = path / UNIVERSAL_DIR
     if target.exists():
         return target
-    staging = path / (UNIVERSAL_TAG + ".tmp")
+    staging = path / (UNIVERSAL_DIR + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     args = argparse.Namespace(  # ds_to_universal's command-line options
         input_folder=str(path),
@@ -259,7 +271,7 @@ def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool) -> d
     """Collective: restore engine, optimizer, scheduler and (same number of ranks) RNG
     states from the checkpoint at `path`; returns its progress."""
     progress = read_progress(path)
-    load_dir, tag = (path, UNIVERSAL_TAG) if universal else (path.parent, path.name)
+    load_dir, tag = (path, UNIVERSAL_DIR) if universal else (path.parent, path.name)
     with weights_only_loading():
         loaded, _ = engine.load_checkpoint(
             str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from framework.config import ConfigError
+from framework.config.schema import ConfigError
 from framework.data.formats import DataError
 
 

@@ -17,8 +17,6 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -30,9 +28,11 @@ from transformers import (
 from transformers.initialization import no_init_weights
 
 from framework import checkpoint
-from framework.config import ConfigError, TrainConfig
+from framework.config.saved import load_train_config
+from framework.config.schema import ConfigError
 from framework.data.templates import stop_token_ids
-from framework.model import generation_config, model_config
+from framework.model.build import generation_config, model_config
+from framework.run_dir import COMMIT_MARKER, CONFIG_FILE, TOKENIZER_DIR
 
 MAX_SHARD_SIZE = "5GB"
 # The largest logit difference allowed between the reloaded model and the reference: the
@@ -102,9 +102,9 @@ def find_checkpoint(path: str | Path) -> Path:
             "run's checkpoint directory (run.checkpoint_dir, e.g. outputs/<run>/checkpoints)"
         )
     if path.name.startswith("step_"):
-        if not (path / checkpoint.COMMIT_MARKER).exists():
+        if not (path / COMMIT_MARKER).exists():
             raise ExportError(
-                f"checkpoint={path} is incomplete (no {checkpoint.COMMIT_MARKER} marker: its "
+                f"checkpoint={path} is incomplete (no {COMMIT_MARKER} marker: its "
                 "save never finished); give an earlier step_* directory"
             )
         return path
@@ -112,7 +112,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if not found:
         raise ExportError(
             f"checkpoint={path} holds no committed checkpoint (no step_*/"
-            f"{checkpoint.COMMIT_MARKER}); give a step_* directory or run.checkpoint_dir"
+            f"{COMMIT_MARKER}); give a step_* directory or run.checkpoint_dir"
         )
     return found[-1]
 
@@ -130,8 +130,8 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[PreTrainedModel, PreTra
     and its tokenizer."""
     path = Path(checkpoint_dir)
     progress = checkpoint.read_progress(path)
-    cfg = train_config(path / checkpoint.CONFIG_FILE)
-    tokenizer = AutoTokenizer.from_pretrained(path / checkpoint.TOKENIZER_DIR)
+    cfg = load_train_config(path / CONFIG_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
     config = model_config(cfg.model, tokenizer)
     state = checkpoint_weights(path, progress["zero_stage"])
     generation = generation_config(cfg.model, config)
@@ -153,17 +153,6 @@ def checkpoint_weights(path: Path, zero_stage: int) -> dict[str, torch.Tensor]:
         raise ExportError(
             f"{path}: DeepSpeed's ZeRO-{zero_stage} files cannot be read ({err}); the "
             "checkpoint is incomplete or not one of ours: give another step_* directory"
-        ) from None
-
-
-def train_config(file: Path) -> TrainConfig:
-    try:
-        saved = OmegaConf.load(file)
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
-    except (OSError, OmegaConfBaseException) as err:
-        raise ExportError(
-            f"{file} is not a readable training config ({err}); the checkpoint is damaged: "
-            "give another step_* directory"
         ) from None
 
 

@@ -5,15 +5,13 @@ the artifact is, so every worker (on any node sharing the paths) reads the same 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import socket
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from framework.config import ConfigError, TrainConfig
+from framework.config.saved import save_train_config
+from framework.config.schema import TrainConfig
 from framework.data import cache
 from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
@@ -21,13 +19,16 @@ from framework.data.loader import micro_steps_per_epoch
 from framework.data.pack import PackingPlan
 from framework.data.sources import LoadedData, load_data
 from framework.data.templates import apply_template_choice
-from framework.model import check_model_source
-from framework.tokenizer import cached_bpe, pretrained_tokenizer
-
-TOKENIZER_DIR = "tokenizer"
-DATASET_POINTER = "dataset.json"
-STATS_FILE = "data_stats.json"
-INSPECT_FILE = "data_inspect.json"
+from framework.model.build import check_model_source
+from framework.model.tokenizer import cached_bpe, pretrained_tokenizer
+from framework.run_dir import (
+    CONFIG_FILE,
+    DATASET_POINTER,
+    INSPECT_FILE,
+    STATS_FILE,
+    TOKENIZER_DIR,
+    write_json,
+)
 
 
 @dataclasses.dataclass
@@ -78,10 +79,10 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     tokenizer, artifact, data = prepare_data(cfg)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     stats = cache.load_stats(artifact)
-    (out / DATASET_POINTER).write_text(json.dumps({"path": str(artifact)}))
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    write_json(out / DATASET_POINTER, {"path": str(artifact)})
+    write_json(out / STATS_FILE, stats)
     size_the_run(cfg, stats, cache.first_plan(artifact))
-    OmegaConf.save(OmegaConf.create(dataclasses.asdict(cfg)), out / "config.yaml")
+    save_train_config(cfg, out / CONFIG_FILE)
     inspected = []
     if cfg.data.inspect:
         if data is None:
@@ -90,7 +91,7 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
             inspect_example(tokenizer, r.conversation, cfg.data.train_on, r.where)
             for r in data.train[: cfg.data.inspect]
         ]
-        (out / INSPECT_FILE).write_text(json.dumps(inspected, indent=2, ensure_ascii=False))
+        write_json(out / INSPECT_FILE, inspected)
     return Prepared(artifact, stats, inspected)
 
 
@@ -115,23 +116,3 @@ def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> Non
         trainer.max_steps = max(
             1, math.ceil(trainer.epochs * micro_steps / trainer.grad_accum_steps)
         )
-
-
-def artifact_path(output_dir: str | Path) -> Path:
-    """Where `prepare_run` recorded the data artifact for this run. A worker on a node that
-    cannot see the driver's paths fails here, with the fix, rather than deep in a loader."""
-    pointer = Path(output_dir) / DATASET_POINTER
-    if not pointer.is_file():
-        raise ConfigError(_not_shared("run.output_dir", pointer))
-    artifact = Path(json.loads(pointer.read_text())["path"])
-    if not artifact.is_dir():
-        raise ConfigError(_not_shared("run.cache_dir", artifact))
-    return artifact
-
-
-def _not_shared(key: str, path: Path) -> str:
-    return (
-        f"{path} does not exist on node {socket.gethostname()}: the driver prepared it, but "
-        f"this worker cannot see it; on a multi-node cluster set {key} to storage every node "
-        "reads (a shared file system)"
-    )

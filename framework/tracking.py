@@ -12,15 +12,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from framework.config import LoggerConfig, TrainConfig
-from framework.prepare import INSPECT_FILE, STATS_FILE
-from framework.scoring import flat_metrics
-
-SUMMARY_FILE = "summary.json"
-SAMPLES_FILE = "samples.jsonl"
-SUITE_ANSWERS_FILE = "suite_answers.jsonl"
-METRICS_FILE = "metrics.jsonl"
-WANDB_ID_FILE = "wandb_run_id"
+from framework.config.schema import LoggerConfig, TrainConfig
+from framework.eval.scoring import flat_metrics
+from framework.run_dir import (
+    INSPECT_FILE,
+    METRICS_FILE,
+    SAMPLES_FILE,
+    STATS_FILE,
+    SUITE_ANSWERS_FILE,
+    SUMMARY_FILE,
+    WANDB_ID_FILE,
+    write_atomically,
+    write_json,
+)
 
 
 def wandb_mode(cfg: LoggerConfig) -> str:
@@ -44,9 +48,7 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
     kept = [
         line for line in path.read_text().splitlines() if step and json.loads(line)["step"] <= step
     ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def _wandb_run_id(out: Path, *, fresh: bool) -> str:
@@ -220,18 +222,27 @@ class Tracker:
             **{k: v for k, v in self.last_eval.items() if not k.startswith("suite/family/")},
         }
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
+        """Write summary.json and finish the wandb run (marked failed when `failed`)."""
         if not self.enabled:
             return
         summary = self.summary()
-        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_json(self.out / SUMMARY_FILE, summary)
         print("run summary: " + ", ".join(f"{k}={v:,.4g}" for k, v in summary.items()), flush=True)
         if self.run is not None:
             self.run.summary.update(summary)
         self.progress.close()
         self.metrics_file.close()
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=1 if failed else 0)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        # However the loop ends, an exception included: the summary of the steps taken is
+        # written and the wandb run is finished, not left running.
+        self.close(failed=kind is not None)
 
 
 def log_evaluation(logger: LoggerConfig, name: str, out: Path, config: dict, result: dict) -> None:

@@ -6,7 +6,7 @@ python launch/chat.py model=outputs/tiny-sft/hf system="Be brief." temperature=0
 
 `--prompt "..."` is shorthand for the Hydra override `prompt=...` (Hydra itself rejects
 unknown flags), quoted so that the text arrives exactly as written. The keys are those of
-framework.chat.ChatConfig (conf/chat/chat.yaml). Interactive mode reads lines after a
+framework.config.schema.ChatConfig (conf/chat/chat.yaml). Interactive mode reads lines after a
 `> ` prompt: `/reset` clears the history, `/exit` or Ctrl-D quits, Ctrl-C stops a reply.
 Replies stream to stdout; in one-shot mode stdout holds the reply and nothing else.
 """
@@ -17,21 +17,13 @@ import readline  # noqa: F401  (line editing and history for input() at the prom
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from framework.chat import (
-    ChatConfig,
-    Conversation,
-    chat_config,
-    interact,
-    load_model,
-    prompt_flag_as_override,
-)
+from framework.chat import Conversation, interact, load_model, prompt_flag_as_override
 from framework.cli import exit_on_user_error
+from framework.config.compose import chat_config, register_schemas
 
-# Registered here, not in framework/: Hydra stays inside framework/config.py.
-ConfigStore.instance().store(name="chat_schema", node=ChatConfig)
+register_schemas()
 
 
 # Its own config directory: in conf/, Hydra would take `model=<dir>` for a choice of the

@@ -8,20 +8,20 @@ python launch/eval.py model=outputs/tiny-sft/hf eval=my_questions.jsonl logger.b
 `model` is a Hugging Face directory (a run's hf/), a step_* checkpoint or a run's
 checkpoint directory. A table goes to stdout, every answer (worst families first) to
 `<out>/eval.json` (default `<model>-eval/`), and both to a wandb run (offline unless an
-API key is set). The keys are framework.eval_job.EvalConfig's (conf/eval/eval.yaml).
+API key is set). The keys are framework.config.schema.EvalConfig's (conf/eval/eval.yaml).
 """
 
 from __future__ import annotations
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from framework.cli import exit_on_user_error
-from framework.eval_job import EVAL_FILE, EvalConfig, eval_config, output_dir, run_eval
+from framework.config.compose import eval_config, register_schemas
+from framework.eval.job import output_dir, run_eval
+from framework.run_dir import EVAL_FILE
 
-# Registered here, not in framework/: Hydra stays inside framework/config.py.
-ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+register_schemas()
 
 
 # Its own config directory: in conf/, Hydra would take `model=<dir>` for a choice of the

@@ -6,42 +6,24 @@ python launch/export.py checkpoint=outputs/tiny-sft/checkpoints/step_00000100 ou
 `checkpoint` is a step_* directory, or a run's checkpoint directory (run.checkpoint_dir)
 for its newest committed checkpoint. One CPU process, whatever ZeRO stage and number of
 workers wrote it; `out` is replaced only once the new export has passed verification.
+The keys are framework.config.schema.ExportConfig's (conf/export.yaml).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from framework.cli import exit_on_user_error
-from framework.config import ConfigError
+from framework.config.compose import export_config, register_schemas
 
-
-@dataclass
-class ExportConfig:
-    # A step_* checkpoint directory, or run.checkpoint_dir for its newest committed one.
-    checkpoint: str = MISSING
-    # The Hugging Face model directory to write.
-    out: str = MISSING
-
-
-# Registered here, not in framework/: Hydra stays inside framework/config.py.
-ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+register_schemas()
 
 
 @hydra.main(config_path="../conf", config_name="export", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
-        missing = sorted(OmegaConf.missing_keys(raw))
-        if missing:
-            raise ConfigError(
-                f"missing {' and '.join(missing)}: python launch/export.py checkpoint=<a "
-                "step_* directory, or run.checkpoint_dir for its newest> out=<directory>"
-            )
-        cfg: ExportConfig = OmegaConf.to_object(raw)
+        cfg = export_config(raw)
 
         from framework import export  # imported late: DeepSpeed takes seconds to load
 

@@ -13,9 +13,10 @@ import hydra
 from omegaconf import DictConfig
 
 from framework.cli import exit_on_user_error
-from framework.config import from_hydra, register_schemas
+from framework.config.compose import from_hydra, register_schemas
 from framework.data.stats import format_stats
-from framework.prepare import STATS_FILE, prepare_run
+from framework.prepare import prepare_run
+from framework.run_dir import STATS_FILE
 
 register_schemas()
 

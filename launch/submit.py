@@ -6,7 +6,7 @@ python launch/submit.py --address http://HEAD:8265 logs raysubmit_XXXX
 python launch/submit.py --address http://HEAD:8265 stop raysubmit_XXXX
 
 Everything after `--` is a Hydra override for launch/train.py, which runs on the cluster
-in a copy of this repository (see framework/ray_jobs.py for what that implies:
+in a copy of this repository (see framework/cluster/ray_jobs.py for what that implies:
 run.output_dir on shared storage, secrets in the nodes' environment). Submitting prints
 the job id and follows its logs. Submitting and `logs` exit with the job's exit code: the
 driver's own where Ray reports it (75: stopped, resumable), else 0 for SUCCEEDED, 1 for
@@ -20,8 +20,8 @@ import os
 import sys
 from datetime import datetime
 
-from framework import ray_jobs
-from framework.config import ConfigError
+from framework.cluster import ray_jobs
+from framework.config.schema import ConfigError
 
 # Ctrl-C: what a shell reports for a process ended by SIGINT.
 EXIT_INTERRUPTED = 130

@@ -13,10 +13,11 @@ from omegaconf import DictConfig
 
 from framework.checkpoint import check_resume
 from framework.cli import exit_on_user_error
-from framework.config import from_hydra, register_schemas
+from framework.cluster.stopping import EXIT_RESUMABLE
+from framework.config.compose import from_hydra, register_schemas
 from framework.data.stats import format_stats
 from framework.prepare import prepare_run
-from framework.stopping import EXIT_RESUMABLE
+from framework.run_dir import HF_DIR
 
 register_schemas()
 
@@ -37,14 +38,14 @@ def main(raw: DictConfig) -> None:
     if resume_from is not None:
         print(f"resuming from {resume_from}", flush=True)
 
-    from framework import ray_entry  # imported late: Ray and DeepSpeed take seconds to load
+    from framework.cluster import ray_train  # imported late: Ray and DeepSpeed take seconds to load
 
-    with exit_on_user_error(ray_entry.RunFailed):
-        stopped = ray_entry.run(cfg)
+    with exit_on_user_error(ray_train.RunFailed):
+        stopped = ray_train.run(cfg)
     if stopped:
         print(f"stopped early ({stopped}); run the same command to resume", flush=True)
         sys.exit(EXIT_RESUMABLE)
-    print(f"done: {cfg.run.output_dir}/hf holds the trained model", flush=True)
+    print(f"done: {cfg.run.output_dir}/{HF_DIR} holds the trained model", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,18 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from framework.chat import (
-    ChatConfig,
     Conversation,
-    chat_config,
-    check_chat_config,
     generate_reply,
     interact,
     load_model,
     prompt_flag_as_override,
 )
-from framework.config import ConfigError
+from framework.config.checks import check_chat_config
+from framework.config.compose import chat_config
+from framework.config.schema import ChatConfig, ConfigError
 from framework.data.templates import CHAT_TEMPLATES
-from framework.model import build_model
-from tests.conftest import ROOT
-from tests.test_loop import TINY
+from framework.model.build import build_model
+from tests.helpers import ROOT, TINY
 
 MAX_NEW_TOKENS = 8
 SYSTEM = "Be brief."

@@ -1,10 +1,9 @@
-"""Checkpoints through the real loop (`loop.train` on 1 or 2 gloo ranks, DeepSpeed ZeRO):
+"""Checkpoints through the real loop (`train.loop.train` on 1 or 2 gloo ranks, DeepSpeed ZeRO):
 an interrupted and resumed run equals a straight one, on the same or another number of
 ranks; incomplete, damaged or unsafe checkpoints are refused with a clear message."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 from pathlib import Path
@@ -16,39 +15,8 @@ from safetensors.torch import load_file
 
 from framework import checkpoint
 from framework.checkpoint import CheckpointError, committed, read_progress, step_dir
-from framework.loop import ZERO3_OTHER_LAYOUT_WARNING, WorkerContext, train
-from framework.prepare import prepare_run
-from tests.conftest import TINY_RUN, compose_config
-from tests.distributed import join_group, leave_group, spawn
-from tests.test_loop import _assert_same
-
-RUN = [
-    *TINY_RUN,
-    "data.suite.train_examples=240",
-    "trainer.max_steps=6",
-    "trainer.save_every=2",
-    "trainer.keep_checkpoints=10",
-    "trainer.log_every=1",
-    "trainer.warmup_steps=2",
-]
-
-
-def _train_rank(rank, world, port, cfg):
-    join_group(rank, world, port)
-    train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
-    leave_group()
-
-
-def run(out: Path, cache: Path, *overrides: str, world: int = 2):
-    cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}", *overrides])
-    prepare_run(cfg)
-    spawn(_train_rank, world, cfg)
-    return cfg
-
-
-def losses(out: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+from framework.train.loop import ZERO3_OTHER_LAYOUT_WARNING
+from tests.helpers import RUN, assert_same, compose_config, losses, run
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -66,9 +34,9 @@ def assert_same_run(resumed: Path, straight: Path, steps: list[int], rtol: float
 
 
 def assert_same_run_other_layout(resumed: Path, straight: Path, steps: list[int]):
-    """As across layouts in tests/test_loop.py: losses within 1e-5, weights in norm."""
+    """As across layouts in tests/train/test_step.py: losses within 1e-5, weights in norm."""
     got, want = losses(resumed), losses(straight)
-    _assert_same(
+    assert_same(
         {"losses": [got[s] for s in steps], "state": weights(resumed)},
         {"losses": [want[s] for s in steps], "state": weights(straight)},
     )

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from framework import export
-from framework.checkpoint import COMMIT_MARKER, step_dir
-from framework.config import ConfigError
+from framework.checkpoint import step_dir
+from framework.config.schema import ConfigError
 from framework.data.templates import stop_token_ids
 from framework.export import (
     ExportError,
@@ -29,8 +29,8 @@ from framework.export import (
     verify_export,
     write_verified,
 )
-from tests.conftest import ROOT
-from tests.test_checkpoint import run
+from framework.run_dir import COMMIT_MARKER
+from tests.helpers import ROOT, run
 
 WEIGHT = "model.layers.1.mlp.down_proj.weight"
 

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from framework.config import ConfigError, TrainConfig
+from framework.config.schema import ConfigError, TrainConfig
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan
-from framework.prepare import DATASET_POINTER, artifact_path, size_the_run
+from framework.prepare import size_the_run
+from framework.run_dir import DATASET_POINTER, artifact_path
 
 STATS = {"tokens": 100 * 500, "examples": 400}  # 100 rows of 500 tokens, 4 examples each
 PLAN = PackingPlan(np.arange(400), np.arange(0, 401, 4))

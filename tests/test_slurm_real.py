@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY_RUN
-from tests.test_train_e2e import logged
+from tests.helpers import ROOT, TINY_RUN, logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

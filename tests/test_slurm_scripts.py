@@ -30,8 +30,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_checkpoint import RUN, losses, run
+from tests.helpers import ROOT, RUN, losses, run
 
 SLURM = ROOT / "slurm"
 STANDINS = ROOT / "tests" / "slurm_standins"

@@ -1,11 +1,16 @@
-"""wandb start-up on rank 0: a run id still held by a dead worker's wandb service."""
+"""Tracking on rank 0: wandb start-up when a run id is still held by a dead worker's wandb
+service, and a loop that raises still leaving its summary and a finished wandb run."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import wandb
 
 from framework import tracking
+from framework.run_dir import METRICS_FILE, SUMMARY_FILE
+from tests.helpers import TINY_RUN, compose_config
 
 
 class _Calls:
@@ -52,3 +57,39 @@ def test_other_errors_and_a_persistent_clash_are_raised(calls):
     with pytest.raises(RuntimeError, match="is in use"):
         tracking._init_wandb(id="x")
     assert calls.inits == 1 + tracking._WANDB_INIT_TRIES
+
+
+STEP = {
+    "loss": 2.5,
+    "tokens": 100.0,
+    "trained_tokens": 40.0,
+    "step_time_s": 0.5,
+    "skipped": 0,
+    "peak_memory_gb": 1.0,
+    "tokens_per_s": 200.0,
+}
+
+
+def test_a_loop_that_raises_still_writes_the_summary_and_finishes_wandb(tmp_path, monkeypatch):
+    cfg = compose_config(
+        [*TINY_RUN, "logger=wandb", "logger.mode=offline", f"run.output_dir={tmp_path}"]
+    )
+    finished = []
+    real_finish = wandb.sdk.wandb_run.Run.finish
+
+    def finish(run, *args, exit_code=None, **kwargs):
+        finished.append(exit_code)
+        return real_finish(run, *args, exit_code=exit_code, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", finish)
+    with (
+        pytest.raises(RuntimeError, match="worker died"),
+        tracking.Tracker(cfg, enabled=True) as tracker,
+    ):
+        tracker.step(STEP)
+        tracker.log(1, STEP)
+        raise RuntimeError("worker died")
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["steps"] == 1 and summary["final_loss"] == 2.5 and summary["tokens"] == 100
+    assert finished == [1] and wandb.run is None  # finished, marked failed
+    assert [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).open()] == [1]

@@ -15,9 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from framework.checkpoint import committed, read_progress, step_dir
-from framework.stopping import EXIT_RESUMABLE
-from framework.suite.families import DEFAULT_HELD_OUT
-from tests.conftest import ROOT
+from framework.cluster.stopping import EXIT_RESUMABLE
+from framework.config.schema import DEFAULT_HELD_OUT
+from tests.helpers import ROOT, logged
 
 SHORT_RUN = [
     "trainer.max_steps=30",
@@ -61,12 +61,6 @@ def start_training(output_dir, log, *overrides: str) -> subprocess.Popen:
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-
-
-def logged(output_dir) -> list[dict]:
-    path = output_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [m for m in map(json.loads, lines) if "loss" in m]
 
 
 def wait_for_step(process: subprocess.Popen, output_dir, step: int, log) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import numpy as np
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from framework.config import DataConfig
+from framework.config.schema import DataConfig
 from framework.data.dataset import TokenizedDataset
+from framework.data.fit import fit_to_length
 from framework.data.formats import ErrorPolicy, RecordError
 from framework.data.pack import PackingPlan, best_fit_decreasing
 from framework.data.render import RenderedExample, render
@@ -107,44 +107,6 @@ def render_all(
                 bar.update(len(chunk))
     bar.close()
     return results
-
-
-@dataclasses.dataclass
-class Fitted:
-    examples: list[tuple[list[int], list[float]]]
-    truncated: Counter
-    dropped: Counter
-    sources: list[str] = dataclasses.field(default_factory=list)  # per kept example
-
-
-def fit_to_length(
-    records: list[LoadedRecord],
-    rendered: list[RenderedExample | RecordError],
-    cfg: DataConfig,
-    policy: ErrorPolicy,
-) -> Fitted:
-    """Apply data.overlong and drop examples with nothing to train, counting per source."""
-    fitted = Fitted([], Counter(), Counter())
-    for record, result in zip(records, rendered, strict=True):
-        if isinstance(result, RecordError):
-            policy(result, record.source)
-            continue
-        ids, weights = result.input_ids, result.weights
-        if len(ids) > cfg.max_seq_len:
-            if cfg.overlong == "drop":
-                fitted.dropped[record.source] += 1
-                continue
-            fitted.truncated[record.source] += 1
-            ids, weights = ids[: cfg.max_seq_len], weights[: cfg.max_seq_len]
-        if not any(w > 0 for w in weights[1:]):
-            policy(
-                RecordError(record.where, "no_target", "no trained token within data.max_seq_len"),
-                record.source,
-            )
-            continue
-        fitted.examples.append((ids, weights))
-        fitted.sources.append(record.source)
-    return fitted
 
 
 def build_artifact(

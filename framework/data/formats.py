@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from framework.config import SourceConfig
+from framework.config.schema import SourceConfig
 
 REASONS = (
     "invalid_json",

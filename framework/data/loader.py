@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from framework.config import ConfigError
+from framework.config.schema import ConfigError
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan, best_fit_decreasing, collate_rows, length_grouped

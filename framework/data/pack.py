@@ -150,18 +150,17 @@ def collate_rows(
 ) -> dict[str, torch.Tensor]:
     """Tensors for a micro batch. Position ids restart at every example (and at the
     padding), which is how the model keeps packed examples from attending to each other;
-    the first label of every example is IGNORE_INDEX so no label crosses a boundary.
-    `cu_seqlens` marks example boundaries in the flattened batch for varlen attention
-    kernels. `row_len=None` pads to the longest row of the batch. With `per_example`, each
-    example's loss weights are scaled to sum to 1, so a weighted sum over the global batch
-    divided by the sum of weights is the mean over examples of each example's mean loss."""
+    the first label of every example is IGNORE_INDEX so no label crosses a boundary
+    (attention kernels find the examples from the position ids). `row_len=None` pads to
+    the longest row of the batch. With `per_example`, each example's loss weights are
+    scaled to sum to 1, so a weighted sum over the global batch divided by the sum of
+    weights is the mean over examples of each example's mean loss."""
     lengths = [offsets[row + 1] - offsets[row] for row in rows]
     width = row_len or int(max(int(n.sum()) for n in lengths))
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
     loss_weights = np.zeros((len(rows), width), dtype=np.float32)
     position_ids = np.zeros((len(rows), width), dtype=np.int64)
-    boundaries = [0]
     for r, row in enumerate(rows):
         cursor = 0
         for index in row:
@@ -177,15 +176,12 @@ def collate_rows(
             labels[r, cursor] = IGNORE_INDEX
             position_ids[r, span] = np.arange(end - start)
             cursor += end - start
-            boundaries.append(r * width + cursor)
         position_ids[r, cursor:] = np.arange(width - cursor)
-        boundaries.append((r + 1) * width)
     return {
         "input_ids": torch.from_numpy(input_ids),
         "labels": torch.from_numpy(labels),
         "loss_weights": torch.from_numpy(loss_weights),
         "position_ids": torch.from_numpy(position_ids),
-        "cu_seqlens": torch.tensor(sorted(set(boundaries)), dtype=torch.int32),
         "num_tokens": torch.tensor([int(n.sum()) for n in lengths]),
         # Attention work grows with each example's length squared (for MFU).
         "sum_sq_lengths": torch.tensor([int((n.astype(np.int64) ** 2).sum()) for n in lengths]),

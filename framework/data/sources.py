@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from framework.config import DataConfig, SourceConfig, SuiteConfig, trained_families
+from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.formats import (
     Conversation,
     DataError,
@@ -28,7 +28,7 @@ from framework.data.formats import (
     RecordError,
     to_conversation,
 )
-from framework.suite.build import eval_items, training_chats
+from framework.suite.build import eval_items, trained_families, training_chats
 
 SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
 # Files that `datasets.save_to_disk` writes (a Dataset, or a DatasetDict at the top level).

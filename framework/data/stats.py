@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from framework.config import DataConfig
+from framework.config.schema import DataConfig
 from framework.data.dataset import TokenizedDataset
+from framework.data.fit import Fitted
 from framework.data.formats import ErrorPolicy
 from framework.data.pack import PackingPlan
 from framework.data.sources import LoadedData
-
-if TYPE_CHECKING:
-    from framework.data.cache import Fitted
 
 
 def packing_summary(plan: PackingPlan, lengths: np.ndarray, capacity: int) -> dict:

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from framework.config.schema import ConfigError, SuiteConfig
 from framework.suite.families import FAMILIES, Message
 
 SPLITS = ("train", "validation", "test")
@@ -145,3 +146,33 @@ def training_chats(
     replies included, one after another); ~25% open with a system prompt from
     SYSTEM_PROMPTS. Families are drawn uniformly; deterministic for the arguments."""
     return [record for record, _ in tagged_training_chats(families, count, seed, multi_turn)]
+
+
+# ------------------------------------------------------------------------------ selection
+
+
+def check_suite(suite: SuiteConfig, key: str) -> None:
+    """Raise ConfigError naming the suite key that cannot work."""
+    for name in ("held_out", "train_families"):
+        try:
+            check_family_names(getattr(suite, name), f"{key}.{name}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    both = sorted(set(suite.held_out) & set(suite.train_families))
+    if both:
+        raise ConfigError(
+            f"{key}.train_families and {key}.held_out both name {both}: a held-out family "
+            "is never trained on; remove it from one of them"
+        )
+    if not trained_families(suite):
+        raise ConfigError(f"{key}.held_out holds every family: nothing is left to train on")
+    if suite.train_examples <= 0:
+        raise ConfigError(f"{key}.train_examples={suite.train_examples} must be > 0")
+    if not 0.0 <= suite.multi_turn <= 1.0:
+        raise ConfigError(f"{key}.multi_turn={suite.multi_turn} must be in [0, 1]")
+
+
+def trained_families(suite: SuiteConfig) -> list[str]:
+    """The families training chats are drawn from, in the suite's order."""
+    chosen = suite.train_families or [f for f in FAMILIES if f not in suite.held_out]
+    return [f for f in FAMILIES if f in chosen and f not in suite.held_out]

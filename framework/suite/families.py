@@ -369,16 +369,3 @@ def _recall(rng: random.Random) -> tuple[list[Message], str]:
         ask, answer = rng.choice(_RECALL_ASK).format(kind=kind), value
     chat = [_user(store), {"role": "assistant", "content": rng.choice(ACKS)}, _user(ask)]
     return chat, answer
-
-
-# Each a variant or combination of trained skills, so zero-shot accuracy on them measures
-# transfer: lowercase (uppercase), subtract (add), sort_descending (sort_ascending),
-# last_letters (first_letters), multi_step (reverse_word + uppercase), answer_format.
-DEFAULT_HELD_OUT: tuple[str, ...] = (
-    "lowercase",
-    "subtract",
-    "sort_descending",
-    "last_letters",
-    "multi_step",
-    "answer_format",
-)

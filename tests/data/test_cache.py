@@ -7,8 +7,9 @@ from framework.data import cache
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import Conversation, RecordError
 from framework.data.sources import LoadedRecord
-from framework.prepare import STATS_FILE, artifact_path, prepare_run
-from tests.conftest import compose_config
+from framework.prepare import prepare_run
+from framework.run_dir import STATS_FILE, artifact_path
+from tests.helpers import compose_config
 
 
 def _chat(i: int) -> dict:

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from framework.config import SourceConfig
+from framework.config.schema import SourceConfig
 from framework.data.formats import (
     REASONS,
     Conversation,
@@ -13,7 +13,7 @@ from framework.data.formats import (
     RecordError,
     to_conversation,
 )
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 AUTO = SourceConfig(path="x")
 

@@ -6,7 +6,7 @@ import pytest
 from framework.data.dataset import TokenizedDataset
 from framework.data.loader import RankBatches, row_costs
 from framework.data.pack import best_fit_decreasing
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 
 def _dataset(lengths):

@@ -8,9 +8,10 @@ from framework.data.pack import (
     PackingPlan,
     best_fit_decreasing,
     collate_rows,
+    example_bounds,
     length_grouped,
 )
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 
 def reference_best_fit(lengths, capacity):
@@ -83,7 +84,8 @@ def test_collated_rows_restart_positions_and_mask_example_starts():
         [0, 1, 2, 3, 4, 0, 1, 2, 0, 1],
         [0, 1, 2, 3, 0, 1, 2, 3, 4, 5],
     ]
-    assert batch["cu_seqlens"].tolist() == [0, 5, 8, 10, 14, 20]
+    # Where the kernels cut the rows: examples, then the padding run as one more segment.
+    assert example_bounds(batch["position_ids"]) == [[0, 5, 8, 10], [0, 4, 10]]
     assert batch["num_tokens"].tolist() == [8, 4]
     for r, row in enumerate(rows):
         cursor = 0

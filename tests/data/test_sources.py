@@ -10,10 +10,11 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from framework.config import DataConfig, SourceConfig, SuiteConfig, trained_families
+from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.formats import DataError, ErrorPolicy, RecordError
 from framework.data.sources import load_data
-from tests.conftest import CONF_DIR, SHARED_DATA, compose_config
+from framework.suite.build import trained_families
+from tests.helpers import CONF_DIR, SHARED_DATA, compose_config
 
 
 def _chat(i: int) -> dict:

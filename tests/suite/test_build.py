@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from framework.config.schema import DEFAULT_HELD_OUT
 from framework.suite import build
 from framework.suite.build import (
     SPLITS,
@@ -24,9 +25,8 @@ from framework.suite.build import (
     training_chats,
 )
 from framework.suite.checkers import normalized_equal
-from framework.suite.families import DEFAULT_HELD_OUT, FAMILIES, Family
-from tests.conftest import ROOT
-from tests.suite.test_families import matches_templates
+from framework.suite.families import FAMILIES, Family
+from tests.helpers import ROOT, matches_templates
 
 TRAINED = [name for name in FAMILIES if name not in DEFAULT_HELD_OUT]
 

@@ -9,10 +9,12 @@ import string
 
 import pytest
 
+from framework.config.schema import DEFAULT_HELD_OUT
 from framework.suite.build import SPLITS, family_items
 from framework.suite.checkers import normalize, normalized_equal
-from framework.suite.families import DEFAULT_HELD_OUT, FAMILIES
+from framework.suite.families import FAMILIES
 from framework.suite.wording import ACKS, VOWELS, WORDS
+from tests.helpers import matches_templates
 
 GARBAGE = [
     "",
@@ -33,20 +35,6 @@ GARBAGE = [
     '"',
     ".",
 ]
-
-
-def template_pattern(template: str) -> re.Pattern:
-    """A regex matching exactly the texts `template.format(...)` can produce."""
-    parts = []
-    for literal, field, _, _ in string.Formatter().parse(template):
-        parts.append(re.escape(literal))
-        if field is not None:
-            parts.append(".+")
-    return re.compile("".join(parts), re.DOTALL)
-
-
-def matches_templates(text: str, family: str) -> bool:
-    return any(template_pattern(t).fullmatch(text) for t in FAMILIES[family].templates)
 
 
 def test_registry_has_enough_families_with_paraphrases():

@@ -1,0 +1,319 @@
+"""python benchmarks/throughput.py
+
+Training throughput side by side, in one process: our loop (packed, padded, packed with a
+dense block mask) against the Hugging Face Trainer and TRL's SFTTrainer, on the same tiny
+model, tokens and data, in interleaved rounds (the first one a warm-up). Run from the
+repository root; needs `.[bench]`:
+
+    python benchmarks/throughput.py            # full: 3 measured rounds + a warm-up round
+    python benchmarks/throughput.py --quick    # a smoke run of a minute or two
+
+Prints one markdown table (per contender: slot efficiency, trained tokens/s, tokens/s,
+speed ratio and realisation factor against ours padded, time to first step, MFU) with
+notes on what was run and how each column is measured; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from common import (
+    DATA_OVERRIDES,
+    MAX_SEQ_LEN,
+    arg_parser,
+    bench_workdir,
+    median,
+    progress,
+    table_header,
+)
+from throughput_contenders import (
+    PACKED_ROWS,
+    Run,
+    Setup,
+    hf_trainer,
+    ours_packed,
+    ours_packed_dense_mask,
+    ours_padded,
+    trl_sft,
+)
+
+from framework.config.compose import compose_train_config
+from framework.data.cache import first_plan
+from framework.data.dataset import TokenizedDataset
+from framework.data.formats import ErrorPolicy
+from framework.data.sources import load_data
+from framework.prepare import prepare_run
+from framework.run_dir import TOKENIZER_DIR
+from framework.train.engine import resolve_precision
+from framework.train.metrics import peak_flops
+
+SEED = 1234  # the trainer default; the artifact and every sampler use it
+ZERO_STAGE = 2  # the repository default (parallelism=zero2)
+THREADS = min(2, os.cpu_count() or 1)  # torch threads of the one process
+FULL = {"tokens": 122_880, "rounds": 4}
+QUICK = {"tokens": 12_000, "rounds": 2}
+BASELINE = "ours, padded"
+CONTENDERS: list[tuple[str, Callable[[Setup], Run]]] = [
+    ("ours, packed", ours_packed),
+    (BASELINE, ours_padded),
+    ("ours, packed, dense block mask (sdpa)", ours_packed_dense_mask),
+    ("HF Trainer, dynamic padding", hf_trainer),
+    ("TRL SFTTrainer, packing=True", trl_sft),
+]
+PACKED = {"ours, packed", "ours, packed, dense block mask (sdpa)", "TRL SFTTrainer, packing=True"}
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def make_setup(workdir: Path, budget: int) -> Setup:
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cfg = compose_train_config(
+        [
+            *DATA_OVERRIDES,
+            f"run.output_dir={workdir / 'run'}",
+            f"run.cache_dir={workdir / 'cache'}",
+            "cluster.num_workers=1",
+            f"parallelism.zero_stage={ZERO_STAGE}",
+            f"trainer.micro_batch_size={PACKED_ROWS}",
+            f"trainer.seed={SEED}",
+        ]
+    )
+    prepared = prepare_run(cfg)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(cfg.run.output_dir) / TOKENIZER_DIR)
+    data = TokenizedDataset.load(prepared.artifact, "train")
+    records = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy(cfg.data.on_error)).train
+    # Padded micro batches hold as many examples as a packed micro batch does on average,
+    # so every contender's optimizer step sees about the same number of real tokens.
+    plan = first_plan(prepared.artifact)
+    tokens_per_row = data.lengths().sum() / len(plan)
+    padded_examples = max(1, round(PACKED_ROWS * tokens_per_row / data.lengths().mean()))
+    return Setup(
+        cfg=cfg,
+        tokenizer=tokenizer,
+        artifact=prepared.artifact,
+        data=data,
+        records=records,
+        device=device,
+        precision=resolve_precision("auto", device),  # fp32 on CPU, bf16 on GPUs with it
+        budget=budget,
+        padded_examples=padded_examples,
+        workdir=workdir,
+    )
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def summary(run: Run, peak: float | None) -> dict[str, float]:
+    """Throughput over steps 2..n (wall time from the end of step 1 to the end of step n),
+    slot efficiency over every step, time to the end of step 1."""
+    if len(run.steps) < 2:
+        raise RuntimeError(f"only {len(run.steps)} step(s) ran: raise --tokens")
+    seconds = run.step_ends[-1] - run.step_ends[0]
+    measured = run.steps[1:]
+    tokens = sum(s["tokens"] for s in measured)
+    out = {
+        "efficiency": sum(s["tokens"] for s in run.steps) / sum(s["slots"] for s in run.steps),
+        "tokens_per_s": tokens / seconds,
+        "trained_per_s": sum(s["trained"] for s in measured) / seconds,
+        "first_step_s": run.step_ends[0] - run.started,
+        "steps": len(run.steps),
+        "tokens": run.tokens,
+    }
+    if peak and run.shape is not None:
+        flops = run.shape.train_flops(tokens, sum(s["sum_sq"] for s in measured))
+        out["mfu"] = flops / seconds / peak
+    return out
+
+
+def interleaved(setup: Setup, rounds: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Rounds of A B C D E; the first (warm-up) round is dropped. Returns each contender's
+    measured summaries and, for those that could not run, why."""
+    peak = peak_flops(setup.device, None)
+    results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}
+    failed: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for round_index in range(rounds):
+        for name, contender in CONTENDERS:
+            if name in failed:
+                continue
+            torch.set_num_threads(THREADS)  # accelerate may change it for a CPU run
+            try:
+                with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table
+                    run = contender(setup)
+                result = summary(run, peak)
+            except Exception as error:  # a contender that cannot run becomes a row
+                failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                progress(f"failed: {name}: {failed[name]}")
+                continue
+            finally:
+                gc.collect()
+            if run.note:
+                notes[name] = run.note
+            if round_index > 0:
+                results[name].append(result)
+            label = "warm-up" if round_index == 0 else f"round {round_index}"
+            progress(
+                f"{label}: {name}: {result['tokens_per_s']:,.0f} tokens/s, "
+                f"{result['steps']} steps, first step {result['first_step_s']:.2f} s"
+            )
+    return results, {**notes, **{k: f"not run: {v}" for k, v in failed.items()}}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def throughput_table(results: dict[str, list[dict]], problems: dict[str, str]) -> list[str]:
+    lines = table_header(
+        "contender",
+        "slot efficiency",
+        "trained tokens/s",
+        "tokens/s",
+        "speed ratio",
+        "realisation factor",
+        "time to first step (s)",
+        "MFU",
+    )
+    base = results.get(BASELINE) or []
+    for name, _ in CONTENDERS:
+        if not results[name]:
+            lines.append(f"| {name} | {problems.get(name, 'no measured round')} | | | | | | |")
+            continue
+        rs = results[name]
+        speed, eff = median(rs, "tokens_per_s"), median(rs, "efficiency")
+        # Ratios within each round (the runs next to each other in time), then the median.
+        pairs = list(zip(rs, base, strict=False))
+        ratios = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in pairs]
+        realised = [
+            r["tokens_per_s"] / b["tokens_per_s"] / (r["efficiency"] / b["efficiency"])
+            for r, b in pairs
+        ]
+        ratio = f"{statistics.median(ratios):.3f}" if pairs else "n/a"
+        realisation = f"{statistics.median(realised):.3f}" if pairs and name in PACKED else "—"
+        mfu = f"{median(rs, 'mfu'):.1%}" if "mfu" in rs[0] else "n/a"
+        lines.append(
+            f"| {name} | {eff:.2%} | {median(rs, 'trained_per_s'):,.0f} | {speed:,.0f} "
+            f"| {ratio} | {realisation} | {median(rs, 'first_step_s'):.2f} | {mfu} |"
+        )
+    return lines
+
+
+def setup_notes(setup: Setup, results: dict[str, list[dict]], rounds: int) -> list[str]:
+    """The device, rounds, model, data, budget and micro batches of this run."""
+    device = setup.device
+    hardware = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
+    measured = [len(rs) for rs in results.values() if rs]
+    steps = {name: round(median(rs, "steps")) for name, rs in results.items() if rs}
+    return [
+        f"Device: {hardware}; precision {setup.precision}; one process, one-rank process group "
+        f"for ours (DeepSpeed ZeRO stage {ZERO_STAGE}); Trainer/TRL without DeepSpeed. "
+        f"Rounds: {rounds} interleaved (contenders in table order), the first dropped as "
+        f"warm-up; medians over {min(measured, default=0)} measured round(s).",
+        "- Model: framework.model.build.build_model(ModelConfig()) = the tiny Llama (4 "
+        "layers, hidden 128), random init from the same seed for every contender. Data: "
+        f"alpaca_en_demo.json (999 examples, {int(setup.data.lengths().sum()):,} tokens, "
+        f"{int((setup.data.weights > 0).sum()):,} trained by our loss mask) "
+        f"through prepare_run (data=alpaca_demo, data.max_seq_len={MAX_SEQ_LEN}, built-in "
+        "BPE tokenizer, ChatML): the same token ids for every contender except TRL, which "
+        "tokenizes the same conversations itself.",
+        f"- Budget: every contender trains until it has fed the model {setup.budget:,} real "
+        "(non-padding) tokens; the step that crosses the budget is the last (median steps per run: "
+        + "; ".join(f"{name}: {n}" for name, n in steps.items())
+        + "). Not the same examples: packed and padded orders differ.",
+        f"- Micro batches (1 accumulation step): packed contenders (ours, TRL) {PACKED_ROWS} "
+        f"rows of {MAX_SEQ_LEN} slots; padded ones (ours padded, HF) {setup.padded_examples} "
+        f"examples = round({PACKED_ROWS} x real tokens per packed row / mean example length), "
+        "so each optimizer step holds about the same real tokens.",
+    ]
+
+
+def column_notes() -> list[str]:
+    """How each column is measured."""
+    return [
+        "- slot efficiency = real tokens / token slots (input_ids.numel()) over every batch "
+        "the contender fed the model. tokens/s = real tokens of steps 2..n / wall time from "
+        "the end of step 1 to the end of step n (includes data loading and the optimizer); "
+        "trained tokens/s counts positions with a label (labels[:, 1:] != -100).",
+        "- speed ratio = tokens/s / tokens/s of ours, padded in the same round, median over "
+        "rounds; realisation factor = speed ratio / slot-efficiency ratio, per round, "
+        "median (how much of the packing gain becomes speed; target >= 0.95, packed rows "
+        "only). Time to first step: from the start of the contender's "
+        "set-up (model, engine or Trainer, data set / TRL's tokenization and packing) to the "
+        "end of its first optimizer step; ours reads the prepared artifact (prepare_run ran "
+        "once before the rounds) and skips framework.train.loop.train's packing self-check.",
+    ]
+
+
+def contender_notes() -> list[str]:
+    """What each contender runs."""
+    return [
+        "- ours: framework.train.step.train_step over framework.data.loader.RankBatches, "
+        "DeepSpeed engine from framework.train.engine. packed = best-fit decreasing rows, "
+        "per-document SDPA (document_sdpa); padded = data.packing=false (length-grouped, "
+        "padded to each batch's longest); dense block mask = packed rows with attention "
+        "sdpa, where transformers builds a block-diagonal mask over each whole row from the "
+        "restarting position ids.",
+        "- HF Trainer: transformers.Trainer on our artifact's token ids (labels = our loss "
+        "mask), DataCollatorForSeq2Seq padding to the longest example of each batch, random "
+        "order (train_sampling_strategy='random', transformers 5's name for "
+        "group_by_length=False), attention sdpa with the padding mask; TRL and HF: AdamW "
+        "(torch), our lr, warmup, clipping and seed, a model built like ours (fp32 weights; "
+        "bf16 autocast on GPUs), report_to=[], no eval, no logging, no saving.",
+        "- TRL SFTTrainer: packing=True (bfd: best-fit decreasing, padding-free: each micro "
+        "batch's rows concatenated into one sequence with restarting position ids), "
+        f"max_length={MAX_SEQ_LEN}, attention document_sdpa (TRL recommends flash attention "
+        "for padding-free batches; on CPU document_sdpa is the per-document equivalent, so "
+        "it attends like ours, packed). TRL also computes entropy and token accuracy every "
+        "step for its logs.",
+    ]
+
+
+def notes(
+    setup: Setup, results: dict[str, list[dict]], problems: dict[str, str], rounds: int
+) -> list[str]:
+    lines = [*setup_notes(setup, results, rounds), *column_notes(), *contender_notes()]
+    lines += [f"- {name}: {text}" for name, text in problems.items()]
+    if setup.device.type != "cuda":
+        lines.append("- MFU: n/a on CPU (no known peak FLOP/s).")
+    else:
+        lines.append(
+            "- MFU = framework.train.metrics.ModelShape.train_flops(real tokens, sum of "
+            "squared example lengths) of steps 2..n / their wall time / the GPU's peak "
+            "(framework.train.metrics.peak_flops), for every contender alike."
+        )
+    return lines
+
+
+def main() -> None:
+    parser = arg_parser(__doc__, "a smoke run of a minute or two")
+    parser.add_argument("--tokens", type=int, help="real tokens per contender run")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds, the first is warm-up")
+    args = parser.parse_args()
+    mode = QUICK if args.quick else FULL
+    budget, rounds = args.tokens or mode["tokens"], args.rounds or mode["rounds"]
+    with bench_workdir("bench-throughput-") as workdir:
+        setup = make_setup(workdir, budget)
+        results, problems = interleaved(setup, rounds)
+        print("\n".join(throughput_table(results, problems)))
+        print()
+        print("\n".join(notes(setup, results, problems, rounds)))
+
+
+if __name__ == "__main__":
+    main()

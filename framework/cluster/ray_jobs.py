@@ -1,0 +1,142 @@
+"""Ray Jobs: submit a training run to a running Ray cluster through its dashboard (Ray's
+Job Submission API), follow its logs, list and stop jobs.
+
+A job runs `launch/train.py` with the cluster's own Python environment, in a copy of this
+repository that Ray unpacks into a temporary directory (the runtime_env working_dir). So:
+
+- `run.output_dir` must be an absolute path that every node reads and writes (shared
+  storage): the copy, and anything written relative to it, goes away with the job.
+- Secrets are not forwarded: Ray shows a job's runtime_env, environment variables
+  included, on its dashboard. The cluster's nodes must have `WANDB_API_KEY` and `HF_TOKEN`
+  in their own environment (where `ray start` ran) for online logging or gated models.
+- A cluster with token authentication (Ray's default where `ray start` finds a token in
+  ~/.ray/auth_token): set RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN or that file, where the
+  submitting command runs.
+- `stop` sends the driver SIGTERM, like a preemption: the workers checkpoint after the
+  current step and the job ends STOPPED. Submitting the same overrides again resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient, JobType
+
+from framework.config.schema import ConfigError
+
+# A job that `stop` ended: what a shell reports for a process ended by SIGTERM (what Ray
+# sends the driver). Distinct from 75 (framework.stopping.EXIT_RESUMABLE), which the
+# driver's own exit code passes through, so a wrapper that reruns on 75 leaves a job
+# someone stopped alone.
+EXIT_STOPPED = 143
+_EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.STOPPED: EXIT_STOPPED}
+
+# How long Ray lets the driver of a stopped job checkpoint before it kills it (Ray's
+# default, 3 s, is shorter than one step).
+STOP_GRACE_S = 300
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Not uploaded with the working_dir: environments, run outputs, logs and caches. No
+# trailing slashes: those would match only the files inside, and Ray would still walk them.
+_EXCLUDES = [
+    "/.venv",
+    "/.git",
+    "/outputs",
+    "wandb",
+    "/slurm/logs",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+]
+_TRAIN_SCRIPT = "launch/train.py"
+
+
+def check_output_dir(overrides: list[str]) -> None:
+    """Raise ConfigError unless the overrides set run.output_dir to an absolute path."""
+    values = [
+        value.strip("'\"")
+        for key, _, value in (o.partition("=") for o in overrides)
+        if key.lstrip("+") == "run.output_dir"
+    ]
+    if not values or not os.path.isabs(values[-1]):
+        got = f"run.output_dir={values[-1]}" if values else "no run.output_dir"
+        raise ConfigError(
+            f"got {got}; a submitted run needs run.output_dir=<absolute path on storage "
+            "every node reads>: the job runs in a temporary copy of the repository, and a "
+            "relative or default run.output_dir would go away with that copy"
+        )
+
+
+def entrypoint(python: str, overrides: list[str]) -> str:
+    return shlex.join([python, _TRAIN_SCRIPT, *overrides])
+
+
+def overrides_of(job: JobDetails) -> str:
+    """The Hydra overrides of a job's training command (the whole command otherwise)."""
+    _, found, overrides = job.entrypoint.partition(f" {_TRAIN_SCRIPT}")
+    return overrides.strip() if found else job.entrypoint
+
+
+def connect(address: str) -> JobSubmissionClient:
+    """A client for the cluster's dashboard at `address`; ConnectionError if it cannot
+    reach it or is refused. Ray would let RAY_ADDRESS or RAY_API_SERVER_ADDRESS override
+    the address it is given; here the address wins (the callers default it to those)."""
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        os.environ.pop(name, None)
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError as err:
+        raise ConnectionError(str(err)) from None
+
+
+def submit(address: str, overrides: list[str], python: str) -> tuple[JobSubmissionClient, str]:
+    """Check the overrides, then submit `launch/train.py` with them; returns the client and
+    the job's submission id."""
+    check_output_dir(overrides)
+    client = connect(address)
+    job_id = client.submit_job(
+        entrypoint=entrypoint(python, overrides),
+        runtime_env={
+            "working_dir": str(REPO_ROOT),
+            "excludes": _EXCLUDES,
+            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)},
+        },
+    )
+    return client, job_id
+
+
+def follow(client: JobSubmissionClient, job_id: str, write: Callable[[str], None]) -> JobDetails:
+    """Hand the job's logs to `write` as they come, until it ends; returns the ended job."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            write(chunk)
+
+    asyncio.run(tail())
+    return client.get_job_info(job_id)
+
+
+def exit_code(job: JobDetails) -> int:
+    """The driver's exit code where Ray has it (so 75, stopped and resumable, passes
+    through); else 0 for SUCCEEDED, EXIT_STOPPED for STOPPED and 1 for FAILED."""
+    if job.driver_exit_code is not None:
+        return job.driver_exit_code
+    return _EXIT_CODES.get(job.status, 1)
+
+
+def stop(client: JobSubmissionClient, job_id: str) -> bool:
+    """Ask the job to stop (its driver checkpoints first); False if it had already ended."""
+    return client.stop_job(job_id)
+
+
+def submissions(client: JobSubmissionClient) -> list[JobDetails]:
+    """Jobs submitted through the API, oldest first (drivers started by hand are not
+    jobs one can stop or follow here)."""
+    jobs = [job for job in client.list_jobs() if job.type == JobType.SUBMISSION]
+    return sorted(jobs, key=lambda job: job.start_time or 0)

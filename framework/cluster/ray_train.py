@@ -1,0 +1,157 @@
+"""Ray Train: places one worker per data-parallel rank and runs `train.loop.train` in
+each. With ray_jobs.py (job submission), the only place that imports Ray."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer, get_device
+
+from framework.cluster.stopping import slurm_deadline, stop_on_signals
+from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
+from framework.run_dir import RAY_DIR, clear_stop_request
+from framework.train.loop import WorkerContext, train
+
+
+class RunFailed(RuntimeError):
+    """Training failed on a worker; the message carries the worker's error."""
+
+
+def _worker_main(config: dict) -> None:
+    # DeepSpeed calls torch.distributed APIs that torch has deprecated: noise on every step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    context = ray.train.get_context()
+    ctx = WorkerContext(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=get_device(),
+        report=ray.train.report,
+        deadline=config["deadline"],
+    )
+    train(config["cfg"], ctx)
+
+
+def connect(cfg: TrainConfig) -> None:
+    """Join `cluster.address` (or RAY_ADDRESS), else start a private local Ray, and check
+    that the cluster can hold the requested workers."""
+    # "local", not None: with None, Ray joins the last cluster `ray start` ran on this
+    # machine (/tmp/ray/ray_current_cluster), even one long dead, and hangs there.
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or "local"
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+    # The nodes alive now: an autoscaling cluster is judged by what it has started, not by
+    # what it could add (start it with enough nodes for the run).
+    check_placement(cfg.cluster, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+
+
+def worker_resources(cluster: ClusterConfig) -> dict[str, float]:
+    """What Ray reserves for each worker (one placement-group bundle)."""
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.use_gpu:
+        resources["GPU"] = cluster.gpus_per_worker
+    return resources
+
+
+# Ray counts resources in ten-thousandths; whole units keep 0.6 / 0.2 from flooring to 2.
+_RESOURCE_UNIT = 10_000
+
+# How many workers a placement can hold, from how many fit on each node. pack and spread
+# are preferences: any node with room takes workers.
+_CAPACITY = {
+    "pack": sum,
+    "spread": sum,
+    "strict_pack": lambda fits: max(fits, default=0),
+    "strict_spread": lambda fits: sum(fit > 0 for fit in fits),
+}
+_NEEDS = {
+    "pack": "room for {n} workers across the nodes",
+    "spread": "room for {n} workers across the nodes",
+    "strict_pack": "one node with room for all {n} workers",
+    "strict_spread": "{n} nodes with room for one worker each",
+}
+
+
+def workers_that_fit(node: dict[str, float], resources: dict[str, float]) -> int:
+    """How many workers, each needing `resources`, one node's total resources hold."""
+    return min(
+        round(node.get(name, 0) * _RESOURCE_UNIT) // round(amount * _RESOURCE_UNIT)
+        for name, amount in resources.items()
+    )
+
+
+def check_placement(cluster: ClusterConfig, nodes: list[dict[str, float]]) -> None:
+    """Raise ConfigError unless nodes with these total resources (Ray's per-node resource
+    dicts) can hold cluster.num_workers workers under cluster.placement: Ray would
+    otherwise wait, silently, for resources that never come."""
+    resources = worker_resources(cluster)
+    fits = [workers_that_fit(node, resources) for node in nodes]
+    room = _CAPACITY[cluster.placement](fits)
+    if room < cluster.num_workers:
+        raise ConfigError(_placement_message(cluster, nodes, fits, room))
+
+
+def _placement_message(
+    cluster: ClusterConfig, nodes: list[dict[str, float]], fits: list[int], room: int
+) -> str:
+    n, resources = cluster.num_workers, worker_resources(cluster)
+    cpus, gpus = resources["CPU"], resources.get("GPU", 0)
+    listing = "; ".join(
+        f"node {i}: {node.get('CPU', 0):g} CPUs, {node.get('GPU', 0):g} GPUs (room for {fit})"
+        for i, (node, fit) in enumerate(zip(nodes, fits, strict=True))
+    )
+    no_gpus = gpus and not any(node.get("GPU") for node in nodes)
+    return (
+        f"cluster.num_workers={n} needs {n * cpus:g} CPUs and {n * gpus:g} GPUs ({cpus:g} CPUs "
+        f"and {gpus:g} GPUs per worker; cluster.placement={cluster.placement} needs "
+        f"{_NEEDS[cluster.placement].format(n=n)}), but the Ray cluster has room for "
+        f"{room} workers that way; its nodes alive now: {listing or 'none'}. Fix: "
+        + ("set cluster.use_gpu=false on CPU machines, or " if no_gpus else "")
+        + "lower cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker, "
+        "choose another cluster.placement, or add nodes"
+    )
+
+
+def run(cfg: TrainConfig) -> str | None:
+    """Train on the Ray cluster. Returns why the run stopped early (checkpointed, to be
+    resumed), or None when it finished; raises RunFailed with the worker's error."""
+    connect(cfg)
+    clear_stop_request(cfg.run.output_dir)
+    stop_on_signals(cfg.run.output_dir)
+    trainer = TorchTrainer(
+        _worker_main,
+        train_loop_config={"cfg": cfg, "deadline": slurm_deadline()},
+        torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.cluster.num_workers,
+            use_gpu=cfg.cluster.use_gpu,
+            resources_per_worker=worker_resources(cfg.cluster),
+            placement_strategy=cfg.cluster.placement.upper(),
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=os.path.join(cfg.run.output_dir, RAY_DIR),
+            # A restart runs the workers again; they resume from the newest checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.WorkerGroupError as err:
+        raise RunFailed(_worker_failures(err)) from None
+    except ray.train.TrainingFailedError as err:
+        raise RunFailed(f"training failed: {err}") from None
+    finally:
+        stopped = clear_stop_request(cfg.run.output_dir)
+    return stopped
+
+
+def _worker_failures(err: ray.train.WorkerGroupError) -> str:
+    # The full tracebacks are already in the worker logs above; the last word is the cause.
+    lines = []
+    for rank, failure in sorted(err.worker_failures.items()):
+        cause = str(failure).strip().splitlines()[-1] if str(failure).strip() else ""
+        lines.append(f"rank {rank}: {type(failure).__name__}: {cause}")
+    return "training failed on worker " + "; ".join(lines)

@@ -1,0 +1,169 @@
+"""Checks that need more than one field or more than a type: each raises ConfigError
+naming the key whose value cannot work, and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from framework.config.schema import (
+    ChatConfig,
+    ConfigError,
+    EvalConfig,
+    SourceConfig,
+    TrainConfig,
+)
+
+_CHOICES = {
+    "model.attention": (
+        "auto",
+        "document_sdpa",
+        "flash_attention_2",
+        "flex_attention",
+        "sdpa",
+        "eager",
+    ),
+    "data.train_on": ("assistant", "last_turn", "all"),
+    "data.overlong": ("truncate", "drop"),
+    "data.on_error": ("raise", "skip"),
+    "trainer.precision": ("auto", "fp32", "bf16"),
+    "trainer.loss_average": ("token", "example"),
+    "trainer.on_non_finite": ("stop", "skip"),
+    "trainer.lr_schedule": ("cosine", "linear", "constant"),
+    "objective.name": ("sft",),
+    "logger.backend": ("wandb", "none"),
+    "logger.mode": ("auto", "online", "offline", "disabled"),
+    "parallelism.zero_stage": (0, 1, 2, 3),
+    "cluster.placement": ("pack", "spread", "strict_pack", "strict_spread"),
+}
+
+_POSITIVE = (
+    "trainer.max_steps",
+    "trainer.micro_batch_size",
+    "trainer.grad_accum_steps",
+    "trainer.lr",
+    "trainer.log_every",
+    "trainer.save_every",
+    "trainer.keep_checkpoints",
+    "data.max_seq_len",
+    "trainer.eval_batch_size",
+    "cluster.num_workers",
+    "cluster.cpus_per_worker",
+    "cluster.gpus_per_worker",
+)
+
+
+def _get(cfg: TrainConfig, key: str):
+    group, name = key.split(".")
+    return getattr(getattr(cfg, group), name)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first key whose value cannot work."""
+    for key, allowed in _CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {list(allowed)}")
+    for key in _POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
+    evals = ("eval_every", "eval_samples", "eval_max_new_tokens", "eval_suite_per_family")
+    if min(getattr(cfg.trainer, key) for key in evals) < 0:
+        raise ConfigError(f"trainer.{', trainer.'.join(evals)} must be >= 0")
+    if cfg.trainer.warmup_steps < 0 or cfg.trainer.max_grad_norm < 0:
+        raise ConfigError("trainer.warmup_steps and trainer.max_grad_norm must be >= 0")
+    offload = cfg.parallelism.offload_optimizer or cfg.parallelism.offload_params
+    if cfg.parallelism.offload_params and cfg.parallelism.zero_stage != 3:
+        raise ConfigError(
+            "parallelism.offload_params needs parallelism.zero_stage=3 "
+            "(use parallelism=zero3_offload)"
+        )
+    if offload and cfg.parallelism.zero_stage == 0:
+        raise ConfigError("parallelism.offload_optimizer needs parallelism.zero_stage >= 1")
+    if cfg.model.name_or_path is None and cfg.data.max_seq_len > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_seq_len={cfg.data.max_seq_len} exceeds "
+            f"model.max_position_embeddings={cfg.model.max_position_embeddings}"
+        )
+    targets = [cfg.trainer.global_batch_tokens, cfg.trainer.global_batch_examples]
+    if all(t is not None for t in targets):
+        raise ConfigError(
+            "set at most one of trainer.global_batch_tokens and trainer.global_batch_examples"
+        )
+    if any(t is not None and t <= 0 for t in [*targets, cfg.trainer.epochs]):
+        raise ConfigError(
+            "trainer.epochs, trainer.global_batch_tokens and trainer.global_batch_examples "
+            "must be > 0 when set"
+        )
+    if not 0.0 <= cfg.data.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in [0, 1)")
+    if cfg.data.num_proc < 0 or cfg.data.inspect < 0:
+        raise ConfigError("data.num_proc and data.inspect must be >= 0")
+    for group in ("sources", "eval_sources"):
+        for index, source in enumerate(getattr(cfg.data, group)):
+            _validate_source(source, f"data.{group}[{index}]")
+
+
+SOURCE_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+
+
+def _validate_source(source: SourceConfig, key: str) -> None:
+    if source.format not in SOURCE_FORMATS:
+        raise ConfigError(f"{key}.format={source.format!r} is not one of {list(SOURCE_FORMATS)}")
+    if source.weight <= 0:
+        raise ConfigError(f"{key}.weight={source.weight} must be > 0")
+    if source.max_samples is not None and source.max_samples <= 0:
+        raise ConfigError(f"{key}.max_samples={source.max_samples} must be > 0 or null")
+    if Path(source.path).is_absolute() and not Path(source.path).exists():
+        raise ConfigError(
+            f"{key}.path: no such file or folder {source.path}; point it at a JSON/JSONL/"
+            "Parquet/CSV file, a folder of them, a saved `datasets` directory or a hub name "
+            "(data.path=null with no sources trains on the built-in suite)"
+        )
+
+
+# ------------------------------------------------------------------------------ commands
+
+CHAT_DTYPES = ("fp32", "bf16", "fp16")
+
+
+def check_chat_config(cfg: ChatConfig) -> None:
+    """Raise ConfigError naming the first key whose value cannot work."""
+    if cfg.max_new_tokens <= 0:
+        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} must be > 0")
+    if cfg.temperature < 0:
+        raise ConfigError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy decoding)")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1]")
+    if cfg.dtype != "auto" and cfg.dtype not in CHAT_DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r} is not one of {['auto', *CHAT_DTYPES]}")
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            raise ConfigError(
+                f"device={cfg.device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)"
+            ) from None
+
+
+NO_EVAL_MODEL = (
+    "model: give the model to evaluate, e.g. model=outputs/tiny-sft/hf or "
+    "model=outputs/tiny-sft/checkpoints"
+)
+
+
+def check_eval_config(cfg: EvalConfig) -> None:
+    """Raise ConfigError naming the first key that cannot work (family names: in
+    config/compose.py, where the suite is known)."""
+    if cfg.model is None and cfg.eval == "suite":
+        raise ConfigError(NO_EVAL_MODEL)
+    if cfg.split not in ("test", "validation"):
+        raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'validation']")
+    for key in ("per_family", "max_new_tokens", "batch_size"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be > 0")
+    if cfg.eval != "suite" and not Path(cfg.eval).is_file():
+        raise ConfigError(
+            f"eval={cfg.eval}: no such file; give eval=suite or a JSONL file of "
+            '{"prompt": ..., "reference": ...} lines'
+        )

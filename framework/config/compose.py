@@ -1,0 +1,119 @@
+"""Hydra's side of the config, the only module that imports Hydra: the schemas
+registered for conf/'s defaults lists, and each composed config turned into its checked
+dataclass (paths made absolute, checks applied) on the driver, before any worker starts.
+
+The suite's family names are checked here, where the whole config is assembled, so that
+the schemas themselves depend on nothing of the framework."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from framework.config.checks import check_chat_config, check_eval_config, validate
+from framework.config.schema import (
+    ChatConfig,
+    ConfigError,
+    EvalConfig,
+    ExportConfig,
+    SourceConfig,
+    TrainConfig,
+)
+from framework.suite.build import check_family_names, check_suite
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+SCHEMAS = {
+    "train_schema": TrainConfig,
+    "chat_schema": ChatConfig,
+    "eval_schema": EvalConfig,
+    "export_schema": ExportConfig,
+}
+
+
+def register_schemas() -> None:
+    """Make the schemas available to the defaults lists of conf/train.yaml,
+    conf/chat/chat.yaml, conf/eval/eval.yaml and conf/export.yaml."""
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(name=name, node=schema)
+
+
+def compose_train_config(overrides: list[str]) -> TrainConfig:
+    """conf/train.yaml with Hydra overrides, checked, as launch/train.py composes it: for
+    code that is not a Hydra app (tests, benchmarks). Hydra is initialised once per
+    process, most of the cost of composing."""
+    register_schemas()
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base=None)
+    return from_hydra(compose(config_name="train", overrides=overrides))
+
+
+def from_hydra(raw: DictConfig) -> TrainConfig:
+    """Resolve a composed Hydra config into checked dataclasses with absolute paths."""
+    cfg: TrainConfig = OmegaConf.to_object(raw)
+    cfg.run.output_dir = _absolute(cfg.run.output_dir)
+    cfg.run.cache_dir = _absolute(cfg.run.cache_dir)
+    cfg.run.checkpoint_dir = _absolute(cfg.run.checkpoint_dir)
+    if cfg.trainer.resume not in ("auto", "never"):
+        cfg.trainer.resume = _absolute(cfg.trainer.resume)
+    if cfg.data.path is not None:
+        cfg.data.sources = [SourceConfig(path=cfg.data.path)]
+        cfg.data.path = None
+    for source in [*cfg.data.sources, *cfg.data.eval_sources]:
+        source.path = _local_or_hub(source.path)
+    validate(cfg)
+    check_suite(cfg.data.suite, "data.suite")
+    return cfg
+
+
+def _local_or_hub(path: str) -> str:
+    """Absolute path for anything that exists locally or is written as a path; hub names
+    (`org/name`) stay as they are."""
+    if Path(path).expanduser().exists() or path.startswith(("/", ".", "~")):
+        return _absolute(path)
+    return path
+
+
+def _absolute(path: str) -> str:
+    # Ray workers run in their own working directories, so relative paths must be fixed
+    # against the directory the user launched from.
+    return str(Path(os.path.expanduser(path)).resolve())
+
+
+def chat_config(raw: DictConfig) -> ChatConfig:
+    """The composed Hydra config of launch/chat.py as a checked ChatConfig."""
+    if OmegaConf.is_missing(raw, "model"):
+        raise ConfigError(
+            "model: give the model directory to chat with, e.g. model=outputs/tiny-sft/hf"
+        )
+    cfg: ChatConfig = OmegaConf.to_object(raw)
+    check_chat_config(cfg)
+    return cfg
+
+
+def eval_config(raw: DictConfig) -> EvalConfig:
+    """The composed Hydra config of launch/eval.py as a checked EvalConfig."""
+    cfg: EvalConfig = OmegaConf.to_object(raw)
+    check_eval_config(cfg)
+    if cfg.held_out is not None:
+        try:
+            check_family_names(cfg.held_out, "held_out")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return cfg
+
+
+def export_config(raw: DictConfig) -> ExportConfig:
+    """The composed Hydra config of launch/export.py as an ExportConfig."""
+    missing = sorted(OmegaConf.missing_keys(raw))
+    if missing:
+        raise ConfigError(
+            f"missing {' and '.join(missing)}: python launch/export.py checkpoint=<a "
+            "step_* directory, or run.checkpoint_dir for its newest> out=<directory>"
+        )
+    return OmegaConf.to_object(raw)

@@ -1,0 +1,28 @@
+"""A run's config.yaml (in the run directory and in each checkpoint): written once
+resolved, read back on today's schema. Plain OmegaConf, so workers need no Hydra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from framework.config.schema import ConfigError, TrainConfig
+
+
+def save_train_config(cfg: TrainConfig, file: str | Path) -> None:
+    """The resolved config as YAML (every key, defaults included)."""
+    OmegaConf.save(OmegaConf.structured(cfg), file)
+
+
+def load_train_config(file: str | Path) -> TrainConfig:
+    """The TrainConfig a run saved: keys added to the schema since take their defaults."""
+    try:
+        saved = OmegaConf.load(file)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+    except (OSError, OmegaConfBaseException) as err:
+        raise ConfigError(
+            f"{file} is not a readable training config ({err}); the checkpoint is damaged: "
+            "give another step_* directory"
+        ) from None

@@ -1,0 +1,304 @@
+"""Typed configuration: one dataclass per Hydra config group of a training run, and the
+schemas of the chat, eval and export commands. The defaults here are the only ones: the
+YAML files of `conf/` set only what an option changes.
+
+Hydra composes YAML from `conf/` onto these schemas (config/compose.py), so an unknown key
+or a value of the wrong type fails at composition time; config/checks.py applies the
+checks that need more than one field. Workers only ever see these dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    # Hub id or local directory of a pretrained causal LM. None builds a small Llama from
+    # the fields below, with random weights and a tokenizer trained on the run's data.
+    name_or_path: str | None = None
+    trust_remote_code: bool = False
+    # How packed rows attend: auto picks flash_attention_2 on GPUs with flash-attn
+    # installed, else document_sdpa (SDPA per example). `sdpa` is transformers' dense
+    # block mask over the whole row (slower; kept for comparison).
+    attention: str = "auto"
+    # Recompute activations in backward: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
+    # Architecture of the model built from config (ignored with name_or_path).
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 4096
+
+
+@dataclass
+class SourceConfig:
+    # A JSON / JSONL / Parquet / CSV file, a folder of them, a local `datasets` directory
+    # (save_to_disk) or a Hugging Face hub data set name.
+    path: str = MISSING
+    # auto | alpaca | sharegpt | messages | prompt_completion | text
+    format: str = "auto"
+    split: str = "train"  # hub / local `datasets` only
+    subset: str | None = None  # hub config name
+    # Our field name -> the data's column name, e.g. {instruction: question, output: answer}.
+    columns: dict[str, str] = field(default_factory=dict)
+    # The data's role name -> ours (system/user/assistant/tool), added to the built-in map.
+    roles: dict[str, str] = field(default_factory=dict)
+    # Examples taken = weight x the source's size (fraction sampled by seed); 2.0 repeats it.
+    weight: float = 1.0
+    max_samples: int | None = None  # cap applied before the weight
+    name: str | None = None  # label in summaries; the path's stem by default
+
+
+# Each a variant or combination of trained skills, so zero-shot accuracy on them measures
+# transfer: lowercase (uppercase), subtract (add), sort_descending (sort_ascending),
+# last_letters (first_letters), multi_step (reverse_word + uppercase), answer_format.
+DEFAULT_HELD_OUT: tuple[str, ...] = (
+    "lowercase",
+    "subtract",
+    "sort_descending",
+    "last_letters",
+    "multi_step",
+    "answer_format",
+)
+
+
+@dataclass
+class SuiteConfig:
+    """The built-in instruction suite (framework/suite): generated task families whose
+    answers are checked exactly. Training data when data.sources is empty; evaluated
+    zero-shot on the families held out of training."""
+
+    # Families never trained on: their scores are zero-shot.
+    held_out: list[str] = field(default_factory=lambda: list(DEFAULT_HELD_OUT))
+    # Families trained on; empty: every family not held out.
+    train_families: list[str] = field(default_factory=list)
+    # Chats generated for training (data.sources empty).
+    train_examples: int = 3000
+    # Share of training chats that chain 2-3 tasks in one multi-turn conversation.
+    multi_turn: float = 0.3
+    # Instances: fixed apart from trainer.seed so that every run is scored on the same
+    # validation and test items.
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # The training mix. Empty (and no `path`) trains on the built-in suite (data.suite).
+    sources: list[SourceConfig] = field(default_factory=list)
+    # Shorthand for one source with format auto: data.path=my.jsonl
+    path: str | None = None
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    # Held-out evaluation data: its own sources, or a fraction of the training mix.
+    eval_sources: list[SourceConfig] = field(default_factory=list)
+    eval_fraction: float = 0.0
+    max_seq_len: int = 512
+    packing: bool = True
+    # None uses the tokenizer's own template (ChatML when it has none); a built-in name
+    # (chatml, llama3, mistral) or a Jinja string replaces it.
+    chat_template: str | None = None
+    # assistant: every assistant turn; last_turn: the final one; all: every token.
+    train_on: str = "assistant"
+    # Examples longer than max_seq_len: truncate (keep the start) or drop. Both are counted.
+    overlong: str = "truncate"
+    # raise: stop at the first bad record, naming file and line; skip: count and go on.
+    on_error: str = "raise"
+    # prepare.py: print this many rendered examples with their trained tokens marked.
+    inspect: int = 0
+    # Processes for preprocessing; 0 uses every core.
+    num_proc: int = 0
+
+
+@dataclass
+class ParallelismConfig:
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 150
+    seed: int = 1234
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    # Decay after warmup: cosine (to 0), linear (to 0) or constant.
+    lr_schedule: str = "cosine"
+    # Train this many passes over the data instead of max_steps (null: use max_steps).
+    epochs: float | None = None
+    # Size the global batch by a target instead of grad_accum_steps (at most one of them):
+    # accumulation steps = round(target / (workers x micro_batch_size x per-row average)).
+    global_batch_tokens: int | None = None
+    global_batch_examples: int | None = None
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    # Checkpoint every this many steps and at the end; keep the newest keep_checkpoints.
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    # auto: continue from the newest complete checkpoint in run.checkpoint_dir, if any;
+    # never: start afresh (refused while run.checkpoint_dir holds checkpoints);
+    # or the path of one checkpoint (a step_* directory).
+    resume: str = "auto"
+    # Under Slurm, checkpoint and stop this long before the job's time limit (more when
+    # a step plus a save has been seen to take longer).
+    stop_before_deadline_s: float = 300.0
+    # Evaluate on the eval split (data.eval_fraction / data.eval_sources) every this many
+    # steps and at the end; 0: at the end only. Greedy replies for eval_samples prompts.
+    eval_every: int = 50
+    eval_samples: int = 3
+    eval_max_new_tokens: int = 64
+    # At each evaluation (and before the first step when eval_every > 0): greedy answers
+    # to this many validation items of every suite family, scored per family and for
+    # trained vs held-out families (suite/* metrics); 0 turns it off.
+    eval_suite_per_family: int = 4
+    # Prompts generated together in one batch.
+    eval_batch_size: int = 32
+    # auto: bf16 on GPUs that support it, fp32 otherwise (bf16 on CPU is many times slower).
+    precision: str = "auto"
+    # token: the step's loss is the mean over every trained token of the global batch.
+    # example: each example's mean token loss, averaged over the examples of the global
+    # batch (short replies weigh as much as long ones).
+    loss_average: str = "token"
+    # Run the first micro batch unpacked too and stop if the losses disagree.
+    verify_packing: bool = True
+    # A NaN or infinite loss: "stop" the run before the weights change, or "skip" that
+    # optimizer step and go on, stopping after max_skipped_steps skipped in a row.
+    on_non_finite: str = "stop"
+    max_skipped_steps: int = 10
+    # Peak TFLOP/s of one device, for MFU; null looks the GPU up in a table (none on CPU).
+    peak_tflops: float | None = None
+
+
+@dataclass
+class ObjectiveConfig:
+    # What a training step minimises (framework/train/loss.py): sft, the weighted token
+    # cross-entropy of the trained tokens, normalised as trainer.loss_average says.
+    name: str = "sft"
+
+
+@dataclass
+class ClusterConfig:
+    # None starts a private local Ray; "auto" (or host:port) joins a running cluster.
+    # RAY_ADDRESS in the environment is honoured when this is None.
+    address: str | None = None
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    # GPUs reserved for each worker when use_gpu. A worker trains on one GPU: more keeps
+    # the rest of them free of other work; a fraction would put two ranks on one GPU, which
+    # NCCL refuses.
+    gpus_per_worker: float = 1.0
+    # How Ray places the workers: pack (fill a node before the next: fewest nodes, fastest
+    # communication), spread (one per node where possible), or strict_pack / strict_spread
+    # (all on one node / each on its own node, else the run does not start).
+    placement: str = "pack"
+    # Restart the workers this many times after a worker or node dies (-1: always); each
+    # restart continues from the newest checkpoint.
+    max_failures: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    # "wandb" or "none"
+    backend: str = "wandb"
+    project: str = "instruct-sft"
+    entity: str | None = None
+    # auto: online when an API key is configured, offline otherwise.
+    mode: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny-sft"
+    output_dir: str = "outputs/${run.name}"
+    # Checkpoints: on a multi-node cluster, a path every node reads and writes.
+    checkpoint_dir: str = "${run.output_dir}/checkpoints"
+    # Where built tokenizers are cached between runs.
+    cache_dir: str = "${oc.env:HOME,/tmp}/.cache/instruct-sft"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+@dataclass
+class ChatConfig:
+    """launch/chat.py (conf/chat/chat.yaml)."""
+
+    # A local Hugging Face model directory, e.g. outputs/tiny-sft/hf.
+    model: str = MISSING
+    # Answer this one message and exit (for scripts); None: interactive.
+    prompt: str | None = None
+    # A system message that opens every conversation (kept by /reset).
+    system: str | None = None
+    max_new_tokens: int = 256
+    # 0: greedy decoding; above 0: sampling at this temperature within top_p.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    trust_remote_code: bool = False
+    # auto: cuda when available, else cpu; or a torch device such as cuda:1.
+    device: str = "auto"
+    # auto: bf16 on GPUs that support it, fp32 otherwise; or fp32, bf16, fp16.
+    dtype: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """launch/eval.py (conf/eval/eval.yaml)."""
+
+    # A Hugging Face model directory (a run's hf/), a step_* checkpoint, or a run's
+    # checkpoint directory for its newest committed checkpoint. Not needed for a file
+    # whose every line carries its `prediction`.
+    model: str | None = None
+    # "suite": the built-in task families; or a JSONL file, one question per line:
+    # {"prompt": "..." or "messages": [...], "reference": "...", "task": "optional group",
+    #  "prediction": "optional: an answer to score instead of generating one"}.
+    eval: str = "suite"
+    # The suite's split to answer: test (final numbers) or validation.
+    split: str = "test"
+    per_family: int = 50
+    # Which families count as held out, and the suite's seed. null: the training run's
+    # (its config.yaml, found beside the model), else the suite's defaults.
+    held_out: list[str] | None = None
+    seed: int | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    # Where eval.json and the wandb run go; null: `<model>-eval` beside the model.
+    out: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(project="instruct-eval"))
+
+
+@dataclass
+class ExportConfig:
+    """launch/export.py (conf/export.yaml)."""
+
+    # A step_* checkpoint directory, or run.checkpoint_dir for its newest committed one.
+    checkpoint: str = MISSING
+    # The Hugging Face model directory to write.
+    out: str = MISSING

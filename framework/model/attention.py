@@ -1,0 +1,93 @@
+"""Attention for packed rows: each example attends only within itself, at the cost of
+attending over that example alone, never a dense mask over the whole row.
+
+`document_sdpa` is registered with transformers' attention interface, so any model that
+dispatches through it (Llama, Qwen2, Mistral, ...) can use it: rows are cut where the
+position ids restart and each example runs causal SDPA on its own keys. Without position
+ids, with a padding mask (batched generation) or when decoding against a cache, it falls
+back to transformers' SDPA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from framework.data.pack import example_bounds
+
+DOCUMENT_SDPA = "document_sdpa"
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, positions) -> logits
+
+
+def document_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query [batch, heads, length, dim] -> output [batch, length, heads, dim]."""
+    if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    gqa = query.shape[1] != key.shape[1]
+    # transformers' default position ids (none passed) are one row for the whole batch.
+    position_ids = position_ids.expand(query.shape[0], -1)
+    rows = []
+    for b, starts in enumerate(example_bounds(position_ids)):
+        pieces = [
+            F.scaled_dot_product_attention(
+                query[b : b + 1, :, start:end],
+                key[b : b + 1, :, start:end],
+                value[b : b + 1, :, start:end],
+                dropout_p=dropout,
+                scale=scaling,
+                is_causal=True,
+                enable_gqa=gqa,
+            )
+            for start, end in itertools.pairwise(starts)
+        ]
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _document_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
+    # No mask at all for packed training rows; the real one when padding must be masked.
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+AttentionInterface.register(DOCUMENT_SDPA, document_sdpa)
+AttentionMaskInterface.register(DOCUMENT_SDPA, _document_mask)
+
+
+def choose_attention(requested: str, device: torch.device) -> str:
+    """`auto`: flash-attn's varlen kernel on GPUs that have it installed, else per-document
+    SDPA. Anything else is taken as asked."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return DOCUMENT_SDPA
+
+
+def packed_logits(model: torch.nn.Module) -> Forward:
+    """(input ids, position ids) -> logits of packed rows, through `model` (a DeepSpeed
+    engine or a plain model). No cache: with one, transformers lets packed examples
+    attend to each other."""
+    return lambda ids, positions: (
+        model(input_ids=ids, position_ids=positions, use_cache=False).logits
+    )

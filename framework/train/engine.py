@@ -1,0 +1,123 @@
+"""DeepSpeed: the engine config generated from our typed config, and the engine itself."""
+
+from __future__ import annotations
+
+import deepspeed
+import torch
+from transformers import PreTrainedModel, get_scheduler
+
+from framework.config.schema import TrainConfig
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` means bf16 on a GPU with bf16 units, fp32 elsewhere (CPU bf16 is 7-15x slower)."""
+    if precision != "auto":
+        return precision
+    bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "bf16" if bf16_gpu else "fp32"
+
+
+def deepspeed_config(
+    cfg: TrainConfig, *, world_size: int, precision: str, gpu: bool, universal: bool = False
+) -> dict:
+    """The DeepSpeed JSON config for this run; `universal` loads a universal checkpoint
+    (one written by another number of ranks, converted)."""
+    zero: dict = {"stage": cfg.parallelism.zero_stage}
+    if cfg.parallelism.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
+    if cfg.parallelism.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.trainer.micro_batch_size,
+        "gradient_accumulation_steps": cfg.trainer.grad_accum_steps,
+        "train_batch_size": cfg.trainer.micro_batch_size
+        * cfg.trainer.grad_accum_steps
+        * world_size,
+        "gradient_clipping": cfg.trainer.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        # On CPU the client torch AdamW already runs where offload would put it; on GPU
+        # DeepSpeedCPUAdam is used (see _optimizer), which is what this check wants.
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "checkpoint": {"load_universal": universal},
+    }
+
+
+def _param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict]:
+    # Decay matrices only: decaying norm gains and biases pulls them towards zero.
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            # Under ZeRO-3 a built parameter is an empty placeholder; ds_shape is its shape.
+            shape = getattr(param, "ds_shape", param.shape)
+            (decay if len(shape) >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _optimizer(model: PreTrainedModel, cfg: TrainConfig, gpu: bool) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.trainer.weight_decay)
+    if gpu and cfg.parallelism.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.trainer.lr, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=cfg.trainer.lr, fused=gpu)
+
+
+def join_deepspeed_comm() -> None:
+    """Wrap the process group the launcher set up in DeepSpeed's communication layer."""
+    # On CPU DeepSpeed would JIT-compile a shared-memory all-reduce here: it needs a C++
+    # toolchain, takes a minute, and a job killed while compiling leaves a build lock
+    # that hangs every later start. Only inference_all_reduce uses it; training never does.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(
+        dist_backend=torch.distributed.get_backend(), dist_init_required=False
+    )
+
+
+def partitioned_init(ds_config: dict):
+    """Under ZeRO-3, an object to keep alive while (and after) the model is built: it
+    makes transformers build and load the model already partitioned (deepspeed.zero.Init),
+    so no worker ever holds a full copy. None for other stages."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # zero.Init reads the world size from DeepSpeed's communication layer: wrap the
+    # launcher's process group in it now rather than at deepspeed.initialize.
+    join_deepspeed_comm()
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Linear warmup over trainer.warmup_steps, then trainer.lr_schedule to max_steps."""
+    return get_scheduler(
+        _SCHEDULES[cfg.trainer.lr_schedule],
+        optimizer,
+        num_warmup_steps=cfg.trainer.warmup_steps,
+        num_training_steps=cfg.trainer.max_steps,
+    )
+
+
+def build_engine(
+    model: PreTrainedModel, cfg: TrainConfig, *, ds_config: dict, gpu: bool
+) -> deepspeed.DeepSpeedEngine:
+    """A DeepSpeed engine over `model` with AdamW and warmup + cosine decay, joined to the
+    process group that the launcher (Ray Train, torchrun) already set up."""
+    join_deepspeed_comm()
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=_optimizer(model, cfg, gpu),
+        # A factory: the schedule must drive the optimizer DeepSpeed wraps around ours.
+        lr_scheduler=lambda optimizer: lr_schedule(optimizer, cfg),
+        config=ds_config,
+        dist_init_required=False,
+    )
+    return engine

@@ -1,0 +1,203 @@
+"""The training loop of one worker, read top to bottom: engine and data (from the start or
+a checkpoint), then steps with logging, evaluation, checkpoints and early stops, then the
+export. Plain torch + DeepSpeed: it knows nothing of Ray or Hydra, and runs under any
+launcher that set up torch.distributed (Ray Train, torchrun)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoTokenizer
+
+from framework import checkpoint
+from framework.cluster.stopping import StopCheck
+from framework.config.schema import TrainConfig
+from framework.data.cache import first_plan, load_stats
+from framework.data.dataset import TokenizedDataset
+from framework.data.loader import RankBatches
+from framework.eval.during_training import evaluate, suite_sample
+from framework.eval.eval_set import EvalSet
+from framework.export import export_hf
+from framework.model.adapters import prepare_for_training
+from framework.model.attention import choose_attention, packed_logits
+from framework.model.build import TORCH_DTYPES, build_model
+from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path, write_stop_request
+from framework.tracking import Tracker
+from framework.train.engine import (
+    build_engine,
+    deepspeed_config,
+    partitioned_init,
+    resolve_precision,
+)
+from framework.train.loss import build_objective
+from framework.train.metrics import peak_flops
+from framework.train.selfcheck import verify_packing
+from framework.train.step import guarded_step
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world_size: int
+    device: torch.device
+    # Called with the latest metrics after each checkpoint (Ray's report under Ray Train).
+    report: Callable[[dict], None] = field(default=lambda metrics: None)
+    # Unix time at which the job will be killed (a Slurm time limit), if known.
+    deadline: float | None = None
+
+
+def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
+    """Train to `trainer.max_steps` from the newest checkpoint (or the start), saving
+    checkpoints to `run.checkpoint_dir` and the model to `run.output_dir/hf`. Stops
+    early, checkpointed, when asked to (see framework/cluster/stopping.py). Returns the
+    last step's metrics, with `stopped` set to the reason when the run stopped early.
+    The run's summary is written and its wandb run finished however the loop ends."""
+    out = Path(cfg.run.output_dir)
+    artifact = artifact_path(out)
+    tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
+    engine, zero3, sampler, progress = _start_or_resume(cfg, ctx, tokenizer, artifact)
+    start = progress.get("step", 0)
+    batches = _first_batch_checked(engine, iter(sampler), cfg, ctx, start)
+    evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
+    questions = suite_sample(cfg)
+    evaluating = evalset is not None or bool(questions)
+
+    def evaluate_and_log(step: int) -> None:
+        scores = evaluate(
+            engine, tokenizer, evalset, questions, cfg,
+            rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
+        )  # fmt: skip
+        tracker.log_eval(step, *scores)
+
+    objective = build_objective(cfg.objective)
+    peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
+    stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
+    totals = progress.get("totals")
+    with Tracker(cfg, enabled=ctx.rank == 0, start_step=start, totals=totals) as tracker:
+        if evaluating and cfg.trainer.eval_every and start == 0:  # the untrained baseline
+            evaluate_and_log(0)
+        metrics: dict = {}
+        skipped_in_a_row = 0
+        for step in range(start + 1, cfg.trainer.max_steps + 1):
+            began = time.monotonic()
+            metrics = guarded_step(
+                engine, batches, cfg, objective=objective, rank=ctx.rank, device=ctx.device,
+                peak=peak, step=step, in_a_row=skipped_in_a_row,
+            )  # fmt: skip
+            skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
+            tracker.step(metrics)
+            last = step == cfg.trainer.max_steps
+            if step % cfg.trainer.log_every == 0 or last:
+                tracker.log(step, metrics)
+            every = cfg.trainer.eval_every
+            if evaluating and ((every and step % every == 0) or last):
+                evaluate_and_log(step)
+            stopped = stop.reason(ctx.rank, ctx.device)
+            if step % cfg.trainer.save_every == 0 or last or stopped:
+                checkpoint.save(
+                    engine, cfg, step, sampler_state=sampler.state_dict(),
+                    totals=tracker.totals, tokenizer=tokenizer,
+                )  # fmt: skip
+                ctx.report({"step": step, **metrics})
+            stop.observe(time.monotonic() - began)
+            if stopped:
+                _announce_stop(out, stopped, step, ctx.rank)
+                return {**metrics, "stopped": stopped}
+        # Without ZeRO-3's build context, transformers builds whole models again (the export's).
+        del zero3
+        export_hf(engine.module, tokenizer, out / HF_DIR, zero_stage=cfg.parallelism.zero_stage)
+    return metrics
+
+
+def _announce_stop(out: Path, reason: str, step: int, rank: int) -> None:
+    if rank == 0:
+        write_stop_request(out, reason)  # the reason, for the driver
+        print(
+            f"step {step}: {reason}; checkpoint saved, stopping. Run the same command again "
+            "to resume.",
+            flush=True,
+        )
+
+
+ZERO3_OTHER_LAYOUT_WARNING = (
+    "warning: DeepSpeed restores a ZeRO-3 checkpoint on another number of ranks with exact "
+    "weights but not an exact optimizer state (measured: weights 2e-3 apart two steps "
+    "later, against 1e-8 under ZeRO-1/2); resume on the same number of ranks to continue "
+    "exactly"
+)
+
+
+def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: Path):
+    """Engine, its ZeRO-3 build context, sampler and progress: restored from the checkpoint
+    to resume from (converted first when written by another number of ranks), if any."""
+    resume_from = checkpoint.resume_point(cfg)
+    universal = resume_from is not None and checkpoint.needs_universal(resume_from, ctx.world_size)
+    if universal and ctx.rank == 0:
+        print(f"converting {resume_from} to a universal checkpoint for {ctx.world_size} ranks")
+        checkpoint.to_universal(resume_from)
+        if cfg.parallelism.zero_stage == 3:
+            print(ZERO3_OTHER_LAYOUT_WARNING, flush=True)
+    dist.barrier()
+    engine, zero3 = _build_engine(cfg, ctx, tokenizer, universal=universal)
+    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact)
+    progress = {}
+    if resume_from is not None:
+        progress = checkpoint.load(engine, resume_from, universal=universal)
+        sampler.load_state_dict(progress["sampler"])
+        if ctx.rank == 0:
+            print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
+    return engine, zero3, sampler, progress
+
+
+def _build_engine(cfg: TrainConfig, ctx: WorkerContext, tokenizer, *, universal: bool):
+    """The DeepSpeed engine, and the ZeRO-3 build context to keep alive while training."""
+    gpu = ctx.device.type == "cuda"
+    if gpu:
+        torch.cuda.set_device(ctx.device)
+    precision = resolve_precision(cfg.trainer.precision, ctx.device)
+    attention = choose_attention(cfg.model.attention, ctx.device)
+    if ctx.rank == 0:
+        print(f"attention: {attention}; precision: {precision}", flush=True)
+    ds_config = deepspeed_config(
+        cfg, world_size=ctx.world_size, precision=precision, gpu=gpu, universal=universal
+    )
+    zero3 = partitioned_init(ds_config)
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, tokenizer, TORCH_DTYPES[precision], attention)
+    model = prepare_for_training(model, cfg.model)
+    return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3
+
+
+def _sampler(cfg: TrainConfig, ctx: WorkerContext, pad_id: int, artifact: Path) -> RankBatches:
+    return RankBatches(
+        TokenizedDataset.load(artifact, "train"),
+        max_seq_len=cfg.data.max_seq_len,
+        packing=cfg.data.packing,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=cfg.trainer.seed,
+        pad_id=pad_id,
+        per_example=cfg.trainer.loss_average == "example",
+        first_plan=first_plan(artifact),
+    )
+
+
+def _first_batch_checked(engine, batches, cfg: TrainConfig, ctx: WorkerContext, start: int):
+    """`batches`, its first micro batch run through the packing self-check first
+    (trainer.verify_packing) when there is a step left to train."""
+    if not (cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps):
+        return batches
+    first = next(batches)
+    on_device = {k: v.to(ctx.device) for k, v in first.items()}
+    fp32 = next(engine.module.parameters()).dtype == torch.float32
+    worst = verify_packing(packed_logits(engine), on_device, rtol=1e-4 if fp32 else 2e-2)
+    if ctx.rank == 0:
+        print(f"packing self-check passed (largest difference {worst:.1e})", flush=True)
+    return itertools.chain([first], batches)

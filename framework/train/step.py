@@ -1,0 +1,164 @@
+"""One optimizer step of every rank: micro batches forward and backward through the
+DeepSpeed engine, the objective's loss normalised over the global batch, non-finite
+losses stopped or skipped on every rank together, and the step's metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from framework.config.schema import TrainConfig
+from framework.model.attention import packed_logits
+from framework.train.loss import Objective, backward_scale
+from framework.train.metrics import ModelShape, clock, gather, peak_memory_gb, summarize
+
+
+class NonFiniteLoss(RuntimeError):
+    """A micro batch's loss is NaN or infinite on some rank; the weights are untouched."""
+
+
+def _finite_everywhere(summed: torch.Tensor) -> bool:
+    # Decided by every rank together, before backward, so all stop or skip at the same
+    # point and no rank waits in a collective the others left.
+    bad = (~torch.isfinite(summed.detach())).double()
+    dist.all_reduce(bad)
+    return not bad.item()
+
+
+@contextlib.contextmanager
+def _step_skipped(engine: deepspeed.DeepSpeedEngine) -> Iterator[None]:
+    """Make the optimizer step taken inside a skipped one. ZeRO 1-3 (and DeepSpeed's mixed
+    precision optimizers) skip a step whose gradient norm is not finite by themselves. A
+    plain torch optimizer (ZeRO-0) does not: stand its step down for this once and raise
+    the `overflow` flag that DeepSpeed's engine reads to count the step as skipped and
+    hold the lr schedule, as ZeRO does."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "overflow"):
+        yield
+        return
+    step = optimizer.step
+    optimizer.overflow, optimizer.step = True, lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        optimizer.step = step
+        del optimizer.overflow
+
+
+def train_step(
+    engine: deepspeed.DeepSpeedEngine,
+    batches: Iterator[dict[str, torch.Tensor]],
+    grad_accum_steps: int,
+    device: torch.device,
+    peak: float | None = None,
+    skip_non_finite: bool = False,
+    *,
+    objective: Objective,
+) -> dict[str, float]:
+    """One optimizer step over `grad_accum_steps` micro batches on every rank.
+
+    The loss is `objective`'s sum over the whole global batch divided by its global weight
+    (for sft: the weighted token losses over the sum of loss weights), whatever the split
+    into ranks and micro batches (framework/train/loss.py). `peak` (FLOP/s of one device)
+    adds MFU to the metrics.
+
+    A NaN or infinite loss raises NonFiniteLoss before any weight changes, or with
+    `skip_non_finite` skips the optimizer step (metrics: skipped=1, loss NaN).
+    """
+    start = clock(device)
+    lr = engine.get_lr()[0]  # the rate this step applies; the scheduler moves on in step()
+    micro = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(grad_accum_steps)]
+    data_done = clock(device)
+    weight = objective.global_weight(micro)
+    scale = backward_scale(
+        weight, world_size=dist.get_world_size(), grad_accum_steps=grad_accum_steps
+    )
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    compute_s = optimizer_s = 0.0
+    skipped = False
+    for batch in micro:
+        began = clock(device)
+        summed = objective.summed_loss(packed_logits(engine), batch)
+        if not _finite_everywhere(summed):
+            if not skip_non_finite:
+                raise NonFiniteLoss("the loss is not finite")
+            skipped = True
+        engine.backward(summed * scale)
+        computed = clock(device)
+        skip_here = skipped and engine.is_gradient_accumulation_boundary()
+        with _step_skipped(engine) if skip_here else contextlib.nullcontext():
+            engine.step()
+        compute_s, optimizer_s = (
+            compute_s + computed - began,
+            optimizer_s + clock(device) - computed,
+        )
+        loss_sum += summed.detach()
+    dist.all_reduce(loss_sum)
+    local = {
+        "tokens": sum(int(b["num_tokens"].sum()) for b in micro),
+        "trained_tokens": sum(int((b["loss_weights"][:, 1:] > 0).sum()) for b in micro),
+        "slots": sum(b["input_ids"].numel() for b in micro),
+        "sum_sq_lengths": sum(int(b["sum_sq_lengths"].sum()) for b in micro),
+        "data_wait_s": data_done - start,
+        "compute_s": compute_s,
+        "optimizer_s": optimizer_s,
+        "step_time_s": clock(device) - start,
+        "peak_memory_gb": peak_memory_gb(device),
+    }
+    return {
+        "loss": loss_sum.item() / max(weight, 1e-12),
+        "skipped": int(skipped),
+        "lr": lr,
+        "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+        **summarize(gather(local, device), ModelShape.of(engine.module) if peak else None, peak),
+    }
+
+
+NON_FINITE_FIX = "lower trainer.lr, check the data (data.inspect) or trainer.precision"
+
+
+def guarded_step(
+    engine: deepspeed.DeepSpeedEngine,
+    batches: Iterator[dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    *,
+    objective: Objective,
+    rank: int,
+    device: torch.device,
+    peak: float | None,
+    step: int,
+    in_a_row: int,
+) -> dict[str, float]:
+    """train_step with trainer.on_non_finite applied: stop, or skip and say so."""
+    skip = cfg.trainer.on_non_finite == "skip" and in_a_row < cfg.trainer.max_skipped_steps
+    try:
+        metrics = train_step(
+            engine,
+            batches,
+            cfg.trainer.grad_accum_steps,
+            device,
+            peak,
+            skip_non_finite=skip,
+            objective=objective,
+        )
+    except NonFiniteLoss:
+        why = (
+            f"after {in_a_row} skipped steps in a row (trainer.max_skipped_steps)"
+            if in_a_row
+            else "so the run stops before updating the weights"
+        )
+        raise NonFiniteLoss(
+            f"step {step}: the loss is NaN or infinite, {why}; {NON_FINITE_FIX}"
+        ) from None
+    if metrics["skipped"] and rank == 0:
+        print(
+            f"step {step}: the loss is NaN or infinite; step skipped, weights unchanged "
+            f"({in_a_row + 1} in a row, at most trainer.max_skipped_steps="
+            f"{cfg.trainer.max_skipped_steps})",
+            flush=True,
+        )
+    return metrics

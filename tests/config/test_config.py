@@ -1,0 +1,151 @@
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from framework.config.schema import ConfigError
+from framework.suite.build import trained_families
+from framework.suite.families import FAMILIES
+from tests.helpers import CONF_DIR, compose_config
+
+GROUPS = ("model", "data", "parallelism", "trainer", "cluster", "logger")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def test_default_composes_to_typed_config():
+    cfg = compose_config()
+    assert cfg.parallelism.zero_stage == 2
+    assert cfg.cluster.num_workers == 2 and not cfg.cluster.use_gpu
+    assert cfg.model.name_or_path is None
+    assert Path(cfg.run.output_dir).is_absolute()
+
+
+def _combinations() -> list[dict[str, str]]:
+    """Every combination of the groups that shape the run, with the data recipes rotated
+    through them (data composes independently of the others), so each group option meets
+    every other at least once at a fraction of the full product's cost."""
+    others = [g for g in GROUPS if g != "data"]
+    data = _options("data")
+    return [
+        {**dict(zip(others, combo, strict=True)), "data": data[i % len(data)]}
+        for i, combo in enumerate(itertools.product(*(_options(g) for g in others)))
+    ]
+
+
+@pytest.mark.parametrize("choice", _combinations(), ids=lambda c: ",".join(c.values()))
+def test_every_group_combination_composes(choice):
+    cfg = compose_config([f"{group}={name}" for group, name in choice.items()])
+    assert cfg.parallelism.zero_stage in (0, 1, 2, 3)
+
+
+def test_documented_overrides_apply():
+    cfg = compose_config(
+        [
+            "trainer.max_steps=7",
+            "trainer.seed=3",
+            "trainer.micro_batch_size=2",
+            "trainer.grad_accum_steps=4",
+            "trainer.lr=1e-4",
+            "trainer.log_every=2",
+            "trainer.save_every=5",
+            "data.max_seq_len=256",
+            "data.packing=false",
+            "parallelism=zero3_offload",
+            "cluster.num_workers=1",
+            "cluster.use_gpu=true",
+            "cluster.address=auto",
+            "logger=none",
+            "run.output_dir=/tmp/somewhere",
+        ]
+    )
+    assert (cfg.trainer.max_steps, cfg.trainer.seed, cfg.trainer.micro_batch_size) == (7, 3, 2)
+    assert (cfg.trainer.grad_accum_steps, cfg.trainer.lr) == (4, 1e-4)
+    assert (cfg.trainer.log_every, cfg.trainer.save_every) == (2, 5)
+    assert (cfg.data.max_seq_len, cfg.data.packing) == (256, False)
+    assert cfg.parallelism.zero_stage == 3 and cfg.parallelism.offload_params
+    assert (cfg.cluster.num_workers, cfg.cluster.use_gpu, cfg.cluster.address) == (1, True, "auto")
+    assert cfg.logger.backend == "none"
+    assert cfg.run.output_dir == "/tmp/somewhere"
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["trainer.max_stepz=3"])
+    assert isinstance(err.value.__cause__, ConfigAttributeError)
+    assert "max_stepz" in str(err.value.__cause__)
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["trainer.max_steps=many"])
+    assert isinstance(err.value.__cause__, ValidationError)
+
+
+def test_unknown_group_option_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="zero9"):
+        compose_config(["parallelism=zero9"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("logger.mode=sometimes", "logger.mode"),
+        ("parallelism.zero_stage=5", "parallelism.zero_stage"),
+        ("parallelism.offload_params=true", "parallelism.offload_params"),
+        ("data.max_seq_len=100000", "data.max_seq_len"),
+        ("data.path=/no/such/file.jsonl", "data.sources[0].path"),
+    ],
+)
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        compose_config([override])
+
+
+def test_cluster_placement_and_gpus_per_worker():
+    cfg = compose_config(["cluster.placement=strict_spread", "cluster.gpus_per_worker=0.5"])
+    assert (cfg.cluster.placement, cfg.cluster.gpus_per_worker) == ("strict_spread", 0.5)
+    default = compose_config().cluster
+    assert (default.placement, default.gpus_per_worker) == ("pack", 1.0)
+    allowed = "['pack', 'spread', 'strict_pack', 'strict_spread']"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"cluster.placement='diagonal' is not one of {allowed}")
+    ):
+        compose_config(["cluster.placement=diagonal"])
+    with pytest.raises(ConfigError, match=re.escape("cluster.gpus_per_worker=0.0 must be > 0")):
+        compose_config(["cluster.gpus_per_worker=0"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.suite.held_out=[reverse,add]",
+            "data.suite.held_out: unknown task family ['reverse']",
+        ),
+        ("data.suite.train_families=[add,subtract]", "both name ['subtract']"),
+        ("data.suite.train_examples=0", "data.suite.train_examples=0 must be > 0"),
+        ("data.suite.multi_turn=1.5", "data.suite.multi_turn=1.5 must be in [0, 1]"),
+        ("trainer.eval_suite_per_family=-1", "trainer.eval_suite_per_family must be >= 0"),
+    ],
+)
+def test_bad_suite_settings_name_their_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose_config([override])
+
+
+def test_trained_families_are_the_chosen_ones_or_all_but_the_held_out():
+    default = compose_config([]).data.suite
+    assert set(trained_families(default)) == set(FAMILIES) - set(default.held_out)
+    few = compose_config(["data.suite.train_families=[recall,add]"]).data.suite
+    assert trained_families(few) == ["add", "recall"]  # in the suite's order
+    everything = [f"data.suite.held_out=[{','.join(FAMILIES)}]"]
+    with pytest.raises(ConfigError, match="held_out holds every family"):
+        compose_config(everything)

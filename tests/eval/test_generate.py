@@ -1,0 +1,46 @@
+"""Batched greedy replies against each chat decoded alone, token by token."""
+
+from __future__ import annotations
+
+import torch
+
+from framework.data.templates import stop_token_ids
+from framework.eval.generate import greedy_replies
+
+CHATS = [
+    [{"role": "user", "content": "Reverse the word apple."}],
+    [{"role": "user", "content": "Add 3 and 4."}],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Sort these numbers from smallest to largest: 9, 2, 7"},
+    ],
+    [
+        {"role": "user", "content": "Keep this number in mind: 38."},
+        {"role": "assistant", "content": "OK."},
+        {"role": "user", "content": "Repeat the number from before."},
+    ],
+    [{"role": "user", "content": "hi"}],
+]
+
+
+def _one_at_a_time(model, tokenizer, chat, max_new_tokens):
+    """Reference: the chat alone, unpadded, token by token without a cache."""
+    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
+    stop = stop_token_ids(tokenizer, model.generation_config.eos_token_id)
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(input_ids=ids).logits[0, -1].argmax())
+            if token in stop:
+                break
+            new.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_batched_left_padded_replies_equal_each_chat_decoded_alone(tiny_model, tokenizer):
+    replies = greedy_replies(tiny_model, tokenizer, CHATS, max_new_tokens=6, batch_size=3)
+    expected = [_one_at_a_time(tiny_model, tokenizer, chat, 6) for chat in CHATS]
+    assert replies == expected
+    assert len(set(replies)) > 1  # the chats got their own replies, not one shared

@@ -1,0 +1,183 @@
+"""What tests share: paths, small real configs and data, gloo process groups, training a
+tiny run in-process, reading what a run logged, and comparing two runs. Test modules
+import from here (fixtures live in conftest.py), never from each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import string
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from framework.config.compose import CONF_DIR as CONF_PATH
+from framework.config.compose import compose_train_config, register_schemas
+from framework.config.schema import ModelConfig, TrainConfig
+from framework.data.dataset import TokenizedDataset
+from framework.run_dir import METRICS_FILE
+from framework.suite.families import FAMILIES
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(CONF_PATH)
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# A 2-layer Llama for tests that build models directly.
+TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+# Overrides for a training that takes seconds: the same 2-layer Llama, short rows, no wandb.
+TINY_RUN = [
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "data.max_seq_len=256",
+    "trainer.micro_batch_size=2",
+    # Evaluation at the end only, without the suite's answers: tests that need them ask.
+    "trainer.eval_every=0",
+    "trainer.eval_suite_per_family=0",
+    "logger=none",
+]
+# A 6-step run on the suite with a checkpoint every 2 steps (resume and export tests).
+RUN = [
+    *TINY_RUN,
+    "data.suite.train_examples=240",
+    "trainer.max_steps=6",
+    "trainer.save_every=2",
+    "trainer.keep_checkpoints=10",
+    "trainer.log_every=1",
+    "trainer.warmup_steps=2",
+]
+
+register_schemas()
+
+
+def compose_config(overrides: list[str] | None = None) -> TrainConfig:
+    """Compose conf/train.yaml with overrides, as launch/train.py would."""
+    return compose_train_config(overrides or [])
+
+
+def synthetic_data(vocab: int) -> TokenizedDataset:
+    """Examples of uneven lengths with uneven numbers of trained tokens."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(6, 48, size=60)
+    tokens = rng.integers(3, vocab, size=lengths.sum()).astype(np.int32)
+    weights = (rng.random(lengths.sum()) < rng.choice([0.2, 0.9], size=lengths.sum())).astype(
+        np.float32
+    )
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenizedDataset(tokens, weights, offsets)
+
+
+def template_pattern(template: str) -> re.Pattern:
+    """A regex matching exactly the texts `template.format(...)` can produce."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append(".+")
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def matches_templates(text: str, family: str) -> bool:
+    return any(template_pattern(t).fullmatch(text) for t in FAMILIES[family].templates)
+
+
+# ------------------------------------------------------------------------------ gloo groups
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_group(rank: int, world: int, port: int) -> None:
+    """Join a gloo group the way a launcher would, environment included (DeepSpeed reads it)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+
+
+def leave_group() -> None:
+    """Leave together, so no rank tears down its gloo group while a peer still talks to it."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run fn(rank, world, port, *args) in `world` processes and wait for all."""
+    mp.spawn(_run_then_exit, args=(fn, world, free_port(), *args), nprocs=world, join=True)
+
+
+def _run_then_exit(rank: int, fn, world: int, port: int, *args) -> None:
+    fn(rank, world, port, *args)
+    # Skip the interpreter's teardown once fn has returned: there, rarely (1 exit in about
+    # 230 here), a C++ destructor of torch or DeepSpeed aborted a rank ("terminate called
+    # without an active exception", no Python frame left) after all its work was written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def single_process_group() -> None:
+    """A one-rank gloo group in this process, for collective code under test."""
+    if not dist.is_initialized():
+        join_group(0, 1, free_port())
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def _train_rank(rank, world, port, cfg):
+    from framework.train.loop import WorkerContext, train
+
+    join_group(rank, world, port)
+    train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
+    leave_group()
+
+
+def run(out: Path, cache: Path, *overrides: str, world: int = 2) -> TrainConfig:
+    """RUN (with `overrides`) prepared, then trained in `world` gloo processes."""
+    from framework.prepare import prepare_run
+
+    cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}", *overrides])
+    prepare_run(cfg)
+    spawn(_train_rank, world, cfg)
+    return cfg
+
+
+def logged(output_dir: Path) -> list[dict]:
+    """The step lines (those with a loss) a run wrote to metrics.jsonl so far."""
+    path = Path(output_dir) / METRICS_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [m for m in map(json.loads, lines) if "loss" in m]
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in logged(output_dir)}
+
+
+def weight_gaps(a: dict, b: dict, start: dict | None = None) -> dict[str, float]:
+    """Per tensor, |a - b| in norm relative to |a - start| (how far training moved it)
+    when `start` is given, else relative to |a|."""
+    return {
+        name: ((w - b[name]).norm() / (w - (start[name] if start else 0)).norm()).item()
+        for name, w in a.items()
+    }
+
+
+def assert_same(a: dict, b: dict, weight_rtol: float = 1e-5, start: dict | None = None):
+    """Losses within 1e-5 relative; each weight tensor within `weight_rtol` of the other
+    in norm (see weight_gaps: Adam turns float summation-order noise in near-zero
+    gradients into element-wise noise, so elements are not compared one by one)."""
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
+    assert a["state"].keys() == b["state"].keys()
+    for name, gap in weight_gaps(a["state"], b["state"], start).items():
+        assert gap < weight_rtol, f"{name}: relative difference {gap:.2e}"

@@ -1,0 +1,81 @@
+import pytest
+import torch
+import torch.distributed as dist
+from transformers import AutoTokenizer
+
+from framework.config.schema import TrainConfig
+from framework.model.build import build_model
+from framework.train.engine import (
+    _param_groups,
+    build_engine,
+    deepspeed_config,
+    lr_schedule,
+    partitioned_init,
+)
+from tests.helpers import TINY, join_group, leave_group, spawn
+
+
+def _partition_sizes(rank, world, port, tok_dir, out_file):
+    join_group(rank, world, port)
+    cfg = TrainConfig(model=TINY)
+    cfg.parallelism.zero_stage = 3
+    ds_config = deepspeed_config(cfg, world_size=world, precision="fp32", gpu=False)
+    keep_alive = partitioned_init(ds_config)
+    model = build_model(TINY, AutoTokenizer.from_pretrained(tok_dir), torch.float32)
+    # Built partitioned: no rank ever held the full weights.
+    held_at_build = sum(p.ds_tensor.numel() for p in model.parameters())
+    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    held = torch.tensor(
+        [held_at_build, sum(p.ds_tensor.numel() for p in engine.module.parameters())]
+    )
+    total = sum(p.ds_numel for p in engine.module.parameters())
+    gathered = [torch.zeros(2, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(gathered, held)
+    if rank == 0:
+        torch.save({"held": torch.stack(gathered), "total": total}, out_file)
+    del keep_alive
+    leave_group()
+
+
+def test_zero3_two_workers_each_hold_about_half_the_parameters(tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    spawn(_partition_sizes, 2, str(tmp_path / "tok"), str(tmp_path / "out.pt"))
+    result = torch.load(tmp_path / "out.pt", weights_only=True)
+    for built, trained in result["held"].tolist():
+        assert built == trained
+        assert 0.45 < trained / result["total"] < 0.55
+
+
+def test_weight_decay_skips_norms_and_biases():
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.weight_decay = 0.1
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+
+    decay, no_decay = _param_groups(Tiny(), 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    assert decay["weight_decay"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("schedule", "after_warmup"),
+    [("cosine", [1.0, 0.5, 0.0]), ("linear", [1.0, 0.5, 0.0]), ("constant", [1.0, 1.0, 1.0])],
+)
+def test_schedule_warms_up_then_follows_the_config(schedule, after_warmup):
+    cfg = TrainConfig()
+    cfg.trainer.lr, cfg.trainer.warmup_steps, cfg.trainer.max_steps = 1.0, 4, 12
+    cfg.trainer.lr_schedule = schedule
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = lr_schedule(optimizer, cfg)
+    lrs = []
+    for _ in range(13):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert [lrs[4], lrs[8], lrs[12]] == pytest.approx(after_warmup, abs=1e-9)

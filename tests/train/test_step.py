@@ -1,0 +1,257 @@
+"""The loss math of `train.step.train_step` under DeepSpeed, whatever the layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from framework.config.schema import TrainConfig
+from framework.data.dataset import TokenizedDataset
+from framework.data.pack import best_fit_decreasing, collate_rows
+from framework.export import gather_state_dict
+from framework.model.build import build_model
+from framework.train.engine import build_engine, deepspeed_config
+from framework.train.loss import TokenCrossEntropy, summed_loss
+from framework.train.step import NonFiniteLoss, guarded_step, train_step
+from tests.helpers import (
+    TINY,
+    assert_same,
+    join_group,
+    leave_group,
+    single_process_group,
+    spawn,
+    synthetic_data,
+    weight_gaps,
+)
+
+ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
+SFT = TokenCrossEntropy()
+
+
+def global_rows(data: TokenizedDataset) -> list[np.ndarray]:
+    plan = best_fit_decreasing(data.lengths(), ROW_LEN, seed=0)
+    assert len(plan) >= ROWS_PER_STEP * STEPS
+    return [plan.row(i) for i in range(ROWS_PER_STEP * STEPS)]
+
+
+def rank_micro_batches(data, rows, *, rank, world, accum, mbs, per_example=False, masked=-1):
+    """This rank's micro batches: step s, accumulation a takes the global rows
+    (a * world + rank) * mbs ... + mbs of that step, so every layout sees the same rows."""
+    batches = []
+    for step in range(STEPS):
+        step_rows = rows[step * ROWS_PER_STEP : (step + 1) * ROWS_PER_STEP]
+        for a in range(accum):
+            first = (a * world + rank) * mbs
+            chunk = step_rows[first : first + mbs]
+            batches.append(
+                collate_rows(
+                    data.tokens, data.weights, data.offsets, chunk, ROW_LEN, 0, per_example
+                )
+            )
+    return batches
+
+
+def _run_layout(
+    rank, world, port, accum, mbs, tok_dir, out_file, zero_stage, per_example, masked, objective
+):
+    join_group(rank, world, port)
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = mbs, accum
+    cfg.trainer.lr, cfg.trainer.warmup_steps, cfg.trainer.max_steps = 1e-2, 0, 100
+    cfg.parallelism.zero_stage = zero_stage
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32)
+    ds_config = deepspeed_config(cfg, world_size=world, precision="fp32", gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    data = synthetic_data(len(tokenizer))
+    batches = iter(
+        rank_micro_batches(
+            data,
+            global_rows(data),
+            rank=rank,
+            world=world,
+            accum=accum,
+            mbs=mbs,
+            per_example=per_example,
+            masked=masked,
+        )
+    )
+    cpu = torch.device("cpu")
+    losses = [
+        train_step(engine, batches, accum, cpu, objective=objective)["loss"] for _ in range(STEPS)
+    ]
+    state = gather_state_dict(engine.module, zero_stage)
+    if rank == 0:
+        torch.save({"losses": losses, "state": state}, out_file)
+    leave_group()
+
+
+def run_layout(
+    tmp_path,
+    tokenizer,
+    world,
+    accum,
+    mbs,
+    zero_stage=2,
+    per_example=False,
+    masked=-1,
+    objective=SFT,
+):
+    tok_dir = tmp_path / "tokenizer"
+    if not tok_dir.exists():
+        tokenizer.save_pretrained(tok_dir)
+    name = type(objective).__name__
+    out = tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}-{masked}-{name}.pt"
+    args = (str(tok_dir), str(out), zero_stage, per_example, masked, objective)
+    spawn(_run_layout, world, accum, mbs, *args)
+    return torch.load(out, weights_only=True)
+
+
+class PerRankWeight(TokenCrossEntropy):
+    """A wrong normalisation, for the layout test to catch: each rank divides by its own
+    trained weight instead of the global one."""
+
+    def global_weight(self, micro_batches):
+        return float(torch.stack([b["loss_weights"][:, 1:].sum() for b in micro_batches]).sum())
+
+
+# Weights of two layouts after two steps, relative gap in norm. Summation order differs
+# with the layout and the CPU's kernels, and Adam turns that noise in near-zero gradients
+# into weight noise: measured 7.4e-6 on an AMD EPYC (AVX-512), 1.72e-5 on an Intel Xeon
+# (AVX-512 + AMX). A wrong normalisation moves them far more: per-rank instead of global
+# weights (PerRankWeight) by 0.038, per-example instead of per-token by 0.6.
+LAYOUT_WEIGHT_RTOL = 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_steps_are_identical_whatever_the_layout(tmp_path, tokenizer, zero_stage):
+    reference = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, zero_stage=zero_stage)
+    for world, accum, mbs in [(2, 2, 2), (2, 1, 4)]:
+        layout = run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage)
+        assert_same(reference, layout, weight_rtol=LAYOUT_WEIGHT_RTOL)
+    # The bound still catches a wrong normalisation, by a wide margin.
+    wrong = run_layout(tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight())
+    gaps = weight_gaps(reference["state"], wrong["state"])
+    assert max(gaps.values()) > 10 * LAYOUT_WEIGHT_RTOL, max(gaps.values())
+    torch.manual_seed(0)
+    initial = build_model(TINY, tokenizer, torch.float32).state_dict()
+    moved = max((w - initial[n]).abs().max().item() for n, w in reference["state"].items())
+    assert moved > 1e-3  # two real optimizer steps were taken
+
+
+@pytest.mark.slow
+def test_per_example_average_is_layout_invariant_and_differs_from_token_average(
+    tmp_path, tokenizer
+):
+    by_token = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2)
+    by_example = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, per_example=True)
+    # Per-token weights of 1/length carry more rounding: 3.3e-5 was measured across these
+    # layouts (losses within 3e-8), against 0.6 between per-example and per-token averages.
+    other_layout = run_layout(tmp_path, tokenizer, 2, 1, 4, per_example=True)
+    assert_same(by_example, other_layout, weight_rtol=1e-4)
+    assert abs(by_example["losses"][0] - by_token["losses"][0]) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_rank_with_nothing_to_train_takes_part_without_hanging(tmp_path, tokenizer):
+    result = run_layout(tmp_path, tokenizer, world=2, accum=1, mbs=4, masked=1)
+    assert all(np.isfinite(result["losses"]))
+    assert all(torch.isfinite(w).all() for w in result["state"].values())
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    loss, weight = summed_loss(logits, batch["labels"], batch["loss_weights"])
+    (loss / weight).backward()
+    return loss.item() / weight.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tokenizer):
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32)
+    data = synthetic_data(len(tokenizer))
+    rows = global_rows(data)[:4]
+    packed = collate_rows(data.tokens, data.weights, data.offsets, rows, ROW_LEN, 0)
+    alone = [np.array([i]) for row in rows for i in row]
+    padded = collate_rows(data.tokens, data.weights, data.offsets, alone, None, 0)
+    packed_loss, packed_grads = _loss_and_grads(model, packed)
+    padded_loss, padded_grads = _loss_and_grads(model, padded)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def _one_rank_engine(tokenizer, zero_stage: int, accum: int = 1):
+    single_process_group()
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = 2, accum
+    cfg.trainer.warmup_steps, cfg.parallelism.zero_stage = 0, zero_stage
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer, torch.float32)
+    ds_config = deepspeed_config(cfg, world_size=1, precision="fp32", gpu=False)
+    return build_engine(model, cfg, ds_config=ds_config, gpu=False)
+
+
+def _micro_batches(tokenizer, count: int, poisoned: int | None = None) -> list[dict]:
+    data = synthetic_data(len(tokenizer))
+    batches = rank_micro_batches(data, global_rows(data), rank=0, world=1, accum=4, mbs=2)
+    if poisoned is not None:
+        batches[poisoned]["loss_weights"][0, 5] = float("nan")
+    return batches[:count]
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change(tokenizer):
+    engine = _one_rank_engine(tokenizer, zero_stage=0)
+    before = gather_state_dict(engine.module, 0)
+    with pytest.raises(NonFiniteLoss):
+        train_step(
+            engine,
+            iter(_micro_batches(tokenizer, 1, poisoned=0)),
+            1,
+            torch.device("cpu"),
+            objective=SFT,
+        )
+    after = gather_state_dict(engine.module, 0)
+    assert all(torch.equal(after[name], weight) for name, weight in before.items())
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
+def test_a_skipped_step_leaves_the_weights_and_the_next_step_trains(tokenizer, zero_stage):
+    """Step 1 (second micro batch poisoned) is skipped; step 2 then equals the first step
+    of a run that never saw step 1's data."""
+    engine = _one_rank_engine(tokenizer, zero_stage, accum=2)
+    cpu = torch.device("cpu")
+    before = gather_state_dict(engine.module, zero_stage)
+    batches = iter(_micro_batches(tokenizer, 4, poisoned=1))
+    first = train_step(engine, batches, 2, cpu, skip_non_finite=True, objective=SFT)
+    assert first["skipped"] == 1 and np.isnan(first["loss"])
+    unchanged = gather_state_dict(engine.module, zero_stage)
+    assert all(torch.equal(unchanged[name], weight) for name, weight in before.items())
+    second = train_step(engine, batches, 2, cpu, skip_non_finite=True, objective=SFT)
+    assert second["skipped"] == 0 and np.isfinite(second["loss"])
+    trained = gather_state_dict(engine.module, zero_stage)
+
+    reference = _one_rank_engine(tokenizer, zero_stage, accum=2)
+    expected = train_step(reference, iter(_micro_batches(tokenizer, 4)[2:]), 2, cpu, objective=SFT)
+    assert second["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    for name, weight in gather_state_dict(reference.module, zero_stage).items():
+        torch.testing.assert_close(trained[name], weight, rtol=1e-5, atol=1e-7)
+
+
+def test_skipping_stops_after_max_skipped_steps_in_a_row(tokenizer, capsys):
+    engine = _one_rank_engine(tokenizer, zero_stage=2)
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.on_non_finite, cfg.trainer.max_skipped_steps = "skip", 1
+    where = {"objective": SFT, "rank": 0, "device": torch.device("cpu"), "peak": None}
+    poisoned = _micro_batches(tokenizer, 2, poisoned=0)
+    poisoned[1]["loss_weights"][0, 5] = float("nan")
+    batches = iter(poisoned)
+    assert guarded_step(engine, batches, cfg, **where, step=1, in_a_row=0)["skipped"] == 1
+    assert "step 1: the loss is NaN or infinite; step skipped" in capsys.readouterr().out
+    with pytest.raises(NonFiniteLoss, match=r"step 2: .* after 1 skipped steps in a row"):
+        guarded_step(engine, batches, cfg, **where, step=2, in_a_row=1)
