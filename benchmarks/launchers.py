@@ -41,10 +41,12 @@ Measured = dict[tuple[int, str], dict[int, dict]]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's step lines (evaluation lines carry no loss)."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if "loss" in line]
 
 
 def first_metrics_line(run_dir: Path) -> bool:
@@ -103,6 +105,9 @@ def launcher_overrides(run_dir: Path, cache_dir: Path, steps: int, workers: int)
         f"cluster.use_gpu={str(gpu).lower()}",
         f"trainer.max_steps={steps}",
         "trainer.log_every=1",
+        # Steps only: no evaluation before, between or after them.
+        "trainer.eval_every=0",
+        "trainer.eval_suite_per_family=0",
     ]
 
 
