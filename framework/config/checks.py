@@ -59,7 +59,7 @@ def _get(cfg: TrainConfig, key: str):
     return getattr(getattr(cfg, group), name)
 
 
-def validate(cfg: TrainConfig) -> None:
+def check_train_config(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the first key whose value cannot work."""
     for key, allowed in _CHOICES.items():
         if _get(cfg, key) not in allowed:
@@ -101,13 +101,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("data.num_proc and data.inspect must be >= 0")
     for group in ("sources", "eval_sources"):
         for index, source in enumerate(getattr(cfg.data, group)):
-            _validate_source(source, f"data.{group}[{index}]")
+            _check_source(source, f"data.{group}[{index}]")
 
 
 SOURCE_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 
 
-def _validate_source(source: SourceConfig, key: str) -> None:
+def _check_source(source: SourceConfig, key: str) -> None:
     if source.format not in SOURCE_FORMATS:
         raise ConfigError(f"{key}.format={source.format!r} is not one of {list(SOURCE_FORMATS)}")
     if source.weight <= 0:

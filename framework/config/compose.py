@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from framework.config.checks import check_chat_config, check_eval_config, validate
+from framework.config.checks import check_chat_config, check_eval_config, check_train_config
 from framework.config.schema import (
     ChatConfig,
     ConfigError,
@@ -66,7 +66,7 @@ def from_hydra(raw: DictConfig) -> TrainConfig:
         cfg.data.path = None
     for source in [*cfg.data.sources, *cfg.data.eval_sources]:
         source.path = _local_or_hub(source.path)
-    validate(cfg)
+    check_train_config(cfg)
     check_suite(cfg.data.suite, "data.suite")
     return cfg
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -21,8 +22,9 @@ def load_train_config(file: str | Path) -> TrainConfig:
     try:
         saved = OmegaConf.load(file)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
-    except (OSError, OmegaConfBaseException) as err:
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
+        reason = " ".join(str(err).split())  # one line, as every user error is
         raise ConfigError(
-            f"{file} is not a readable training config ({err}); the checkpoint is damaged: "
-            "give another step_* directory"
+            f"{file} is not a readable training config ({reason}); the checkpoint is "
+            "damaged: give another step_* directory"
         ) from None

@@ -1,0 +1,34 @@
+"""The run directory's one way to write a file whole."""
+
+import os
+
+import pytest
+
+from framework import run_dir
+
+
+def test_a_file_is_replaced_whole_and_no_staging_file_stays(tmp_path):
+    file = tmp_path / run_dir.SUMMARY_FILE
+    run_dir.write_json(file, {"steps": 1})
+    run_dir.write_atomically(file, '{"steps": 2}')
+    assert file.read_text() == '{"steps": 2}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_dir.SUMMARY_FILE]
+
+
+def test_a_write_that_fails_leaves_the_old_content(tmp_path, monkeypatch):
+    file = tmp_path / run_dir.METRICS_FILE
+    run_dir.write_atomically(file, "old\n")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        run_dir.write_atomically(file, "new\n")
+    assert file.read_text() == "old\n"
+
+
+def test_the_stop_request_carries_its_reason_once(tmp_path):
+    run_dir.write_stop_request(tmp_path, "SIGTERM")
+    assert run_dir.clear_stop_request(tmp_path) == "SIGTERM"
+    assert run_dir.clear_stop_request(tmp_path) is None
