@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from framework.config.schema import ConfigError
+from framework.config.schema import ConfigError, TrainConfig
+from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan, best_fit_decreasing, collate_rows, length_grouped
@@ -137,3 +139,21 @@ class RankBatches:
                     self.per_example,
                 )
             self.epoch, self.micro_step = self.epoch + 1, 0
+
+
+def run_batches(
+    artifact: Path, cfg: TrainConfig, *, rank: int, world_size: int, pad_id: int
+) -> RankBatches:
+    """This rank's batches of the run's training split, as the config lays them out."""
+    return RankBatches(
+        TokenizedDataset.load(artifact, "train"),
+        max_seq_len=cfg.data.max_seq_len,
+        packing=cfg.data.packing,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.trainer.seed,
+        pad_id=pad_id,
+        per_example=cfg.trainer.loss_average == "example",
+        first_plan=first_plan(artifact),
+    )

@@ -4,10 +4,14 @@ trained and held-out families."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from framework.config.schema import TrainConfig
+from framework.data.cache import load_stats
 from framework.eval.eval_set import EvalSet, eval_loss, greedy_samples
 from framework.eval.questions import Question, answer_and_score, suite_questions
 from framework.eval.scoring import examples_worst_first, flat_metrics
@@ -28,11 +32,28 @@ def suite_sample(cfg: TrainConfig) -> list[Question]:
     return suite_questions(items, split)
 
 
+@dataclass
+class TrainingEval:
+    """What the loop evaluates: the artifact's eval split (None when it has no examples)
+    and a sample of the suite's validation items."""
+
+    evalset: EvalSet | None
+    questions: list[Question]
+
+    @classmethod
+    def load(cls, cfg: TrainConfig, artifact: Path) -> TrainingEval:
+        evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
+        return cls(evalset, suite_sample(cfg))
+
+    @property
+    def enabled(self) -> bool:
+        return self.evalset is not None or bool(self.questions)
+
+
 def evaluate(
     engine,
     tokenizer: PreTrainedTokenizerBase,
-    evalset: EvalSet | None,
-    questions: list[Question],
+    inputs: TrainingEval,
     cfg: TrainConfig,
     *,
     rank: int,
@@ -45,6 +66,7 @@ def evaluate(
     questions shared out over the ranks."""
     engine.module.eval()
     synced = cfg.parallelism.zero_stage == 3
+    evalset, questions = inputs.evalset, inputs.questions
     metrics, samples, answers = {}, [], []
     if evalset is not None:
         metrics = eval_loss(

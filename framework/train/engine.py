@@ -1,12 +1,16 @@
-"""DeepSpeed: the engine config generated from our typed config, and the engine itself."""
+"""DeepSpeed: the engine config generated from our typed config, and the engine itself,
+built over the run's model (model/build.py), wrapped for training (model/adapters.py)."""
 
 from __future__ import annotations
 
 import deepspeed
 import torch
-from transformers import PreTrainedModel, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from framework.config.schema import TrainConfig
+from framework.model.adapters import prepare_for_training
+from framework.model.attention import choose_attention
+from framework.model.build import TORCH_DTYPES, build_model
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -121,3 +125,32 @@ def build_engine(
         dist_init_required=False,
     )
     return engine
+
+
+def build_training_engine(
+    cfg: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    universal: bool,
+):
+    """Collective. The DeepSpeed engine over the run's model (built from
+    trainer.seed, wrapped for training), and the ZeRO-3 build context to keep alive while
+    training (None for other stages); `universal` loads a universal checkpoint next."""
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.cuda.set_device(device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    attention = choose_attention(cfg.model.attention, device)
+    if rank == 0:
+        print(f"attention: {attention}; precision: {precision}", flush=True)
+    ds_config = deepspeed_config(
+        cfg, world_size=world_size, precision=precision, gpu=gpu, universal=universal
+    )
+    zero3 = partitioned_init(ds_config)
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, tokenizer, TORCH_DTYPES[precision], attention)
+    model = prepare_for_training(model, cfg.model)
+    return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3

@@ -5,7 +5,6 @@ launcher that set up torch.distributed (Ray Train, torchrun)."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,26 +17,15 @@ from transformers import AutoTokenizer
 from framework import checkpoint
 from framework.cluster.stopping import StopCheck
 from framework.config.schema import TrainConfig
-from framework.data.cache import first_plan, load_stats
-from framework.data.dataset import TokenizedDataset
-from framework.data.loader import RankBatches
-from framework.eval.during_training import evaluate, suite_sample
-from framework.eval.eval_set import EvalSet
+from framework.data.loader import run_batches
+from framework.eval.during_training import TrainingEval, evaluate
 from framework.export import export_hf
-from framework.model.adapters import prepare_for_training
-from framework.model.attention import choose_attention, packed_logits
-from framework.model.build import TORCH_DTYPES, build_model
 from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path, write_stop_request
 from framework.tracking import Tracker
-from framework.train.engine import (
-    build_engine,
-    deepspeed_config,
-    partitioned_init,
-    resolve_precision,
-)
+from framework.train.engine import build_training_engine
 from framework.train.loss import build_objective
 from framework.train.metrics import peak_flops
-from framework.train.selfcheck import verify_packing
+from framework.train.selfcheck import checked_first_batch
 from framework.train.step import guarded_step
 
 
@@ -63,32 +51,32 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
     engine, zero3, sampler, progress = _start_or_resume(cfg, ctx, tokenizer, artifact)
     start = progress.get("step", 0)
-    batches = _first_batch_checked(engine, iter(sampler), cfg, ctx, start)
-    evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
-    questions = suite_sample(cfg)
-    evaluating = evalset is not None or bool(questions)
-
-    def evaluate_and_log(step: int) -> None:
-        scores = evaluate(
-            engine, tokenizer, evalset, questions, cfg,
-            rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
-        )  # fmt: skip
-        tracker.log_eval(step, *scores)
-
+    batches = iter(sampler)
+    if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
+        batches = checked_first_batch(engine, batches, rank=ctx.rank, device=ctx.device)
+    evaluation = TrainingEval.load(cfg, artifact)
+    where = {"rank": ctx.rank, "device": ctx.device}
     objective = build_objective(cfg.objective)
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
     totals = progress.get("totals")
     with Tracker(cfg, enabled=ctx.rank == 0, start_step=start, totals=totals) as tracker:
-        if evaluating and cfg.trainer.eval_every and start == 0:  # the untrained baseline
+
+        def evaluate_and_log(step: int) -> None:
+            scores = evaluate(
+                engine, tokenizer, evaluation, cfg, world_size=ctx.world_size, **where
+            )
+            tracker.log_eval(step, *scores)
+
+        if evaluation.enabled and cfg.trainer.eval_every and start == 0:  # untrained baseline
             evaluate_and_log(0)
         metrics: dict = {}
         skipped_in_a_row = 0
         for step in range(start + 1, cfg.trainer.max_steps + 1):
             began = time.monotonic()
             metrics = guarded_step(
-                engine, batches, cfg, objective=objective, rank=ctx.rank, device=ctx.device,
-                peak=peak, step=step, in_a_row=skipped_in_a_row,
+                engine, batches, cfg, objective=objective, peak=peak, step=step,
+                in_a_row=skipped_in_a_row, **where,
             )  # fmt: skip
             skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
             tracker.step(metrics)
@@ -96,7 +84,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             if step % cfg.trainer.log_every == 0 or last:
                 tracker.log(step, metrics)
             every = cfg.trainer.eval_every
-            if evaluating and ((every and step % every == 0) or last):
+            if evaluation.enabled and ((every and step % every == 0) or last):
                 evaluate_and_log(step)
             stopped = stop.reason(ctx.rank, ctx.device)
             if step % cfg.trainer.save_every == 0 or last or stopped:
@@ -144,8 +132,13 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
         if cfg.parallelism.zero_stage == 3:
             print(ZERO3_OTHER_LAYOUT_WARNING, flush=True)
     dist.barrier()
-    engine, zero3 = _build_engine(cfg, ctx, tokenizer, universal=universal)
-    sampler = _sampler(cfg, ctx, tokenizer.pad_token_id, artifact)
+    engine, zero3 = build_training_engine(
+        cfg, tokenizer, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
+        universal=universal,
+    )  # fmt: skip
+    sampler = run_batches(
+        artifact, cfg, rank=ctx.rank, world_size=ctx.world_size, pad_id=tokenizer.pad_token_id
+    )
     progress = {}
     if resume_from is not None:
         progress = checkpoint.load(engine, resume_from, universal=universal)
@@ -153,51 +146,3 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
         if ctx.rank == 0:
             print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
     return engine, zero3, sampler, progress
-
-
-def _build_engine(cfg: TrainConfig, ctx: WorkerContext, tokenizer, *, universal: bool):
-    """The DeepSpeed engine, and the ZeRO-3 build context to keep alive while training."""
-    gpu = ctx.device.type == "cuda"
-    if gpu:
-        torch.cuda.set_device(ctx.device)
-    precision = resolve_precision(cfg.trainer.precision, ctx.device)
-    attention = choose_attention(cfg.model.attention, ctx.device)
-    if ctx.rank == 0:
-        print(f"attention: {attention}; precision: {precision}", flush=True)
-    ds_config = deepspeed_config(
-        cfg, world_size=ctx.world_size, precision=precision, gpu=gpu, universal=universal
-    )
-    zero3 = partitioned_init(ds_config)
-    torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, tokenizer, TORCH_DTYPES[precision], attention)
-    model = prepare_for_training(model, cfg.model)
-    return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3
-
-
-def _sampler(cfg: TrainConfig, ctx: WorkerContext, pad_id: int, artifact: Path) -> RankBatches:
-    return RankBatches(
-        TokenizedDataset.load(artifact, "train"),
-        max_seq_len=cfg.data.max_seq_len,
-        packing=cfg.data.packing,
-        micro_batch_size=cfg.trainer.micro_batch_size,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        seed=cfg.trainer.seed,
-        pad_id=pad_id,
-        per_example=cfg.trainer.loss_average == "example",
-        first_plan=first_plan(artifact),
-    )
-
-
-def _first_batch_checked(engine, batches, cfg: TrainConfig, ctx: WorkerContext, start: int):
-    """`batches`, its first micro batch run through the packing self-check first
-    (trainer.verify_packing) when there is a step left to train."""
-    if not (cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps):
-        return batches
-    first = next(batches)
-    on_device = {k: v.to(ctx.device) for k, v in first.items()}
-    fp32 = next(engine.module.parameters()).dtype == torch.float32
-    worst = verify_packing(packed_logits(engine), on_device, rtol=1e-4 if fp32 else 2e-2)
-    if ctx.rank == 0:
-        print(f"packing self-check passed (largest difference {worst:.1e})", flush=True)
-    return itertools.chain([first], batches)

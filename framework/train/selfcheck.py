@@ -5,12 +5,13 @@ then stops the run at once instead of training a silently wrong model."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
 from framework.data.pack import IGNORE_INDEX, example_bounds
-from framework.model.attention import Forward
+from framework.model.attention import Forward, packed_logits
 from framework.train.loss import token_losses
 
 
@@ -63,3 +64,17 @@ def verify_packing(
             "trainer.verify_packing=false skips this check"
         )
     return worst.item()
+
+
+def checked_first_batch(
+    engine, batches: Iterator[dict[str, torch.Tensor]], *, rank: int, device: torch.device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Collective. `batches`, unchanged, once its first micro batch has passed
+    verify_packing through `engine` (a tolerance fit for the weights' dtype)."""
+    first = next(batches)
+    on_device = {k: v.to(device) for k, v in first.items()}
+    fp32 = next(engine.module.parameters()).dtype == torch.float32
+    worst = verify_packing(packed_logits(engine), on_device, rtol=1e-4 if fp32 else 2e-2)
+    if rank == 0:
+        print(f"packing self-check passed (largest difference {worst:.1e})", flush=True)
+    return itertools.chain([first], batches)
