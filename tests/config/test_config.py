@@ -6,10 +6,11 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from framework.config.compose import CONF_DIR
 from framework.config.schema import ConfigError
 from framework.suite.build import trained_families
 from framework.suite.families import FAMILIES
-from tests.helpers import CONF_DIR, compose_config
+from tests.helpers import compose_config
 
 GROUPS = ("model", "data", "parallelism", "trainer", "cluster", "logger")
 

@@ -10,11 +10,12 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
+from framework.config.compose import CONF_DIR
 from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.formats import DataError, ErrorPolicy, RecordError
 from framework.data.sources import load_data
 from framework.suite.build import trained_families
-from tests.helpers import CONF_DIR, SHARED_DATA, compose_config
+from tests.helpers import SHARED_DATA, compose_config
 
 
 def _chat(i: int) -> dict:
