@@ -1,8 +1,9 @@
-"""Instruction following, measured: the suite's test split answered by an untrained model,
-by the embedded default run (every family but the held-out ones), and by the same run
-trained on fewer families, side by side.
+"""Instruction following on the tiny random-init model, measured: the suite's test split
+answered by an untrained model, by a run of `model=tiny_llama` (every family but the
+held-out ones), and by the same run trained on fewer families, side by side. The real
+model's evidence is benchmarks/real_model_evidence.py.
 
-    python benchmarks/suite_evidence.py                  # 150 steps, as `make train`
+    python benchmarks/suite_evidence.py                  # 150 steps, tiny_llama's default
     python benchmarks/suite_evidence.py --steps 600 --per-family 50
 
 Every run trains through launch/train.py (Ray Train, DeepSpeed ZeRO-2, 2 CPU workers) on
@@ -39,9 +40,10 @@ FEWER = ["reverse_word", "uppercase", "add", "sort_ascending", "first_letters", 
 FEWER += ["json_field", "recall"]
 
 
-def train(out: Path, steps: int, families: list[str] | None) -> None:
-    overrides = [f"run.output_dir={out}", "logger=none", f"trainer.max_steps={steps}"]
-    overrides.append(f"trainer.eval_every={max(steps // 3, 1)}")
+def train(out: Path, model: str, families: list[str] | None, more: list[str]) -> None:
+    """launch/train.py on `model` (a preset) and `families` (None: every family not held
+    out), with the `more` overrides."""
+    overrides = [f"model={model}", f"run.output_dir={out}", "logger=none", *more]
     if families:
         overrides.append(f"data.suite.train_families=[{','.join(families)}]")
     print(f"training {out.name}: {' '.join(overrides)}", flush=True)
@@ -100,7 +102,9 @@ def main() -> None:
     runs = {"more": None, "fewer": FEWER}
     for name, families in runs.items():
         if not (work / name / HF_DIR).is_dir():  # a finished run in --work is reused
-            train(work / name, args.steps, families)
+            steps = [f"trainer.max_steps={args.steps}"]
+            steps.append(f"trainer.eval_every={max(args.steps // 3, 1)}")
+            train(work / name, "tiny_llama", families, steps)
     models = {
         "untrained": untrained(work / "untrained", work / "more" / TOKENIZER_DIR),
         "more": work / "more" / HF_DIR,

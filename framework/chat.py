@@ -16,14 +16,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
 from framework.config.schema import ChatConfig, ConfigError
 from framework.data.templates import stop_token_ids
-from framework.model.local import load_local_model
+from framework.model.local import load_for_inference
 
 
 def load_model(cfg: ChatConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """`load_local_model` with the chat's settings."""
-    return load_local_model(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
+    """`load_for_inference` with the chat's settings."""
+    return load_for_inference(cfg)
 
 
 class _ReplyStreamer(TextStreamer):

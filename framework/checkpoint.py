@@ -70,7 +70,7 @@ def read_progress(path: str | Path) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(
             f"{file} is unreadable ({err}); the checkpoint is damaged: use an earlier "
-            "step_* directory (trainer.resume=<path> to train, checkpoint=<path> to export)"
+            "step_* directory (trainer.resume=<path> to train, model=<path> to export)"
         ) from None
 
 
@@ -147,7 +147,7 @@ def weights_only_loading() -> Iterator[None]:
             raise CheckpointError(
                 f"{file} cannot be loaded ({reason}): the checkpoint is damaged or not one "
                 "of ours; use an earlier step_* directory (trainer.resume=<path> to train, "
-                "checkpoint=<path> to export)"
+                "model=<path> to export)"
             ) from None
 
     torch.load = safe_load

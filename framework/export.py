@@ -29,9 +29,10 @@ from transformers.initialization import no_init_weights
 
 from framework import checkpoint
 from framework.config.saved import load_train_config
-from framework.config.schema import ConfigError
+from framework.config.schema import ConfigError, ExportConfig
 from framework.data.templates import stop_token_ids
 from framework.model.build import generation_config, model_config
+from framework.model.resolve import model_source, resolve_model
 from framework.run_dir import COMMIT_MARKER, CONFIG_FILE, TOKENIZER_DIR
 
 MAX_SHARD_SIZE = "5GB"
@@ -98,23 +99,44 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise ExportError(
-            f"checkpoint={path}: no such directory; give a step_* checkpoint directory or a "
+            f"{path}: no such directory; give a step_* checkpoint directory or a "
             "run's checkpoint directory (run.checkpoint_dir, e.g. outputs/<run>/checkpoints)"
         )
     if path.name.startswith("step_"):
         if not (path / COMMIT_MARKER).exists():
             raise ExportError(
-                f"checkpoint={path} is incomplete (no {COMMIT_MARKER} marker: its "
+                f"{path}: incomplete checkpoint (no {COMMIT_MARKER} marker: its "
                 "save never finished); give an earlier step_* directory"
             )
         return path
     found = checkpoint.committed(path)
     if not found:
         raise ExportError(
-            f"checkpoint={path} holds no committed checkpoint (no step_*/"
+            f"{path}: holds no committed checkpoint (no step_*/"
             f"{COMMIT_MARKER}); give a step_* directory or run.checkpoint_dir"
         )
     return found[-1]
+
+
+def export_model(cfg: ExportConfig) -> Path:
+    """launch/export.py: the checkpoint cfg.model names, or the model any other form names
+    (converted or copied through the resolver), written to cfg.out through
+    `write_verified`."""
+    path = Path(cfg.model).expanduser()
+    if path.is_dir() and (path.name.startswith("step_") or checkpoint.committed(path)):
+        try:
+            step = find_checkpoint(path)
+        except ExportError as err:
+            raise ExportError(f"model={err}") from None
+        print(f"exporting {step}", flush=True)
+        return export_checkpoint(step, cfg.out)
+    source = resolve_model(cfg.model, cfg.cache_dir)
+    print(f"exporting {cfg.model} ({source})", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch.float32, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    return write_verified(model.eval(), tokenizer, cfg.out)
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
@@ -132,9 +154,10 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[PreTrainedModel, PreTra
     progress = checkpoint.read_progress(path)
     cfg = load_train_config(path / CONFIG_FILE)
     tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
-    config = model_config(cfg.model, tokenizer)
+    source = model_source(cfg)
+    config = model_config(cfg.model, tokenizer, source=source)
     state = checkpoint_weights(path, progress["zero_stage"])
-    generation = generation_config(cfg.model, config)
+    generation = generation_config(source, config)
     return holding(config, state, generation, source=str(path)), tokenizer
 
 

@@ -20,6 +20,7 @@ from framework.data.pack import PackingPlan
 from framework.data.sources import LoadedData, load_data
 from framework.data.templates import apply_template_choice
 from framework.model.build import check_model_source
+from framework.model.resolve import model_source
 from framework.model.tokenizer import cached_bpe, pretrained_tokenizer
 from framework.run_dir import (
     CONFIG_FILE,
@@ -49,7 +50,7 @@ def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizer
     if cfg.model.name_or_path is None:
         tokenizer = cached_bpe(list(_corpus(data)), cfg.model.vocab_size, cfg.run.cache_dir)
     else:
-        tokenizer = pretrained_tokenizer(cfg.model)
+        tokenizer = pretrained_tokenizer(model_source(cfg), cfg.model.trust_remote_code)
     apply_template_choice(tokenizer, cfg.data.chat_template)
     return tokenizer
 
@@ -73,7 +74,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, Loade
 def prepare_run(cfg: TrainConfig) -> Prepared:
     """Write config.yaml, tokenizer/, dataset.json (the artifact's path) and data_stats.json
     under `run.output_dir`, and check the data fills at least one step."""
-    check_model_source(cfg.model)
+    check_model_source(cfg)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, artifact, data = prepare_data(cfg)

@@ -1,8 +1,10 @@
-"""Chat with a trained model: a local Hugging Face directory such as a run's hf/ export.
+"""Chat with a model: a run's hf/ export, a checkpoint, a preset (smollm2_135m), a .gguf
+file, a Hugging Face directory or hub id (framework/model/resolve.py).
 
-python launch/chat.py model=outputs/tiny-sft/hf                  # interactive
-python launch/chat.py model=outputs/tiny-sft/hf --prompt "hello"   # answer once, exit 0
-python launch/chat.py model=outputs/tiny-sft/hf system="Be brief." temperature=0.7
+python launch/chat.py model=outputs/smollm2-sft/hf                  # interactive
+python launch/chat.py model=smollm2_135m --prompt "Capital of Peru?" # the untrained model
+python launch/chat.py model=outputs/smollm2-sft/hf --prompt "hello"   # answer once, exit 0
+python launch/chat.py model=outputs/smollm2-sft/hf system="Be brief." temperature=0.7
 
 `--prompt "..."` is shorthand for the Hydra override `prompt=...` (Hydra itself rejects
 unknown flags), quoted so that the text arrives exactly as written. The keys are those of

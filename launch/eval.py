@@ -1,14 +1,16 @@
 """Evaluate a model: greedy answers to the suite's test split (or a JSONL of prompts with
 references), scored per task family and for trained vs held-out families.
 
-python launch/eval.py model=outputs/tiny-sft/hf
-python launch/eval.py model=outputs/tiny-sft/checkpoints split=validation per_family=20
-python launch/eval.py model=outputs/tiny-sft/hf eval=my_questions.jsonl logger.backend=none
+python launch/eval.py model=outputs/smollm2-sft/hf
+python launch/eval.py model=outputs/smollm2-sft/checkpoints split=validation per_family=20
+python launch/eval.py model=outputs/smollm2-sft/hf eval=my_questions.jsonl logger.backend=none
 
-`model` is a Hugging Face directory (a run's hf/), a step_* checkpoint or a run's
-checkpoint directory. A table goes to stdout, every answer (worst families first) to
-`<out>/eval.json` (default `<model>-eval/`), and both to a wandb run (offline unless an
-API key is set). The keys are framework.config.schema.EvalConfig's (conf/eval/eval.yaml).
+`model` is any name framework/model/resolve.py accepts: a run's hf/, a step_* checkpoint
+or a run's checkpoint directory, a preset (model=smollm2_135m: the untrained base model),
+a .gguf file, a Hugging Face directory or hub id. A table goes to stdout, every answer
+(worst families first) to `<out>/eval.json` (default `<model>-eval/`), and both to a wandb
+run (offline unless an API key is set). The keys are framework.config.schema.EvalConfig's
+(conf/eval/eval.yaml).
 """
 
 from __future__ import annotations

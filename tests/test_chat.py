@@ -196,17 +196,17 @@ def test_a_bad_value_is_a_config_error_naming_its_key(key, value):
 def test_the_composed_config_becomes_a_checked_chat_config():
     composed = OmegaConf.structured(ChatConfig(model="m", temperature=0.5))
     assert chat_config(composed) == ChatConfig(model="m", temperature=0.5)
-    with pytest.raises(ConfigError, match=r"^model: give the model directory"):
+    with pytest.raises(ConfigError, match=r"^model: give the model to chat with"):
         chat_config(OmegaConf.structured(ChatConfig))
     with pytest.raises(ConfigError, match=r"^temperature=-1.0 must be >= 0"):
         chat_config(OmegaConf.structured(ChatConfig(model="m", temperature=-1)))
 
 
 def test_a_missing_directory_or_one_without_weights_is_a_config_error(tmp_path, model_dir):
-    with pytest.raises(ConfigError, match=r"^model=\S+/absent: no such directory"):
+    with pytest.raises(ConfigError, match=r"^model=\S+/absent: no such file or directory"):
         load_model(_cfg(tmp_path / "absent"))
     (tmp_path / "config.json").write_text((model_dir / "config.json").read_text())
-    with pytest.raises(ConfigError, match=r"^model=\S+: no such directory with weights"):
+    with pytest.raises(ConfigError, match=r"^model=\S+: \S+ holds no \*\.safetensors weights"):
         load_model(_cfg(tmp_path))
 
 
@@ -258,5 +258,5 @@ def test_interactive_mode_answers_lines_from_stdin(loaded, model_dir):
 def test_a_missing_model_directory_is_one_line_without_traceback():
     result = _chat_cli("model=/nonexistent/model")
     assert result.returncode != 0
-    assert result.stderr.startswith("error: model=/nonexistent/model: no such directory")
+    assert result.stderr.startswith("error: model=/nonexistent/model: no such file or directory")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from framework import export
 from framework.checkpoint import step_dir
-from framework.config.schema import ConfigError
+from framework.config.schema import ConfigError, ExportConfig
 from framework.data.templates import stop_token_ids
 from framework.export import (
     ExportError,
@@ -29,6 +29,7 @@ from framework.export import (
     verify_export,
     write_verified,
 )
+from framework.model.resolve import resolve_model
 from framework.run_dir import COMMIT_MARKER
 from tests.helpers import ROOT, run
 
@@ -159,14 +160,14 @@ def test_launch_export_names_a_missing_or_incomplete_checkpoint(tmp_path):
     unfinished = step_dir(tmp_path / "checkpoints", 2)
     unfinished.mkdir(parents=True)
     for path, says in [
-        (tmp_path / "nowhere", "no such directory"),
+        (tmp_path / "nowhere", "no such file or directory"),
         (unfinished, f"no {COMMIT_MARKER} marker"),
     ]:
-        result = export_cli(f"checkpoint={path}", f"out={tmp_path / 'out'}")
+        result = export_cli(f"model={path}", f"out={tmp_path / 'out'}")
         assert result.returncode != 0
         assert "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and errors[0].startswith(f"error: checkpoint={path}"), result.stderr
+        assert len(errors) == 1 and errors[0].startswith(f"error: model={path}"), result.stderr
         assert says in errors[0]
     with pytest.raises(ExportError, match="holds no committed checkpoint"):
         find_checkpoint(tmp_path / "checkpoints")
@@ -228,7 +229,7 @@ def test_the_export_chats_with_its_template(trained, tmp_path):
 @pytest.mark.parametrize("trained", ["zero2"], indirect=True)  # one stage is enough here
 def test_launch_export_takes_the_newest_checkpoint_of_a_run(trained, tmp_path):
     out = tmp_path / "exported"
-    result = export_cli(f"checkpoint={trained / 'checkpoints'}", f"out={out}")
+    result = export_cli(f"model={trained / 'checkpoints'}", f"out={out}")
     assert result.returncode == 0, result.stderr
     assert f"done: {out} holds the model" in result.stdout
     assert step_dir(trained / "checkpoints", 4).name in result.stdout
@@ -256,3 +257,24 @@ def test_a_damaged_or_incomplete_checkpoint_is_named(trained, tmp_path):
         with pytest.raises(ExportError, match=f"{re.escape(str(incomplete))}.*cannot be read"):
             export_checkpoint(incomplete, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trained", ["zero2"], indirect=True)
+def test_a_checkpoint_named_as_a_model_resolves_to_its_exported_weights(trained, tmp_path):
+    cache = str(tmp_path / "cache")
+    resolved = Path(resolve_model(str(trained / "checkpoints"), cache))
+    assert resolved.parent == tmp_path / "cache" / "models"
+    got, want = export_weights(resolved), export_weights(trained / "hf")
+    assert all(torch.equal(got[name], want[name]) for name in want)
+    assert resolve_model(str(step_dir(trained / "checkpoints", 4)), cache) == str(resolved)
+
+
+def test_export_of_a_model_directory_writes_a_verified_copy(tmp_path, tiny_model, tokenizer):
+    source = tmp_path / "source"
+    tiny_model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out = export.export_model(ExportConfig(model=str(source), out=str(tmp_path / "copy")))
+    got, want = export_weights(out), export_weights(source)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[name], want[name]) for name in want)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from framework.checkpoint import committed, read_progress, step_dir
 from framework.cluster.stopping import EXIT_RESUMABLE
 from framework.config.schema import DEFAULT_HELD_OUT
+from framework.suite.families import FAMILIES
 from tests.helpers import ROOT, logged
 
 SHORT_RUN = [
@@ -39,7 +41,9 @@ def _environment() -> dict[str, str]:
 
 
 def _command(output_dir, overrides) -> list[str]:
-    return [sys.executable, "launch/train.py", f"run.output_dir={output_dir}", *overrides]
+    # The tiny model unless a test names another: the real default is tested apart.
+    model = [] if any(o.startswith("model=") for o in overrides) else ["model=tiny_llama"]
+    return [sys.executable, "launch/train.py", *model, f"run.output_dir={output_dir}", *overrides]
 
 
 def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -97,7 +101,7 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
         evaluations[0]
     )
     answers = [json.loads(line) for line in (out / "suite_answers.jsonl").read_text().splitlines()]
-    assert len(answers) == 3 * 28 * 4  # every family's first 4 validation items, 3 times
+    assert len(answers) == 3 * len(FAMILIES) * 4  # every family's first 4 items, 3 times
     assert {a["group"] for a in answers if a["held_out"]} == set(DEFAULT_HELD_OUT)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [0] * 3 + [20] * 3 + [30] * 3  # eval_samples=3
@@ -165,7 +169,7 @@ def _evaluate_the_export_and_the_checkpoint_alike(out):
         assert f"the training run's {out / 'config.yaml'}" in result.stdout
         assert "mean: held_out" in result.stdout and "mean: trained" in result.stdout
         written = json.loads((out / f"{model}-eval" / "eval.json").read_text())
-        assert len(written["answers"]) == 28 * 3
+        assert len(written["answers"]) == len(FAMILIES) * 3
         assert list((out / f"{model}-eval" / "wandb").glob("offline-run-*"))
         results.append(written)
     assert results[0]["summary"] == results[1]["summary"]
@@ -229,7 +233,10 @@ def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path):
     ("overrides", "message"),
     [
         (["data.path=/no/such.jsonl"], "error: data.sources[0].path: no such file or folder"),
-        (["model.name_or_path=/no/such/model"], "error: model.name_or_path: no such directory"),
+        (
+            ["model.name_or_path=/no/such/model"],
+            "error: model.name_or_path=/no/such/model: no such file or directory; give a preset",
+        ),
         (["trainer.max_stepz=3"], "Key 'max_stepz' not in 'TrainerConfig'"),
         (
             ["data.suite.train_examples=10", "trainer.micro_batch_size=64"],
@@ -255,3 +262,48 @@ def test_malformed_record_is_named_by_file_and_line(tmp_path):
     result = train(tmp_path / "run", f"data.path={data}", timeout=120)
     assert result.returncode != 0
     assert f"error: {data}:2: message 0 has role 'bot'" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
+    tmp_path, real_model_cache
+):
+    """SmolLM2-135M-Instruct (the default run's model) for 2 short steps through Ray and
+    DeepSpeed ZeRO-2 on 2 workers; its export answers through launch/eval.py's code and the
+    chat."""
+    from framework.chat import Conversation, load_model
+    from framework.config.schema import ChatConfig, EvalConfig, LoggerConfig
+    from framework.eval.job import run_eval
+
+    cache, _ = real_model_cache
+    out = tmp_path / "run"
+    short = ["trainer.max_steps=2", "data.max_seq_len=128", "trainer.micro_batch_size=1"]
+    quiet = ["trainer.eval_every=0", "trainer.eval_suite_per_family=0", "logger=none"]
+    result = train(
+        out, "model=smollm2_135m", f"run.cache_dir={cache}", "data.suite.train_examples=64",
+        *short, *quiet, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "hyper-parameters (model=smollm2_135m" in result.stdout
+    assert "trainer.lr=0.0002 " in result.stdout and "trainer.max_steps=2*" in result.stdout
+    assert "converting" not in result.stdout  # the session's conversion is reused
+    assert [m["step"] for m in logged(out)] == [1, 2]
+    assert "name_or_path: smollm2_135m" in (out / "config.yaml").read_text()
+
+    evaluated = run_eval(
+        EvalConfig(
+            model=str(out / "hf"),
+            split="validation",
+            per_family=1,
+            max_new_tokens=12,
+            cache_dir=cache,
+            out=str(tmp_path / "eval"),
+            logger=LoggerConfig(backend="none"),
+        )
+    )
+    assert len(evaluated["answers"]) == len(FAMILIES)
+    assert {"held_out_knowledge", "held_out_twists", "trained"} <= set(evaluated["summary"])
+    chat = ChatConfig(model=str(out / "hf"), max_new_tokens=12, cache_dir=cache)
+    written = io.StringIO()
+    reply = Conversation(*load_model(chat), chat).ask("What is the capital of France?", written)
+    assert reply.strip() and written.getvalue().strip() == reply.strip()

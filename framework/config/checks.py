@@ -104,6 +104,24 @@ def check_train_config(cfg: TrainConfig) -> None:
             _check_source(source, f"data.{group}[{index}]")
 
 
+# A full fine-tune of a pretrained model above this rate overwrites what pretraining taught
+# it (the random-init tiny model's 2e-3 is the case this catches).
+PRETRAINED_MAX_LR = 1e-3
+
+
+def train_config_warnings(cfg: TrainConfig) -> list[str]:
+    """Values that work but are likely a mistake, each naming the key."""
+    warnings = []
+    if cfg.model.name_or_path is not None and cfg.trainer.lr > PRETRAINED_MAX_LR:
+        warnings.append(
+            f"trainer.lr={cfg.trainer.lr:g} is above {PRETRAINED_MAX_LR:g} for the pretrained "
+            f"model {cfg.model.name_or_path}: a full fine-tune at this rate destroys what it "
+            "learned in pretraining; its preset's value (model=<preset>) or trainer.lr=1e-4 "
+            "or lower is the usual choice"
+        )
+    return warnings
+
+
 SOURCE_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 
 
@@ -147,8 +165,8 @@ def check_chat_config(cfg: ChatConfig) -> None:
 
 
 NO_EVAL_MODEL = (
-    "model: give the model to evaluate, e.g. model=outputs/tiny-sft/hf or "
-    "model=outputs/tiny-sft/checkpoints"
+    "model: give the model to evaluate, e.g. model=outputs/smollm2-sft/hf or "
+    "model=outputs/smollm2-sft/checkpoints"
 )
 
 

@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config.checks import check_chat_config, check_eval_config, check_train_config
+from framework.config.presets import CONF_DIR
 from framework.config.schema import (
     ChatConfig,
     ConfigError,
@@ -26,7 +27,6 @@ from framework.config.schema import (
 )
 from framework.suite.build import check_family_names, check_suite
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMAS = {
     "train_schema": TrainConfig,
     "chat_schema": ChatConfig,
@@ -71,6 +71,30 @@ def from_hydra(raw: DictConfig) -> TrainConfig:
     return cfg
 
 
+# The values a model preset sets for fine-tuning, printed at the start of a run.
+HYPERPARAMETERS = (
+    "trainer.max_steps",
+    "trainer.lr",
+    "trainer.warmup_steps",
+    "trainer.lr_schedule",
+    "trainer.micro_batch_size",
+    "data.max_seq_len",
+)
+
+
+def hyperparameter_line(cfg: TrainConfig, preset: str, overrides: list[str]) -> str:
+    """One line with the fine-tuning hyper-parameters and where each came from: the
+    command line (marked *), else the model preset or the schema's defaults."""
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    values = []
+    for key in HYPERPARAMETERS:
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        values.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+        values[-1] += "*" if key in given else ""
+    return f"hyper-parameters (model={preset}; * given on the command line): " + " ".join(values)
+
+
 def _local_or_hub(path: str) -> str:
     """Absolute path for anything that exists locally or is written as a path; hub names
     (`org/name`) stay as they are."""
@@ -89,7 +113,8 @@ def chat_config(raw: DictConfig) -> ChatConfig:
     """The composed Hydra config of launch/chat.py as a checked ChatConfig."""
     if OmegaConf.is_missing(raw, "model"):
         raise ConfigError(
-            "model: give the model directory to chat with, e.g. model=outputs/tiny-sft/hf"
+            "model: give the model to chat with, e.g. model=outputs/smollm2-sft/hf or "
+            "model=smollm2_135m"
         )
     cfg: ChatConfig = OmegaConf.to_object(raw)
     check_chat_config(cfg)
@@ -113,7 +138,8 @@ def export_config(raw: DictConfig) -> ExportConfig:
     missing = sorted(OmegaConf.missing_keys(raw))
     if missing:
         raise ConfigError(
-            f"missing {' and '.join(missing)}: python launch/export.py checkpoint=<a "
-            "step_* directory, or run.checkpoint_dir for its newest> out=<directory>"
+            f"missing {' and '.join(missing)}: python launch/export.py model=<a step_* "
+            "directory, run.checkpoint_dir for its newest, a .gguf file or a preset> "
+            "out=<directory>"
         )
     return OmegaConf.to_object(raw)

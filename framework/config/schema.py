@@ -9,6 +9,7 @@ checks that need more than one field. Workers only ever see these dataclasses.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
@@ -18,10 +19,21 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the fix."""
 
 
+# Built tokenizers, data artifacts and converted models (GGUF files, checkpoints) are
+# cached here between runs and commands.
+DEFAULT_CACHE_DIR = os.path.join(os.environ.get("HOME", "/tmp"), ".cache", "instruct-sft")
+# Accepted wherever a model is named (framework/model/resolve.py).
+MODEL_FORMS = (
+    "a preset (smollm2_135m, llama3_8b, ...), a Hugging Face directory or hub id, a .gguf "
+    "file, a run's hf/, or a checkpoint (step_* or run.checkpoint_dir)"
+)
+
+
 @dataclass
 class ModelConfig:
-    # Hub id or local directory of a pretrained causal LM. None builds a small Llama from
-    # the fields below, with random weights and a tokenizer trained on the run's data.
+    # A pretrained causal LM: a preset, Hugging Face directory or hub id, .gguf file, a
+    # run's hf/ or a checkpoint (framework/model/resolve.py). None builds a small Llama
+    # from the fields below, with random weights and a tokenizer trained on the run's data.
     name_or_path: str | None = None
     trust_remote_code: bool = False
     # How packed rows attend: auto picks flash_attention_2 on GPUs with flash-attn
@@ -59,10 +71,11 @@ class SourceConfig:
     name: str | None = None  # label in summaries; the path's stem by default
 
 
-# Each a variant or combination of trained skills, so zero-shot accuracy on them measures
-# transfer: lowercase (uppercase), subtract (add), sort_descending (sort_ascending),
-# last_letters (first_letters), multi_step (reverse_word + uppercase), answer_format.
-DEFAULT_HELD_OUT: tuple[str, ...] = (
+# Twists: each a variant or combination of trained skills, so zero-shot accuracy on them
+# measures transfer: lowercase (uppercase), subtract (add), sort_descending
+# (sort_ascending), last_letters (first_letters), multi_step (reverse_word + uppercase),
+# answer_format.
+HELD_OUT_TWISTS: tuple[str, ...] = (
     "lowercase",
     "subtract",
     "sort_descending",
@@ -70,6 +83,16 @@ DEFAULT_HELD_OUT: tuple[str, ...] = (
     "multi_step",
     "answer_format",
 )
+# Knowledge (framework/suite/knowledge.py): facts a pretrained model knows from
+# pretraining, asked for in a terse form that only instruction following gives.
+KNOWLEDGE_FAMILIES: tuple[str, ...] = (
+    "capital_city",
+    "opposite_word",
+    "plural_noun",
+    "calendar_order",
+    "number_from_words",
+)
+DEFAULT_HELD_OUT: tuple[str, ...] = HELD_OUT_TWISTS + KNOWLEDGE_FAMILIES
 
 
 @dataclass
@@ -221,12 +244,12 @@ class LoggerConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "tiny-sft"
+    name: str = "sft"
     output_dir: str = "outputs/${run.name}"
     # Checkpoints: on a multi-node cluster, a path every node reads and writes.
     checkpoint_dir: str = "${run.output_dir}/checkpoints"
-    # Where built tokenizers are cached between runs.
-    cache_dir: str = "${oc.env:HOME,/tmp}/.cache/instruct-sft"
+    # Where built tokenizers, data artifacts and converted models are cached between runs.
+    cache_dir: str = DEFAULT_CACHE_DIR
 
 
 @dataclass
@@ -248,7 +271,7 @@ class TrainConfig:
 class ChatConfig:
     """launch/chat.py (conf/chat/chat.yaml)."""
 
-    # A local Hugging Face model directory, e.g. outputs/tiny-sft/hf.
+    # Any MODEL_FORMS, e.g. outputs/tiny-sft/hf or smollm2_135m.
     model: str = MISSING
     # Answer this one message and exit (for scripts); None: interactive.
     prompt: str | None = None
@@ -259,6 +282,7 @@ class ChatConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     trust_remote_code: bool = False
+    cache_dir: str = DEFAULT_CACHE_DIR
     # auto: cuda when available, else cpu; or a torch device such as cuda:1.
     device: str = "auto"
     # auto: bf16 on GPUs that support it, fp32 otherwise; or fp32, bf16, fp16.
@@ -269,8 +293,7 @@ class ChatConfig:
 class EvalConfig:
     """launch/eval.py (conf/eval/eval.yaml)."""
 
-    # A Hugging Face model directory (a run's hf/), a step_* checkpoint, or a run's
-    # checkpoint directory for its newest committed checkpoint. Not needed for a file
+    # Any MODEL_FORMS (a run's hf/, a checkpoint, smollm2_135m, ...). Not needed for a file
     # whose every line carries its `prediction`.
     model: str | None = None
     # "suite": the built-in task families; or a JSONL file, one question per line:
@@ -291,14 +314,18 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    cache_dir: str = DEFAULT_CACHE_DIR
     logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(project="instruct-eval"))
 
 
 @dataclass
 class ExportConfig:
-    """launch/export.py (conf/export.yaml)."""
+    """launch/export.py (conf/export/export.yaml)."""
 
-    # A step_* checkpoint directory, or run.checkpoint_dir for its newest committed one.
-    checkpoint: str = MISSING
+    # Any MODEL_FORMS: a step_* checkpoint or run.checkpoint_dir (its newest committed
+    # one), a .gguf file or preset to convert, a Hugging Face directory to copy.
+    model: str = MISSING
     # The Hugging Face model directory to write.
     out: str = MISSING
+    trust_remote_code: bool = False
+    cache_dir: str = DEFAULT_CACHE_DIR

@@ -13,7 +13,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from framework.config.checks import NO_EVAL_MODEL
 from framework.config.saved import load_train_config
 from framework.config.schema import ConfigError, EvalConfig, SuiteConfig
-from framework.data.templates import apply_template_choice
 from framework.eval.questions import (
     Question,
     answer_and_score,
@@ -22,42 +21,27 @@ from framework.eval.questions import (
     suite_questions,
 )
 from framework.eval.scoring import examples_worst_first, format_table
-from framework.model.local import load_local_model, resolve_device
-from framework.run_dir import COMMIT_MARKER, CONFIG_FILE, EVAL_FILE, write_json
+from framework.model.local import load_for_inference
+from framework.run_dir import CONFIG_FILE, EVAL_FILE, write_json
 from framework.suite.build import eval_items, trained_families
 from framework.suite.families import FAMILIES
 from framework.tracking import log_evaluation
 
 
 def load_for_eval(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model and tokenizer at cfg.model: an exported directory, or a checkpoint."""
+    """The model and tokenizer cfg.model names (a run's hf/, a checkpoint, a preset, ...)."""
     if cfg.model is None:
         raise ConfigError(NO_EVAL_MODEL)
-    path = Path(cfg.model)
-    if (path / "config.json").is_file():
-        return load_local_model(
-            cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-        )
-    if path.is_dir() and (
-        path.name.startswith("step_") or any(path.glob(f"step_*/{COMMIT_MARKER}"))
-    ):
-        from framework import export  # imported late: DeepSpeed takes seconds to load
-
-        model, tokenizer = export.load_checkpoint(export.find_checkpoint(path))
-        apply_template_choice(tokenizer, None)
-        return model.to(resolve_device(cfg.device)), tokenizer
-    raise ConfigError(
-        f"model={cfg.model}: neither a model directory (no config.json) nor a checkpoint "
-        "(no step_* with a COMMITTED marker); give a run's hf/, a step_* directory or "
-        "run.checkpoint_dir"
-    )
+    return load_for_inference(cfg)
 
 
 def training_suite(model: str) -> tuple[SuiteConfig | None, Path | None]:
     """The suite settings of the run that trained `model` (its config.yaml: in the
     checkpoint, or in the run directory above hf/ or checkpoints/), when it trained on the
     suite; (None, where) when it trained on other data; (None, None) when none is found."""
-    path = Path(model)
+    path = Path(model).resolve()
+    if not path.exists():  # a preset or hub id: no training run
+        return None, None
     for candidate in (path / CONFIG_FILE, path.parent / CONFIG_FILE, path.parents[1] / CONFIG_FILE):
         if candidate.is_file():
             trained = load_train_config(candidate)

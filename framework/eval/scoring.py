@@ -11,9 +11,14 @@ from functools import cache
 
 from rouge_score import rouge_scorer
 
+from framework.config.schema import KNOWLEDGE_FAMILIES
 from framework.suite.checkers import normalized_equal
 
 METRICS = ("exact", "normalized", "rouge_l")
+# Means reported: trained families; held-out ones, then apart: knowledge (facts from
+# pretraining asked tersely, suite/knowledge.py) and twists (every other held-out family:
+# variants of trained skills); all.
+AGGREGATES = ("trained", "held_out", "held_out_knowledge", "held_out_twists", "all")
 Checker = Callable[[str, str], bool]
 
 
@@ -62,7 +67,7 @@ def _means(rows: list[Scored]) -> dict[str, float]:
 
 def summarize(scored: list[Scored]) -> dict:
     """{"groups": {name: {n, held_out, exact, normalized, rouge_l}} worst first (by
-    normalized match, then ROUGE-L), and for "trained", "held_out" and "all": the mean
+    normalized match, then ROUGE-L), and for each of AGGREGATES that has groups: the mean
     over groups (each group weighs the same, whatever its size) and the group count."""
     names = list(dict.fromkeys(r.group for r in scored))
     groups = {}
@@ -71,9 +76,12 @@ def summarize(scored: list[Scored]) -> dict:
         groups[name] = {"n": len(rows), "held_out": rows[0].held_out, **_means(rows)}
     ordered = sorted(names, key=lambda n: (groups[n]["normalized"], groups[n]["rouge_l"]))
     summary: dict = {"groups": {name: groups[name] for name in ordered}}
+    held_out = {n: g for n, g in groups.items() if g["held_out"] is True}
     selections = {
         "trained": [g for g in groups.values() if g["held_out"] is False],
-        "held_out": [g for g in groups.values() if g["held_out"] is True],
+        "held_out": list(held_out.values()),
+        "held_out_knowledge": [g for n, g in held_out.items() if n in KNOWLEDGE_FAMILIES],
+        "held_out_twists": [g for n, g in held_out.items() if n not in KNOWLEDGE_FAMILIES],
         "all": list(groups.values()),
     }
     for label, chosen in selections.items():
@@ -90,7 +98,7 @@ def flat_metrics(summary: dict, prefix: str) -> dict[str, float]:
     every group as `<prefix>/family/<group>`."""
     metrics = {
         f"{prefix}/{label}/{m}": summary[label][m]
-        for label in ("trained", "held_out", "all")
+        for label in AGGREGATES
         if label in summary
         for m in METRICS
     }
@@ -101,12 +109,12 @@ def flat_metrics(summary: dict, prefix: str) -> dict[str, float]:
 
 def format_table(summary: dict) -> str:
     """Per-group rows, worst first, then the aggregates."""
-    header = f"{'group':<24}{'split':<10}{'n':>5}{'exact':>9}{'normalized':>12}{'rouge_l':>9}"
+    header = f"{'group':<28}{'split':<10}{'n':>5}{'exact':>9}{'normalized':>12}{'rouge_l':>9}"
     lines = [header, "-" * len(header)]
 
     def row(name: str, split: str, n: int, values: dict) -> str:
         return (
-            f"{name[:23]:<24}{split:<10}{n:>5}{values['exact']:>9.1%}"
+            f"{name[:27]:<28}{split:<10}{n:>5}{values['exact']:>9.1%}"
             f"{values['normalized']:>12.1%}{values['rouge_l']:>9.3f}"
         )
 
@@ -114,7 +122,7 @@ def format_table(summary: dict) -> str:
         split = {True: "held-out", False: "trained", None: "-"}[group["held_out"]]
         lines.append(row(name, split, group["n"], group))
     lines.append("-" * len(header))
-    for label in ("trained", "held_out", "all"):
+    for label in AGGREGATES:
         if label in summary:
             lines.append(row(f"mean: {label}", "", summary[label]["groups"], summary[label]))
     return "\n".join(lines)

@@ -1,8 +1,7 @@
-"""Causal LMs: a pretrained one by hub id or path, or a small Llama built from config."""
+"""Causal LMs: a pretrained one (named any way framework/model/resolve.py accepts), or a
+small Llama built from config."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -15,32 +14,29 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from framework.config.schema import ConfigError, ModelConfig
+from framework.config.schema import MODEL_FORMS, ConfigError, ModelConfig, TrainConfig
 from framework.model import attention as _registers_document_sdpa  # noqa: F401
+from framework.model.resolve import model_source
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_model_source(cfg: ModelConfig) -> None:
-    """Fail early, on the driver, when `model.name_or_path` cannot be loaded."""
-    if cfg.name_or_path is None:
-        return
-    looks_local = (
-        cfg.name_or_path.startswith(("/", "./", "../", "~")) or Path(cfg.name_or_path).exists()
-    )
-    if looks_local and not Path(cfg.name_or_path).expanduser().is_dir():
-        raise ConfigError(
-            f"model.name_or_path: no such directory {cfg.name_or_path}; give a model "
-            "directory saved with save_pretrained, a hub id such as Qwen/Qwen2.5-7B-Instruct, "
-            "or model.name_or_path=null for the built-in tiny model"
-        )
+def check_model_source(cfg: TrainConfig) -> str | None:
+    """Fail early, on the driver, when `model.name_or_path` cannot be loaded; returns what
+    the workers load (framework/model/resolve.py), converted into the cache if need be."""
+    if cfg.model.name_or_path is None:
+        return None
+    source = model_source(cfg)
     try:
-        AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+        AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())
         raise ConfigError(
-            f"model.name_or_path={cfg.name_or_path!r} could not be loaded ({err}). Check the "
-            "id, the network or HF_HOME cache, and model.trust_remote_code for custom code"
+            f"model.name_or_path={cfg.model.name_or_path!r} could not be loaded ({reason}). "
+            f"Give {MODEL_FORMS}; check the network or HF_HOME cache for a hub id, and "
+            "model.trust_remote_code for custom code"
         ) from None
+    return source
 
 
 def build_model(
@@ -48,13 +44,15 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     dtype: torch.dtype,
     attention: str = "document_sdpa",
+    source: str | None = None,
 ) -> PreTrainedModel:
-    """Random-init Llama when no name_or_path is given (seed the RNG first), else the
-    pretrained weights; with `attention` as the attention implementation. Under ZeRO-3
-    (a live transformers HfDeepSpeedConfig) both are built already partitioned."""
-    if cfg.name_or_path is not None:
+    """The pretrained weights at `source` (a resolved model: framework/model/resolve.py),
+    else a random-init Llama from `cfg` (seed the RNG first); with `attention` as the
+    attention implementation. Under ZeRO-3 (a live transformers HfDeepSpeedConfig) both are
+    built already partitioned."""
+    if source is not None:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path,
+            source,
             dtype=dtype,
             attn_implementation=attention,
             trust_remote_code=cfg.trust_remote_code,
@@ -67,23 +65,26 @@ def build_model(
 
 
 def model_config(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, attention: str = "document_sdpa"
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    attention: str = "document_sdpa",
+    source: str | None = None,
 ) -> PreTrainedConfig:
     """The architecture `build_model` builds, without reading any weights: the pretrained
-    model's config.json (from its directory or the hub cache), or the tiny Llama's."""
-    if cfg.name_or_path is None:
+    model's config.json (at `source`), or the tiny Llama's."""
+    if source is None:
         return _tiny_llama(cfg, tokenizer, attention)
     return AutoConfig.from_pretrained(
-        cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, attn_implementation=attention
+        source, trust_remote_code=cfg.trust_remote_code, attn_implementation=attention
     )
 
 
-def generation_config(cfg: ModelConfig, config: PreTrainedConfig) -> GenerationConfig:
+def generation_config(source: str | None, config: PreTrainedConfig) -> GenerationConfig:
     """The pretrained model's generation defaults (sampling settings, stop tokens) where
     it ships them, else those derived from `config`."""
-    if cfg.name_or_path is not None:
+    if source is not None:
         try:
-            return GenerationConfig.from_pretrained(cfg.name_or_path)
+            return GenerationConfig.from_pretrained(source)
         except OSError:
             pass  # the model ships none: derive them, as from_pretrained does
     return GenerationConfig.from_model_config(config)

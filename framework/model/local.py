@@ -1,6 +1,6 @@
-"""A saved model directory (a run's hf/ export, or any save_pretrained directory) loaded
-for inference: local files only, safetensors only, no remote code unless asked, on the
-device and dtype asked for ("auto" allowed), with a chat template."""
+"""A model loaded for inference (chat, eval): named any way framework/model/resolve.py
+accepts, safetensors only, no remote code unless asked, on the device and dtype asked for
+("auto" allowed), with a chat template."""
 
 from __future__ import annotations
 
@@ -14,29 +14,33 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from framework.config.schema import ConfigError
+from framework.config.schema import ChatConfig, ConfigError, EvalConfig
 from framework.data.templates import apply_template_choice
 from framework.model.build import TORCH_DTYPES
+from framework.model.resolve import resolve_model
 
 
-def load_local_model(
-    model: str, *, device: str, dtype: str, trust_remote_code: bool
+def load_for_inference(
+    cfg: ChatConfig | EvalConfig,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in eval mode, on `device` and `dtype`, "auto" allowed) and its tokenizer,
-    from local files only, with a chat template (ChatML when the tokenizer has none, as in
-    training)."""
-    path = _model_dir(model)
-    where = resolve_device(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
+    """The model cfg.model names (any form framework/model/resolve.py accepts), in eval
+    mode on cfg.device and cfg.dtype ("auto" allowed), and its tokenizer with a chat
+    template (ChatML when it has none, as in training). Safetensors weights only."""
+    model, trust_remote_code = cfg.model, cfg.trust_remote_code
+    path = resolve_model(model, cfg.cache_dir)
+    where = resolve_device(cfg.device)
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise ConfigError(
+            f"model={model}: {path} holds no *.safetensors weights (only safetensors are "
+            "loaded); give a training run's hf/ export"
         )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         loaded = AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=_dtype(dtype, where),
+            dtype=_dtype(cfg.dtype, where),
             device_map=str(where),
             use_safetensors=True,
-            local_files_only=True,
             trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as err:
@@ -47,21 +51,6 @@ def load_local_model(
         ) from None
     apply_template_choice(tokenizer, None)
     return loaded.eval(), tokenizer
-
-
-def _model_dir(model: str) -> Path:
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"model={model}: no such directory {path.resolve()}; give a directory written "
-            "by save_pretrained, such as a training run's hf/ (outputs/<run.name>/hf)"
-        )
-    if not any(path.glob("*.safetensors")):
-        raise ConfigError(
-            f"model={model}: no such directory with weights: {path.resolve()} holds no "
-            "*.safetensors files; give a training run's hf/ export"
-        )
-    return path
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,6 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from framework.config.schema import ModelConfig
 from framework.data.templates import CHAT_TEMPLATES
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -57,11 +56,9 @@ def cached_bpe(texts: Sequence[str], vocab_size: int, cache_dir: str) -> PreTrai
     return AutoTokenizer.from_pretrained(path)
 
 
-def pretrained_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token when it lacks one."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        cfg.name_or_path, trust_remote_code=cfg.trust_remote_code
-    )
+def pretrained_tokenizer(source: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    """The tokenizer of the resolved model `source`, with a pad token when it lacks one."""
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from framework.suite import knowledge
 from framework.suite.checkers import (
     exact_equal,
     format_equal,
@@ -369,3 +370,11 @@ def _recall(rng: random.Random) -> tuple[list[Message], str]:
         ask, answer = rng.choice(_RECALL_ASK).format(kind=kind), value
     chat = [_user(store), {"role": "assistant", "content": rng.choice(ACKS)}, _user(ask)]
     return chat, answer
+
+
+# ------------------------------------------------------ knowledge families (held out)
+
+for _name, (_skill, _draw) in knowledge.DRAWS.items():
+    _family(_name, _skill, knowledge.TEMPLATES[_name], normalized_equal)(
+        knowledge.terse_question(_name, _draw)
+    )

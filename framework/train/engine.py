@@ -11,6 +11,7 @@ from framework.config.schema import TrainConfig
 from framework.model.adapters import prepare_for_training
 from framework.model.attention import choose_attention
 from framework.model.build import TORCH_DTYPES, build_model
+from framework.model.resolve import model_source
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -151,6 +152,8 @@ def build_training_engine(
     )
     zero3 = partitioned_init(ds_config)
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, tokenizer, TORCH_DTYPES[precision], attention)
+    model = build_model(
+        cfg.model, tokenizer, TORCH_DTYPES[precision], attention, source=model_source(cfg)
+    )
     model = prepare_for_training(model, cfg.model)
     return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3

@@ -6,8 +6,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from framework.config.compose import CONF_DIR
-from framework.config.schema import ConfigError
+from framework.config.checks import train_config_warnings
+from framework.config.compose import CONF_DIR, compose_train_config, hyperparameter_line
+from framework.config.schema import ConfigError, TrainConfig
 from framework.suite.build import trained_families
 from framework.suite.families import FAMILIES
 from tests.helpers import compose_config
@@ -20,11 +21,41 @@ def _options(group: str) -> list[str]:
 
 
 def test_default_composes_to_typed_config():
-    cfg = compose_config()
+    cfg = compose_train_config([])  # the embedded default run: the real model
     assert cfg.parallelism.zero_stage == 2
     assert cfg.cluster.num_workers == 2 and not cfg.cluster.use_gpu
-    assert cfg.model.name_or_path is None
-    assert Path(cfg.run.output_dir).is_absolute()
+    assert cfg.model.name_or_path == "smollm2_135m"
+    assert Path(cfg.run.output_dir).is_absolute() and cfg.run.name == "smollm2-sft"
+
+
+def test_a_preset_carries_its_fine_tuning_defaults_and_the_tiny_model_keeps_its_own():
+    real, tiny = compose_train_config(["model=smollm2_135m"]), compose_config()
+    schema = TrainConfig()
+    assert (real.trainer.lr, real.trainer.warmup_steps, real.data.max_seq_len) == (2e-4, 2, 512)
+    assert (real.trainer.micro_batch_size, real.trainer.max_steps) == (4, 18)
+    assert tiny.model.name_or_path is None
+    assert (tiny.trainer.lr, tiny.trainer.max_steps) == (
+        schema.trainer.lr,
+        schema.trainer.max_steps,
+    )
+    assert train_config_warnings(real) == [] and train_config_warnings(tiny) == []
+
+
+def test_an_explicit_override_wins_over_the_preset_and_a_high_lr_warns():
+    overrides = ["model=smollm2_135m", "trainer.lr=2e-3", "data.max_seq_len=256"]
+    cfg = compose_train_config(overrides)
+    assert (cfg.trainer.lr, cfg.data.max_seq_len, cfg.trainer.warmup_steps) == (2e-3, 256, 2)
+    [warning] = train_config_warnings(cfg)
+    assert warning.startswith("trainer.lr=0.002 is above 0.001 for the pretrained model")
+    line = hyperparameter_line(cfg, "smollm2_135m", overrides)
+    assert "trainer.lr=0.002* " in line and "data.max_seq_len=256*" in line
+    assert "trainer.warmup_steps=2 " in line  # from the preset: not marked
+
+
+def test_every_hub_preset_fine_tunes_below_the_warning_rate():
+    for preset in ("llama3_8b", "mistral_7b", "qwen2_5_7b"):
+        cfg = compose_train_config([f"model={preset}"])
+        assert cfg.trainer.lr <= 1e-5 and not train_config_warnings(cfg), preset
 
 
 def _combinations() -> list[dict[str, str]]:

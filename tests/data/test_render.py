@@ -144,3 +144,20 @@ def test_reply_empty_after_templating_is_refused(with_template):
     with pytest.raises(RecordError, match="empty after templating") as err:
         render(tokenizer, Conversation(chat), "assistant", "x")
     assert err.value.reason == "empty_reply"
+
+
+@pytest.mark.slow
+def test_the_real_models_template_and_its_default_system_prompt_are_never_trained(
+    real_tokenizer,
+):
+    """SmolLM2's own template inserts "You are a helpful AI assistant named SmolLM..." when
+    a chat has no system turn: it is rendered, and only the replies are trained."""
+    chat = CHAT[1:]  # no system turn: the template adds its own
+    example = render(real_tokenizer, Conversation(chat), "assistant", "t")
+    assert trained_runs(real_tokenizer, example) == [("elppa<|im_end|>", 1.0), ("5<|im_end|>", 1.0)]
+    text = real_tokenizer.decode(example.input_ids)
+    assert text == real_tokenizer.apply_chat_template(chat, tokenize=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    own = render(real_tokenizer, Conversation(CHAT), "assistant", "t")  # with "Be brief."
+    assert "SmolLM" not in real_tokenizer.decode(own.input_ids)
+    assert trained_runs(real_tokenizer, own) == trained_runs(real_tokenizer, example)

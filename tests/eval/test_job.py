@@ -136,5 +136,5 @@ def test_bad_settings_name_their_key(cfg, message):
 def test_a_model_path_that_is_neither_a_model_nor_a_checkpoint_is_named(tmp_path):
     result = _eval_command(f"model={tmp_path}")
     assert result.returncode == 1
-    assert f"error: model={tmp_path}: neither a model directory" in result.stderr
+    assert f"error: model={tmp_path}: holds no config.json, .gguf or step_*" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,19 +1,35 @@
 import pytest
 
-from framework.config.schema import ConfigError, ModelConfig
+from framework.config.schema import ConfigError, ModelConfig, TrainConfig
 from framework.model.build import check_model_source
+
+
+def _train(name_or_path, tmp_path) -> TrainConfig:
+    cfg = TrainConfig(model=ModelConfig(name_or_path=name_or_path))
+    cfg.run.cache_dir = str(tmp_path / "cache")
+    return cfg
 
 
 def test_missing_local_model_dir_is_named(tmp_path):
     missing = tmp_path / "no-model-here"
-    with pytest.raises(ConfigError, match=r"model\.name_or_path: no such directory"):
-        check_model_source(ModelConfig(name_or_path=str(missing)))
+    with pytest.raises(
+        ConfigError, match=r"^model\.name_or_path=\S+no-model-here: no such file or directory"
+    ):
+        check_model_source(_train(str(missing), tmp_path))
 
 
 def test_dir_without_model_files_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="could not be loaded"):
-        check_model_source(ModelConfig(name_or_path=str(tmp_path)))
+    (tmp_path / "model").mkdir()
+    with pytest.raises(ConfigError, match=r"holds no config\.json, \.gguf or step_\*"):
+        check_model_source(_train(str(tmp_path / "model"), tmp_path))
 
 
-def test_built_in_model_needs_no_source():
-    check_model_source(ModelConfig(name_or_path=None))
+def test_a_directory_whose_config_cannot_load_is_named(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"could not be loaded .*Give a preset"):
+        check_model_source(_train(str(tmp_path / "model"), tmp_path))
+
+
+def test_built_in_model_needs_no_source(tmp_path):
+    assert check_model_source(_train(None, tmp_path)) is None

@@ -9,7 +9,8 @@ import string
 
 import pytest
 
-from framework.config.schema import DEFAULT_HELD_OUT
+from framework.config.schema import DEFAULT_HELD_OUT, HELD_OUT_TWISTS, KNOWLEDGE_FAMILIES
+from framework.suite import knowledge
 from framework.suite.build import SPLITS, family_items
 from framework.suite.checkers import normalize, normalized_equal
 from framework.suite.families import FAMILIES
@@ -45,9 +46,26 @@ def test_registry_has_enough_families_with_paraphrases():
         assert len(set(family.templates)) == len(family.templates), name
 
 
-def test_default_held_out_are_six_known_families():
-    assert len(set(DEFAULT_HELD_OUT)) == 6
-    assert set(DEFAULT_HELD_OUT) <= set(FAMILIES)
+def test_default_held_out_are_six_twists_and_the_five_knowledge_families():
+    assert DEFAULT_HELD_OUT == HELD_OUT_TWISTS + KNOWLEDGE_FAMILIES
+    assert len(set(HELD_OUT_TWISTS)) == 6 and set(DEFAULT_HELD_OUT) <= set(FAMILIES)
+    assert tuple(knowledge.DRAWS) == KNOWLEDGE_FAMILIES
+
+
+@pytest.mark.parametrize("family", KNOWLEDGE_FAMILIES)
+def test_a_knowledge_question_asks_for_the_bare_answer(family):
+    rng = random.Random(0)
+    for _ in range(100):
+        [turn], reference = FAMILIES[family].generate(rng)
+        assert any(terse in turn["content"] for terse in knowledge.TERSE)
+        assert reference and "\n" not in reference
+
+
+def test_each_fact_has_one_answer_and_numbers_are_spelt_as_usual():
+    assert all(knowledge.OPPOSITES[knowledge.OPPOSITES[w]] == w for w in knowledge.OPPOSITES)
+    assert len(set(knowledge.CAPITALS.values())) == len(knowledge.CAPITALS)
+    spelt = [knowledge.number_in_words(n) for n in (0, 7, 13, 20, 42, 99)]
+    assert spelt == ["zero", "seven", "thirteen", "twenty", "forty-two", "ninety-nine"]
 
 
 def test_recall_is_multi_turn_with_an_acknowledged_first_turn():

@@ -94,3 +94,19 @@ def test_all_masked_batch_has_zero_loss_and_zero_grads(setup):
     loss.backward()
     assert total.item() == 0 and loss.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_packed_losses_equal_each_example_alone_on_the_real_model(real_slice, real_tokenizer):
+    """The same invariance on 2 pretrained layers of SmolLM2, with its tokenizer, template
+    and 49,152-token vocabulary."""
+    examples = [
+        render(real_tokenizer, Conversation(r["messages"]), "assistant", f"demo[{i}]")
+        for i, r in enumerate(training_chats(list(FAMILIES), 4, seed=5))
+    ]
+    data = TokenizedDataset.from_examples([(e.input_ids, e.weights) for e in examples])
+    packed = _losses(real_slice, _batch(data, [list(range(len(data)))]))[0]
+    alone = [_losses(real_slice, _batch(data, [[i]]))[0] for i in range(len(data))]
+    separated = torch.cat([torch.cat([a, a.new_zeros(1)]) for a in alone])[: len(packed)]
+    torch.testing.assert_close(packed, separated, atol=1e-4, rtol=0)
+    assert packed.sum() > 0

@@ -4,7 +4,7 @@ import torch
 
 from framework.data.pack import collate_rows
 from framework.train.selfcheck import PackingCheckFailed, verify_packing
-from tests.helpers import synthetic_data
+from tests.helpers import single_process_group, synthetic_data
 
 
 @pytest.fixture(scope="module")
@@ -28,4 +28,20 @@ def test_examples_that_see_each_other_stop_the_run(model_and_batch):
         return model(input_ids=ids, position_ids=running).logits
 
     with pytest.raises(PackingCheckFailed, match=r"trainer\.verify_packing=false"):
+        verify_packing(leaky, batch, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_packing_self_check_passes_on_the_real_model(real_slice, real_tokenizer):
+    single_process_group()
+    data = synthetic_data(len(real_tokenizer))
+    batch = collate_rows(data.tokens, data.weights, data.offsets, [np.arange(6)], 256, 0)
+    logits = lambda i, p: real_slice(input_ids=i, position_ids=p).logits  # noqa: E731
+    assert verify_packing(logits, batch, rtol=1e-4) < 1e-4
+
+    def leaky(ids, positions):
+        running = torch.arange(ids.shape[1])[None].expand_as(ids)
+        return real_slice(input_ids=ids, position_ids=running).logits
+
+    with pytest.raises(PackingCheckFailed):
         verify_packing(leaky, batch, rtol=1e-4)

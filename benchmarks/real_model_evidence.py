@@ -1,0 +1,161 @@
+"""Zero-shot gains of a real model: SmolLM2-135M-Instruct before instruction tuning, after
+the embedded default run, and after longer runs on more vs fewer training families, on the
+suite's test split: trained families, held-out knowledge (facts from pretraining asked
+tersely) and held-out twists (variants of trained skills), beside the majority-answer
+baseline; then a few answers before and after, and the runs' throughput and memory.
+
+    python benchmarks/real_model_evidence.py --work /tmp/evidence       # about an hour
+    python benchmarks/real_model_evidence.py --work /tmp/evidence --steps 40 --per-family 20
+
+Every run is launch/train.py (Ray Train, 2 CPU workers, DeepSpeed ZeRO-2, full fine-tune):
+"default" exactly as `python launch/train.py` (the smollm2_135m preset's steps), "more" and
+"fewer" with --steps. Every model answers the same test items through launch/eval.py's
+code path. A finished run or evaluation in --work is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from suite_evidence import FEWER, majority_answers, train
+
+from framework.config.schema import (
+    DEFAULT_HELD_OUT,
+    KNOWLEDGE_FAMILIES,
+    EvalConfig,
+    LoggerConfig,
+)
+from framework.eval.job import run_eval
+from framework.run_dir import EVAL_FILE, HF_DIR, METRICS_FILE, SUMMARY_FILE
+from framework.suite.families import FAMILIES
+
+MODEL = "smollm2_135m"
+CACHE = os.path.join(os.environ.get("HOME", "/tmp"), ".cache", "instruct-sft")
+COLUMNS = ("trained", "held_out_knowledge", "held_out_twists")
+
+
+def run(work: Path, name: str, steps: int | None, families: list[str] | None) -> Path:
+    """The run's directory, trained unless --work holds it finished; the launch time is
+    kept for the time to the first step."""
+    out = work / name
+    if not (out / HF_DIR).is_dir():
+        started = time.time()
+        train(out, MODEL, families, [] if steps is None else [f"trainer.max_steps={steps}"])
+        (out / "launched_at").write_text(str(started))
+    return out
+
+
+def evaluate(model: str, out: Path, per_family: int) -> dict:
+    if not (out / EVAL_FILE).is_file():
+        cfg = EvalConfig(
+            model=model,
+            per_family=per_family,
+            held_out=list(DEFAULT_HELD_OUT),
+            out=str(out),
+            cache_dir=CACHE,
+            logger=LoggerConfig(backend="none"),
+        )
+        run_eval(cfg)
+    return json.loads((out / EVAL_FILE).read_text())
+
+
+def _means(summary: dict, families: list[str], metric: str) -> float:
+    return sum(summary["groups"][f][metric] for f in families) / len(families)
+
+
+def zero_shot_table(results: dict[str, dict], seen: dict[str, list[str]]) -> None:
+    """Normalized match (exact match in brackets), means over families."""
+    held = {
+        "held_out_knowledge": list(KNOWLEDGE_FAMILIES),
+        "held_out_twists": [f for f in DEFAULT_HELD_OUT if f not in KNOWLEDGE_FAMILIES],
+    }
+    header = f"| model | families trained | {' | '.join(COLUMNS)} |"
+    print(header + "\n|" + "---|" * (len(COLUMNS) + 2))
+    for name, summary in results.items():
+        cells = []
+        for column in COLUMNS:
+            families = seen[name] if column == "trained" else held[column]
+            normalized, exact = (_means(summary, families, m) for m in ("normalized", "exact"))
+            cells.append(f"{normalized:.1%} ({exact:.1%})")
+        count = len(seen[name]) if name not in ("base", "majority") else 0
+        print(f"| {name} | {count} | {' | '.join(cells)} |")
+    print("\nper held-out family, normalized match:")
+    for family in DEFAULT_HELD_OUT:
+        cells = [f"{n} {s['groups'][family]['normalized']:.0%}" for n, s in results.items()]
+        print(f"  {family:<18}" + "  ".join(cells))
+
+
+def side_by_side(before: dict, after: dict, per_family: int = 1) -> None:
+    """The first answers of each knowledge family, base vs default run."""
+    print("\nanswers before (base) and after (default run), held-out knowledge:")
+    after_by_prompt = {a["prompt"]: a for a in after["answers"]}
+    shown: dict[str, int] = {}
+    for answer in before["answers"]:
+        family = answer["group"]
+        if family not in KNOWLEDGE_FAMILIES or shown.get(family, 0) >= per_family:
+            continue
+        shown[family] = shown.get(family, 0) + 1
+        later = after_by_prompt[answer["prompt"]]
+        print(f"  [{family}] {answer['prompt']}\n    reference: {answer['reference']}")
+        print(f"    base:    {' '.join(answer['prediction'].split())[:110]}")
+        print(f"    default: {' '.join(later['prediction'].split())[:110]}")
+
+
+def throughput_table(runs: dict[str, Path]) -> None:
+    """From each run's summary.json and metrics.jsonl. Start-up: launch to the first step's
+    start (conversion when not cached, data, Ray, model build and the baseline evaluation)."""
+    columns = ("steps", "tokens/s", "trained tokens/s", "peak RSS/worker (GB)")
+    columns += ("start-up (s)", "first step (s)", "training (s)")
+    print(f"\n| run | {' | '.join(columns)} |\n|---|" + "---|" * len(columns))
+    for name, out in runs.items():
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+        first = next(m for m in lines if m.get("step") == 1 and "loss" in m)
+        launched = out / "launched_at"
+        started = first["time"] - first["step_time_s"]
+        startup = f"{started - float(launched.read_text()):.0f}" if launched.is_file() else "-"
+        trained_per_s = summary["trained_tokens"] / summary["training_time_s"]
+        print(
+            f"| {name} | {summary['steps']} | {summary['tokens_per_s']:.0f} | "
+            f"{trained_per_s:.1f} | {summary['peak_memory_gb']:.2f} | {startup} | "
+            f"{first['step_time_s']:.1f} | {summary['training_time_s']:.0f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", required=True, help="directory for runs and evaluations")
+    parser.add_argument("--steps", type=int, default=40, help="steps of the longer runs")
+    parser.add_argument("--per-family", type=int, default=20)
+    args = parser.parse_args()
+    work = Path(args.work)
+    trained_default = [f for f in FAMILIES if f not in DEFAULT_HELD_OUT]
+    runs = {
+        "default": run(work, "default", None, None),
+        "more": run(work, "more", args.steps, None),
+        "fewer": run(work, "fewer", args.steps, FEWER),
+    }
+    results = {"majority": majority_answers(args.per_family)}
+    evaluations = {"base": evaluate(MODEL, work / "base-eval", args.per_family)}
+    for name, out in runs.items():
+        evaluations[name] = evaluate(str(out / HF_DIR), work / f"{name}-eval", args.per_family)
+    results |= {name: e["summary"] for name, e in evaluations.items()}
+    seen = {name: trained_default for name in results} | {"fewer": FEWER}
+    print(
+        f"\nsuite test split, {args.per_family} items per family; normalized match (exact); "
+        f"default = the preset's steps, more/fewer = {args.steps} steps"
+    )
+    zero_shot_table(results, seen)
+    side_by_side(evaluations["base"], evaluations["default"])
+    throughput_table(runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
