@@ -90,40 +90,44 @@ def zero_shot_table(results: dict[str, dict], seen: dict[str, list[str]]) -> Non
         print(f"  {family:<18}" + "  ".join(cells))
 
 
-def side_by_side(before: dict, after: dict, per_family: int = 1) -> None:
-    """The first answers of each knowledge family, base vs default run."""
+def side_by_side(before: dict, after: dict) -> None:
+    """Per knowledge family, the first test item the default run gets right that the base
+    model got wrong, and the first it gets wrong."""
     print("\nanswers before (base) and after (default run), held-out knowledge:")
-    after_by_prompt = {a["prompt"]: a for a in after["answers"]}
-    shown: dict[str, int] = {}
-    for answer in before["answers"]:
-        family = answer["group"]
-        if family not in KNOWLEDGE_FAMILIES or shown.get(family, 0) >= per_family:
-            continue
-        shown[family] = shown.get(family, 0) + 1
-        later = after_by_prompt[answer["prompt"]]
-        print(f"  [{family}] {answer['prompt']}\n    reference: {answer['reference']}")
-        print(f"    base:    {' '.join(answer['prediction'].split())[:110]}")
-        print(f"    default: {' '.join(later['prediction'].split())[:110]}")
+    base = {a["prompt"]: a for a in before["answers"]}
+    for family in KNOWLEDGE_FAMILIES:
+        answers = [a for a in after["answers"] if a["group"] == family]
+        right = [a for a in answers if a["normalized"] and not base[a["prompt"]]["normalized"]]
+        wrong = [a for a in answers if not a["normalized"]]
+        for label, chosen in (("right", right[:1]), ("wrong", wrong[:1])):
+            for answer in chosen:
+                print(f"  [{family}, {label}] {answer['prompt']}  -> {answer['reference']}")
+                print(
+                    f"    base:    {' '.join(base[answer['prompt']]['prediction'].split())[:100]}"
+                )
+                print(f"    default: {' '.join(answer['prediction'].split())[:100]}")
 
 
 def throughput_table(runs: dict[str, Path]) -> None:
-    """From each run's summary.json and metrics.jsonl. Start-up: launch to the first step's
-    start (conversion when not cached, data, Ray, model build and the baseline evaluation)."""
+    """From each run's summary.json and metrics.jsonl. Start-up: launch to the end of the
+    baseline evaluation, the start of the first step (model conversion when not cached,
+    data, Ray, model and engine build, the evaluation)."""
     columns = ("steps", "tokens/s", "trained tokens/s", "peak RSS/worker (GB)")
-    columns += ("start-up (s)", "first step (s)", "training (s)")
+    columns += ("start-up (s)", "s/step", "training (s)")
     print(f"\n| run | {' | '.join(columns)} |\n|---|" + "---|" * len(columns))
     for name, out in runs.items():
         summary = json.loads((out / SUMMARY_FILE).read_text())
         lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-        first = next(m for m in lines if m.get("step") == 1 and "loss" in m)
+        baseline = next(m for m in lines if m["step"] == 0)
         launched = out / "launched_at"
-        started = first["time"] - first["step_time_s"]
-        startup = f"{started - float(launched.read_text()):.0f}" if launched.is_file() else "-"
-        trained_per_s = summary["trained_tokens"] / summary["training_time_s"]
+        startup = (
+            f"{baseline['time'] - float(launched.read_text()):.0f}" if launched.is_file() else "-"
+        )
+        seconds = summary["training_time_s"]
         print(
             f"| {name} | {summary['steps']} | {summary['tokens_per_s']:.0f} | "
-            f"{trained_per_s:.1f} | {summary['peak_memory_gb']:.2f} | {startup} | "
-            f"{first['step_time_s']:.1f} | {summary['training_time_s']:.0f} |"
+            f"{summary['trained_tokens'] / seconds:.1f} | {summary['peak_memory_gb']:.2f} | "
+            f"{startup} | {seconds / summary['steps']:.1f} | {seconds:.0f} |"
         )
 
 

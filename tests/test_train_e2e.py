@@ -277,7 +277,8 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
 
     cache, _ = real_model_cache
     out = tmp_path / "run"
-    short = ["trainer.max_steps=2", "data.max_seq_len=128", "trainer.micro_batch_size=1"]
+    short = ["trainer.max_steps=2", "trainer.log_every=1", "data.max_seq_len=128"]
+    short.append("trainer.micro_batch_size=1")
     quiet = ["trainer.eval_every=0", "trainer.eval_suite_per_family=0", "logger=none"]
     result = train(
         out, "model=smollm2_135m", f"run.cache_dir={cache}", "data.suite.train_examples=64",
