@@ -4,6 +4,7 @@ import from here (fixtures live in conftest.py), never from each other."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -77,6 +78,7 @@ def synthetic_data(vocab: int) -> TokenizedDataset:
     return TokenizedDataset(tokens, weights, offsets)
 
 
+@functools.cache  # the knowledge families have ~200 templates each: compile them once
 def template_pattern(template: str) -> re.Pattern:
     """A regex matching exactly the texts `template.format(...)` can produce."""
     parts = []
