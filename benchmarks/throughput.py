@@ -49,9 +49,9 @@ from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import ErrorPolicy
 from framework.data.sources import load_data
+from framework.model.precision import auto_precision
 from framework.prepare import prepare_run
 from framework.run_dir import TOKENIZER_DIR
-from framework.train.engine import resolve_precision
 from framework.train.metrics import peak_flops
 
 SEED = 1234  # the trainer default; the artifact and every sampler use it
@@ -106,7 +106,7 @@ def make_setup(workdir: Path, budget: int) -> Setup:
         data=data,
         records=records,
         device=device,
-        precision=resolve_precision("auto", device),  # fp32 on CPU, bf16 on GPUs with it
+        precision=auto_precision(device)[0],  # what our runs choose here
         budget=budget,
         padded_examples=padded_examples,
         workdir=workdir,

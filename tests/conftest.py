@@ -75,3 +75,27 @@ def real_slice(real_model_cache):
     )
     assert set(loaded.missing_keys) <= {"lm_head.weight"}  # tied to the embeddings
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def real_model_bf16(real_model_cache):
+    """All of SmolLM2-135M-Instruct in bf16, in eval mode: bf16 rounding and the
+    context-sensitivity of a whole pretrained model (a 2-layer slice barely uses context)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from framework.model.attention import DOCUMENT_SDPA
+
+    return AutoModelForCausalLM.from_pretrained(
+        real_model_cache[1], dtype=torch.bfloat16, attn_implementation=DOCUMENT_SDPA
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def real_slice_dir(real_slice, real_tokenizer, tmp_path_factory):
+    """real_slice saved as a Hugging Face directory, tokenizer included: a model.name_or_path
+    for training runs on the real architecture and vocabulary."""
+    path = tmp_path_factory.mktemp("real-slice")
+    real_slice.save_pretrained(path)
+    real_tokenizer.save_pretrained(path)
+    return path

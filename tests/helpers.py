@@ -42,6 +42,9 @@ TINY_RUN = [
     "trainer.eval_every=0",
     "trainer.eval_suite_per_family=0",
     "logger=none",
+    # The exactness tests compare in fp32 (auto picks bf16 on CPUs with bf16 units); the
+    # bf16 tests ask for it.
+    "trainer.precision=fp32",
 ]
 # A 6-step run on the suite with a checkpoint every 2 steps (resume and export tests).
 RUN = [
@@ -76,6 +79,19 @@ def synthetic_data(vocab: int) -> TokenizedDataset:
     )
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return TokenizedDataset(tokens, weights, offsets)
+
+
+def suite_chats(tokenizer, count: int, seed: int = 5) -> TokenizedDataset:
+    """`count` suite conversations of every family, rendered with `tokenizer`'s template."""
+    from framework.data.formats import Conversation
+    from framework.data.render import render
+    from framework.suite.build import training_chats
+
+    examples = [
+        render(tokenizer, Conversation(r["messages"]), "assistant", f"demo[{i}]")
+        for i, r in enumerate(training_chats(list(FAMILIES), count, seed=seed))
+    ]
+    return TokenizedDataset.from_examples([(e.input_ids, e.weights) for e in examples])
 
 
 @functools.cache  # the knowledge families have ~200 templates each: compile them once

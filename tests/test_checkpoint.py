@@ -176,3 +176,18 @@ def test_the_saved_config_is_the_resolved_one(straight):
     cfg = compose_config(RUN)
     assert f"max_steps: {cfg.trainer.max_steps}" in saved
     assert "${" not in saved  # interpolations resolved
+
+
+@pytest.mark.slow
+def test_a_resumed_bf16_run_ends_exactly_as_the_straight_bf16_run(tmp_path):
+    """bf16 weights are rounded from the fp32 masters the checkpoint holds, so they resume
+    to the bit too."""
+    straight = tmp_path / "straight"
+    run(straight, tmp_path / "cache", "trainer.precision=bf16")
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step_dir(straight / "checkpoints", 4), step_dir(out / "checkpoints", 4))
+    run(out, tmp_path / "cache", "trainer.precision=bf16")
+    assert sorted(losses(out)) == [5, 6]
+    assert weights(out)["lm_head.weight"].dtype == torch.bfloat16
+    assert_same_run(out, straight, [5, 6], rtol=1e-6)

@@ -80,6 +80,11 @@ def check_train_config(cfg: TrainConfig) -> None:
         )
     if offload and cfg.parallelism.zero_stage == 0:
         raise ConfigError("parallelism.offload_optimizer needs parallelism.zero_stage >= 1")
+    if cfg.trainer.precision == "bf16" and cfg.parallelism.zero_stage == 0:
+        raise ConfigError(
+            "trainer.precision=bf16 needs parallelism.zero_stage >= 1: under ZeRO-0 "
+            "DeepSpeed accumulates bf16 gradients in bf16, not fp32"
+        )
     if cfg.model.name_or_path is None and cfg.data.max_seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"data.max_seq_len={cfg.data.max_seq_len} exceeds "

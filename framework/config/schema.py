@@ -188,7 +188,9 @@ class TrainerConfig:
     eval_suite_per_family: int = 4
     # Prompts generated together in one batch.
     eval_batch_size: int = 32
-    # auto: bf16 on GPUs that support it, fp32 otherwise (bf16 on CPU is many times slower).
+    # auto: bf16 on GPUs with bf16 units, and on CPUs with them (AVX512-BF16, AMX) where a
+    # bf16 matmul is measured faster; fp32 elsewhere (bf16 emulated is 7-15x slower).
+    # bf16 keeps fp32 master weights and accumulates and reduces gradients in fp32.
     precision: str = "auto"
     # token: the step's loss is the mean over every trained token of the global batch.
     # example: each example's mean token loss, averaged over the examples of the global
@@ -285,7 +287,8 @@ class ChatConfig:
     cache_dir: str = DEFAULT_CACHE_DIR
     # auto: cuda when available, else cpu; or a torch device such as cuda:1.
     device: str = "auto"
-    # auto: bf16 on GPUs that support it, fp32 otherwise; or fp32, bf16, fp16.
+    # auto: as trainer.precision=auto chooses (framework/model/precision.py); or fp32,
+    # bf16, fp16.
     dtype: str = "auto"
 
 

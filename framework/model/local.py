@@ -17,6 +17,7 @@ from transformers import (
 from framework.config.schema import ChatConfig, ConfigError, EvalConfig
 from framework.data.templates import apply_template_choice
 from framework.model.build import TORCH_DTYPES
+from framework.model.precision import auto_precision
 from framework.model.resolve import resolve_model
 
 
@@ -65,6 +66,4 @@ def resolve_device(name: str) -> torch.device:
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return TORCH_DTYPES[name]
-    # bf16 on a CPU (or an old GPU) without bf16 units is many times slower than fp32.
-    bf16_capable = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if bf16_capable else torch.float32
+    return TORCH_DTYPES[auto_precision(device)[0]]

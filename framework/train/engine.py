@@ -11,15 +11,24 @@ from framework.config.schema import TrainConfig
 from framework.model.adapters import prepare_for_training
 from framework.model.attention import choose_attention
 from framework.model.build import TORCH_DTYPES, build_model
+from framework.model.precision import auto_precision
 from framework.model.resolve import model_source
 
+PRECISIONS = ("fp32", "bf16")
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` means bf16 on a GPU with bf16 units, fp32 elsewhere (CPU bf16 is 7-15x slower)."""
-    if precision != "auto":
-        return precision
-    bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return "bf16" if bf16_gpu else "fp32"
+
+def resolve_precision(cfg: TrainConfig, device: torch.device, rank: int) -> tuple[str, str]:
+    """Collective. (the run's precision, why): trainer.precision, or for `auto` what
+    rank 0 finds this device does best (model/precision.py), the same on every rank."""
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision, "trainer.precision"
+    choice, reason = auto_precision(device) if rank == 0 else ("fp32", "")
+    if choice == "bf16" and cfg.parallelism.zero_stage == 0:
+        choice = "fp32"
+        reason += ", but ZeRO-0 would accumulate bf16 gradients in bf16"
+    agreed = torch.tensor([PRECISIONS.index(choice)], device=device)
+    torch.distributed.broadcast(agreed, src=0)
+    return PRECISIONS[int(agreed.item())], f"auto: {reason}"
 
 
 def deepspeed_config(
@@ -41,6 +50,10 @@ def deepspeed_config(
         "gradient_clipping": cfg.trainer.max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
+        # bf16 weights, fp32 everything the update is made of: master weights (DeepSpeed's
+        # default), gradients accumulated over micro batches and reduced over ranks.
+        **({"data_types": {"grad_accum_dtype": "fp32"}} if precision == "bf16" else {}),
+        "communication_data_type": "fp32",
         # On CPU the client torch AdamW already runs where offload would put it; on GPU
         # DeepSpeedCPUAdam is used (see _optimizer), which is what this check wants.
         "zero_force_ds_cpu_optimizer": False,
@@ -143,10 +156,10 @@ def build_training_engine(
     gpu = device.type == "cuda"
     if gpu:
         torch.cuda.set_device(device)
-    precision = resolve_precision(cfg.trainer.precision, device)
+    precision, why = resolve_precision(cfg, device, rank)
     attention = choose_attention(cfg.model.attention, device)
     if rank == 0:
-        print(f"attention: {attention}; precision: {precision}", flush=True)
+        print(f"attention: {attention}; precision: {precision} ({why})", flush=True)
     ds_config = deepspeed_config(
         cfg, world_size=world_size, precision=precision, gpu=gpu, universal=universal
     )

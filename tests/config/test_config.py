@@ -129,6 +129,7 @@ def test_unknown_group_option_is_rejected():
     [
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("trainer.precision=fp8", "trainer.precision"),
+        ("parallelism=zero0 trainer.precision=bf16", "trainer.precision=bf16"),
         ("logger.mode=sometimes", "logger.mode"),
         ("parallelism.zero_stage=5", "parallelism.zero_stage"),
         ("parallelism.offload_params=true", "parallelism.offload_params"),
@@ -138,7 +139,7 @@ def test_unknown_group_option_is_rejected():
 )
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
-        compose_config([override])
+        compose_config(override.split())
 
 
 def test_cluster_placement_and_gpus_per_worker():
@@ -170,7 +171,7 @@ def test_cluster_placement_and_gpus_per_worker():
 )
 def test_bad_suite_settings_name_their_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        compose_config([override])
+        compose_config(override.split())
 
 
 def test_trained_families_are_the_chosen_ones_or_all_but_the_held_out():

@@ -1,18 +1,21 @@
 import pytest
 import torch
 import torch.distributed as dist
+from deepspeed.utils import safe_get_full_fp32_param
 from transformers import AutoTokenizer
 
 from framework.config.schema import TrainConfig
 from framework.model.build import build_model
+from framework.train import engine as engine_module
 from framework.train.engine import (
     _param_groups,
     build_engine,
     deepspeed_config,
     lr_schedule,
     partitioned_init,
+    resolve_precision,
 )
-from tests.helpers import TINY, join_group, leave_group, spawn
+from tests.helpers import TINY, join_group, leave_group, single_process_group, spawn
 
 
 def _partition_sizes(rank, world, port, tok_dir, out_file):
@@ -79,3 +82,33 @@ def test_schedule_warms_up_then_follows_the_config(schedule, after_warmup):
         scheduler.step()
     assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert [lrs[4], lrs[8], lrs[12]] == pytest.approx(after_warmup, abs=1e-9)
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+def test_bf16_keeps_fp32_master_weights_and_accumulates_gradients_in_fp32(tokenizer, zero_stage):
+    single_process_group()
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = 2, 2
+    cfg.parallelism.zero_stage = zero_stage
+    ds_config = deepspeed_config(cfg, world_size=1, precision="bf16", gpu=False)
+    keep_alive = partitioned_init(ds_config)
+    model = build_model(TINY, tokenizer, torch.bfloat16)
+    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    assert engine.get_data_types() == (torch.bfloat16, torch.float32)
+    assert engine.communication_data_type == torch.float32
+    for param in engine.module.parameters():
+        assert param.dtype == torch.bfloat16
+        assert safe_get_full_fp32_param(param).dtype == torch.float32
+    del keep_alive
+
+
+def test_auto_precision_is_the_same_on_every_rank_and_never_bf16_under_zero0(monkeypatch):
+    single_process_group()
+    monkeypatch.setattr(engine_module, "auto_precision", lambda device: ("bf16", "stand-in"))
+    cfg = TrainConfig(model=TINY)
+    assert resolve_precision(cfg, torch.device("cpu"), rank=0) == ("bf16", "auto: stand-in")
+    cfg.parallelism.zero_stage = 0
+    precision, why = resolve_precision(cfg, torch.device("cpu"), rank=0)
+    assert precision == "fp32" and "ZeRO-0" in why
+    cfg.trainer.precision = "fp32"
+    assert resolve_precision(cfg, torch.device("cpu"), rank=0) == ("fp32", "trainer.precision")

@@ -3,27 +3,17 @@
 import pytest
 import torch
 
-from framework.data.dataset import TokenizedDataset
-from framework.data.formats import Conversation
 from framework.data.pack import collate_rows
-from framework.data.render import render
 from framework.model.build import build_model
-from framework.suite.build import training_chats
-from framework.suite.families import FAMILIES
 from framework.train.loss import summed_loss, token_losses
-from tests.helpers import TINY
+from tests.helpers import TINY, suite_chats
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, torch.float32).eval()
-    examples = [
-        render(tokenizer, Conversation(r["messages"]), "assistant", f"demo[{i}]")
-        for i, r in enumerate(training_chats(list(FAMILIES), 4, seed=5))
-    ]
-    data = TokenizedDataset.from_examples([(e.input_ids, e.weights) for e in examples])
-    return model, data
+    return model, suite_chats(tokenizer, 4)
 
 
 def _batch(data, rows):
@@ -100,11 +90,7 @@ def test_all_masked_batch_has_zero_loss_and_zero_grads(setup):
 def test_packed_losses_equal_each_example_alone_on_the_real_model(real_slice, real_tokenizer):
     """The same invariance on 2 pretrained layers of SmolLM2, with its tokenizer, template
     and 49,152-token vocabulary."""
-    examples = [
-        render(real_tokenizer, Conversation(r["messages"]), "assistant", f"demo[{i}]")
-        for i, r in enumerate(training_chats(list(FAMILIES), 4, seed=5))
-    ]
-    data = TokenizedDataset.from_examples([(e.input_ids, e.weights) for e in examples])
+    data = suite_chats(real_tokenizer, 4)
     packed = _losses(real_slice, _batch(data, [list(range(len(data)))]))[0]
     alone = [_losses(real_slice, _batch(data, [[i]]))[0] for i in range(len(data))]
     separated = torch.cat([torch.cat([a, a.new_zeros(1)]) for a in alone])[: len(packed)]

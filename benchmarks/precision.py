@@ -1,0 +1,59 @@
+"""The default run in fp32 and in bf16, side by side: throughput, peak memory, and the
+suite's scores after the same steps (trained families, held-out knowledge and twists, on
+the suite's test split, both models answering in the same dtype).
+
+    python benchmarks/precision.py --work /tmp/precision      # about 30 minutes on 2 cores
+
+Each run is `python launch/train.py` with trainer.precision set; `auto` picks one of the
+two (framework/model/precision.py), printed at start. A finished run in --work is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from real_model_evidence import MODEL, evaluate, throughput_table, zero_shot_table
+from suite_evidence import train
+
+from framework.config.schema import DEFAULT_HELD_OUT
+from framework.model.precision import auto_precision
+from framework.run_dir import HF_DIR
+from framework.suite.families import FAMILIES
+
+
+def run(work: Path, precision: str) -> Path:
+    out = work / precision
+    if not (out / HF_DIR).is_dir():
+        started = time.time()
+        train(out, MODEL, None, [f"trainer.precision={precision}"])
+        (out / "launched_at").write_text(str(started))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", required=True, help="directory for runs and evaluations")
+    parser.add_argument("--per-family", type=int, default=10)
+    args = parser.parse_args()
+    work = Path(args.work)
+    runs = {precision: run(work, precision) for precision in ("fp32", "bf16")}
+    results = {
+        name: evaluate(str(out / HF_DIR), work / f"{name}-eval", args.per_family)["summary"]
+        for name, out in runs.items()
+    }
+    choice, reason = auto_precision(torch.device("cpu"))
+    print(f"\nauto here: {choice} ({reason})")
+    print(f"suite test split, {args.per_family} items per family, answered in auto's dtype:")
+    trained = [f for f in FAMILIES if f not in DEFAULT_HELD_OUT]
+    zero_shot_table(results, dict.fromkeys(results, trained))
+    throughput_table(runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
