@@ -164,7 +164,7 @@ def test_bf16_steps_are_the_same_whatever_the_layout_within_bf16_rounding(tmp_pa
     within BF16_LAYOUT_RTOL, not to fp32's 1e-5. Compared: each step's loss and gradient
     norm (fp32, accumulated over micro batches and ranks). Not the weights: Adam turns
     bf16 noise in near-zero gradients into weight noise (2.8% in norm at this lr, as much
-    as a wrong normalisation moves them)."""
+    as a wrong normalisation moves them in fp32)."""
     reference = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, precision="bf16")
     for world, accum, mbs in [(2, 2, 2), (2, 1, 4)]:
         layout = run_layout(tmp_path, tokenizer, world, accum, mbs, precision="bf16")
