@@ -137,9 +137,10 @@ def _alone_gaps(forward: Forward, batch, packed, checked, count, tolerance) -> l
     return gaps
 
 
-def _reduced_max(values: list[float]) -> float:
-    found = torch.tensor(max(values, default=0.0))
-    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+def _reduced(value: float, device: torch.device, op=dist.ReduceOp.MAX) -> float:
+    # On the batch's device: NCCL reduces no CPU tensor.
+    found = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.all_reduce(found, op=op)
     return found.item()
 
 
@@ -150,17 +151,19 @@ def verify_packing(
     """Collective. Raises PackingCheckFailed if `batch`'s examples see each other or do
     not get their losses alone (module docstring); `dtype` is the weights'. Every rank
     runs the same number of forwards, as ZeRO-3 gathers weights inside each one."""
+    device = batch["input_ids"].device
     examples = _examples(batch)
     trained = [e for e in examples if _trained(batch, e).any()]
     # Alone: round-robin by place, so every row's leading example is among the first.
     checked = sorted(trained, key=lambda e: (e.place, e.row))[:limit]
-    count = torch.tensor(len(checked))
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    count = int(_reduced(len(checked), device))
     neighbours, packed = _neighbour_gaps(forward, batch, examples, NEIGHBOUR_TOLERANCE[dtype])
-    alone = _alone_gaps(forward, batch, packed, checked, int(count), ALONE_TOLERANCE[dtype])
-    number = torch.tensor(len(neighbours))
-    dist.all_reduce(number)
-    check = PackingCheck(_reduced_max(neighbours), _reduced_max(alone), int(number))
+    alone = _alone_gaps(forward, batch, packed, checked, count, ALONE_TOLERANCE[dtype])
+    check = PackingCheck(
+        neighbours=_reduced(max(neighbours, default=0.0), device),
+        alone=_reduced(max(alone, default=0.0), device),
+        neighbour_examples=int(_reduced(len(neighbours), device, dist.ReduceOp.SUM)),
+    )
     if check.neighbours > 1:
         _fail(
             "an example's loss changes when the examples before it in its row change "
