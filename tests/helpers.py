@@ -81,6 +81,16 @@ def synthetic_data(vocab: int) -> TokenizedDataset:
     return TokenizedDataset(tokens, weights, offsets)
 
 
+def chat_prompt(tokenizer, question: str) -> dict[str, torch.Tensor]:
+    """One user turn through `tokenizer`'s template, ready for the assistant's reply."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+
+
 def suite_chats(tokenizer, count: int, seed: int = 5) -> TokenizedDataset:
     """`count` suite conversations of every family, rendered with `tokenizer`'s template."""
     from framework.data.formats import Conversation

@@ -31,7 +31,7 @@ from framework.export import (
 )
 from framework.model.resolve import resolve_model
 from framework.run_dir import COMMIT_MARKER
-from tests.helpers import ROOT, run
+from tests.helpers import ROOT, chat_prompt, run
 
 WEIGHT = "model.layers.1.mlp.down_proj.weight"
 
@@ -211,12 +211,7 @@ def test_the_export_chats_with_its_template(trained, tmp_path):
     out = export_checkpoint(step_dir(trained / "checkpoints", 4), tmp_path / "hf")
     model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Reverse the words: one two three"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
+    prompt = chat_prompt(tokenizer, "Reverse the words: one two three")
     assert tokenizer.decode(prompt["input_ids"][0]).endswith("<|im_start|>assistant\n")
     output = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     new = output[0, prompt["input_ids"].shape[1] :]

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from framework.config.schema import ConfigError
 from framework.model.gguf import cached_hf_dir, check_gguf, file_sha256
 from framework.model.resolve import PACKAGED, packaged_file
+from tests.helpers import chat_prompt
 
 
 def write_gguf(path, architecture, tensor, dtype=None):
@@ -49,12 +50,7 @@ def test_the_converted_model_gives_the_gguf_loaded_models_logits(real_model_cach
     ).eval()
     reloaded = AutoModelForCausalLM.from_pretrained(converted, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(converted)
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
+    ids = chat_prompt(tokenizer, "What is the capital of France?")["input_ids"]
     with torch.no_grad():
         assert torch.equal(direct(ids).logits, reloaded(ids).logits)
     assert "SmolLM" in tokenizer.apply_chat_template(
