@@ -13,7 +13,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from framework.config.schema import LoggerConfig, TrainConfig
-from framework.eval.scoring import flat_metrics
 from framework.run_dir import (
     INSPECT_FILE,
     METRICS_FILE,
@@ -74,7 +73,10 @@ ANSWER_COLUMNS = [
 def _table(rows: list[dict], columns: list[str]):
     import wandb
 
-    return wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+    def cell(value):  # a list (IFEval's per-instruction verdicts) as one readable cell
+        return json.dumps(value) if isinstance(value, list | dict) else value
+
+    return wandb.Table(columns=columns, data=[[cell(row[c]) for c in columns] for row in rows])
 
 
 def _init_wandb(**kwargs):
@@ -245,9 +247,16 @@ class Tracker:
         self.close(failed=kind is not None)
 
 
-def log_evaluation(logger: LoggerConfig, name: str, out: Path, config: dict, result: dict) -> None:
-    """A standalone evaluation (launch/eval.py) as a wandb run of its own: the summary's
-    means and per-family scores, and every answer as a table, worst family first."""
+def log_evaluation(
+    logger: LoggerConfig,
+    name: str,
+    out: Path,
+    config: dict,
+    metrics: dict[str, float],
+    tables: dict[str, list[dict]],
+) -> None:
+    """A standalone evaluation (launch/eval.py) as a wandb run of its own: its metrics as
+    the run's summary, and each table (every answer or reply, worst first) as a wandb table."""
     import wandb
 
     run = _init_wandb(
@@ -260,6 +269,8 @@ def log_evaluation(logger: LoggerConfig, name: str, out: Path, config: dict, res
         mode=wandb_mode(logger),
         settings=wandb.Settings(console="off"),
     )
-    run.log({"eval/answers": _table(result["answers"], ANSWER_COLUMNS)})
-    run.summary.update(flat_metrics(result["summary"], "eval"))
+    logged = {f"eval/{key}": _table(rows, list(rows[0])) for key, rows in tables.items() if rows}
+    if logged:
+        run.log(logged)
+    run.summary.update(metrics)
     run.finish()

@@ -33,6 +33,21 @@ def tiny_model(tokenizer):
     return build_model(TINY, tokenizer, torch.float32).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer, tmp_path_factory):
+    """A 2-layer Llama (random weights, seed 0) and its ChatML tokenizer as a Hugging Face
+    directory: a model= for the command-line tools."""
+    import torch
+
+    from framework.model.build import build_model
+
+    path = tmp_path_factory.mktemp("tiny-hf")
+    torch.manual_seed(0)
+    build_model(TINY, tokenizer, torch.float32).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 # ------------------------------------------------------------ the real model (marked slow)
 
 

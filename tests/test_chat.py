@@ -23,21 +23,16 @@ from framework.config.checks import check_chat_config
 from framework.config.compose import chat_config
 from framework.config.schema import ChatConfig, ConfigError
 from framework.data.templates import CHAT_TEMPLATES
-from framework.model.build import build_model
-from tests.helpers import ROOT, TINY
+from tests.helpers import ROOT
 
 MAX_NEW_TOKENS = 8
 SYSTEM = "Be brief."
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
+def model_dir(tiny_model_dir, tokenizer):
     assert tokenizer.chat_template == CHAT_TEMPLATES["chatml"]
-    path = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    build_model(TINY, tokenizer, torch.float32).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

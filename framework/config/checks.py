@@ -13,6 +13,7 @@ from framework.config.schema import (
     EvalConfig,
     SourceConfig,
     TrainConfig,
+    TrainerConfig,
 )
 
 _CHOICES = {
@@ -70,6 +71,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     evals = ("eval_every", "eval_samples", "eval_max_new_tokens", "eval_suite_per_family")
     if min(getattr(cfg.trainer, key) for key in evals) < 0:
         raise ConfigError(f"trainer.{', trainer.'.join(evals)} must be >= 0")
+    _check_ifeval_sample(cfg.trainer)
     if cfg.trainer.warmup_steps < 0 or cfg.trainer.max_grad_norm < 0:
         raise ConfigError("trainer.warmup_steps and trainer.max_grad_norm must be >= 0")
     offload = cfg.parallelism.offload_optimizer or cfg.parallelism.offload_params
@@ -169,24 +171,53 @@ def check_chat_config(cfg: ChatConfig) -> None:
             ) from None
 
 
+EVALS = ("suite", "questions", "ifeval", "lm_eval")
+EVAL_PATHS = {
+    "suite": "eval=suite reads no file: drop path=",
+    "questions": 'give a JSONL file of {"prompt": ..., "reference": ...} lines',
+    "ifeval": "give IFEval's input_data.jsonl, or no path for the hub's google/IFEval",
+    "lm_eval": "give IFEval's input_data.jsonl for the ifeval task, or no path",
+}
 NO_EVAL_MODEL = (
     "model: give the model to evaluate, e.g. model=outputs/smollm2-sft/hf or "
     "model=outputs/smollm2-sft/checkpoints"
 )
 
 
+def _check_ifeval_sample(trainer: TrainerConfig) -> None:
+    prompts, path = trainer.eval_ifeval_prompts, trainer.eval_ifeval_path
+    if prompts is not None and prompts < 0:
+        raise ConfigError(f"trainer.eval_ifeval_prompts={prompts} must be >= 0 (0: off)")
+    if trainer.eval_ifeval_max_new_tokens <= 0:
+        raise ConfigError("trainer.eval_ifeval_max_new_tokens must be > 0")
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(
+            f"trainer.eval_ifeval_path={path}: no such file; give IFEval's input_data.jsonl, "
+            "or null for the hub's google/IFEval"
+        )
+
+
 def check_eval_config(cfg: EvalConfig) -> None:
     """Raise ConfigError naming the first key that cannot work (family names: in
     config/compose.py, where the suite is known)."""
-    if cfg.model is None and cfg.eval == "suite":
+    if cfg.eval not in EVALS:
+        fix = " (a file of questions: eval=questions path=<file>)" if "." in cfg.eval else ""
+        raise ConfigError(f"eval={cfg.eval!r} is not one of {list(EVALS)}{fix}")
+    if cfg.model is None and cfg.eval != "questions":
         raise ConfigError(NO_EVAL_MODEL)
     if cfg.split not in ("test", "validation"):
         raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'validation']")
-    for key in ("per_family", "max_new_tokens", "batch_size"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key}={getattr(cfg, key)} must be > 0")
-    if cfg.eval != "suite" and not Path(cfg.eval).is_file():
+    for key in ("per_family", "max_new_tokens", "batch_size", "limit"):
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{key}={value} must be a whole number > 0")
+    if cfg.eval == "questions" and cfg.path is None:
         raise ConfigError(
-            f"eval={cfg.eval}: no such file; give eval=suite or a JSONL file of "
-            '{"prompt": ..., "reference": ...} lines'
+            'eval=questions needs path=<file.jsonl>: {"prompt": ..., "reference": ...} lines'
         )
+    if cfg.eval == "suite" and cfg.path is not None:
+        raise ConfigError(f"path={cfg.path}: {EVAL_PATHS['suite']} (or give eval=questions)")
+    if cfg.path is not None and not Path(cfg.path).is_file():
+        raise ConfigError(f"path={cfg.path}: no such file; {EVAL_PATHS[cfg.eval]}")
+    if cfg.eval == "lm_eval" and not cfg.tasks:
+        raise ConfigError("tasks=[] names no lm-eval task; give e.g. tasks=[ifeval]")

@@ -186,6 +186,13 @@ class TrainerConfig:
     # to this many validation items of every suite family, scored per family and for
     # trained vs held-out families (suite/* metrics); 0 turns it off.
     eval_suite_per_family: int = 4
+    # At each evaluation: greedy replies to a fixed sample of this many IFEval prompts
+    # (eval_ifeval_path: its JSONL; null: the hub's google/IFEval), shared over the workers
+    # and judged by the official checkers (ifeval/* metrics). null: 64 on GPUs, 0 (off) on
+    # CPUs, where the default run would spend more time on it than on training.
+    eval_ifeval_prompts: int | None = None
+    eval_ifeval_path: str | None = None
+    eval_ifeval_max_new_tokens: int = 1280
     # Prompts generated together in one batch.
     eval_batch_size: int = 32
     # auto: bf16 on GPUs with bf16 units, and on CPUs with them (AVX512-BF16, AMX) where a
@@ -296,13 +303,23 @@ class ChatConfig:
 class EvalConfig:
     """launch/eval.py (conf/eval/eval.yaml)."""
 
-    # Any MODEL_FORMS (a run's hf/, a checkpoint, smollm2_135m, ...). Not needed for a file
-    # whose every line carries its `prediction`.
+    # Any MODEL_FORMS (a run's hf/, a checkpoint, smollm2_135m, ...). Not needed for a
+    # questions file whose every line carries its `prediction`.
     model: str | None = None
-    # "suite": the built-in task families; or a JSONL file, one question per line:
-    # {"prompt": "..." or "messages": [...], "reference": "...", "task": "optional group",
-    #  "prediction": "optional: an answer to score instead of generating one"}.
+    # What to evaluate on (framework/eval/job.py):
+    #   suite: the built-in task families' split (split=, per_family=);
+    #   questions: the JSONL file path= names, one question per line: {"prompt": "..." or
+    #     "messages": [...], "reference": "...", "task": "optional group", "prediction":
+    #     "optional: an answer to score instead of generating one"};
+    #   ifeval: IFEval's 541 prompts scored by the official checkers: path= the JSONL of
+    #     the benchmark's repository, or no path for the hub's google/IFEval;
+    #   lm_eval: lm-evaluation-harness tasks (tasks=) on the model's Hugging Face export
+    #     with lm-eval's own `hf` backend; path= serves the ifeval task from that file.
     eval: str = "suite"
+    path: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["ifeval"])
+    # The first `limit` prompts only (questions, ifeval, lm_eval), for a quick look.
+    limit: int | None = None
     # The suite's split to answer: test (final numbers) or validation.
     split: str = "test"
     per_family: int = 50
@@ -310,9 +327,12 @@ class EvalConfig:
     # (its config.yaml, found beside the model), else the suite's defaults.
     held_out: list[str] | None = None
     seed: int | None = None
-    max_new_tokens: int = 64
+    # null: the benchmark's own: 64 for suite and questions, 1280 for ifeval (lm-eval's
+    # protocol), the task's own for lm_eval.
+    max_new_tokens: int | None = None
     batch_size: int = 32
-    # Where eval.json and the wandb run go; null: `<model>-eval` beside the model.
+    # Where eval.json and the wandb run go; null: `<model>-eval` beside the model
+    # (`<model>-<eval>` for every eval but the suite).
     out: str | None = None
     device: str = "auto"
     dtype: str = "auto"

@@ -34,8 +34,14 @@ SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
 # Files that `datasets.save_to_disk` writes (a Dataset, or a DatasetDict at the top level).
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # The built-in suite's sources: its training chats, and validation items of the trained
-# and of the held-out families (for eval loss per group).
-_SUITE_TRAIN, _SUITE_TRAINED, _SUITE_HELD_OUT = "<suite>", "<suite:trained>", "<suite:held-out>"
+# and of the held-out families (for eval loss per group). Also paths a user may give, to
+# mix the suite with other data (conf/data/suite_alpaca_mix.yaml).
+SUITE_TRAIN, SUITE_TRAINED, SUITE_HELD_OUT = "<suite>", "<suite:trained>", "<suite:held-out>"
+_SUITE_NAMES = {
+    SUITE_TRAIN: "suite",
+    SUITE_TRAINED: "suite-trained",
+    SUITE_HELD_OUT: "suite-held-out",
+}
 _EVAL_LOSS_ITEMS_PER_FAMILY = 8
 
 # (where, record), or (where, RecordError) for a record that could not even be parsed.
@@ -72,11 +78,11 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
     source or one with no usable record, and whatever `policy` raises for a bad record."""
     sources, eval_sources = cfg.sources, cfg.eval_sources
     if not sources:
-        sources = [_suite_source(_SUITE_TRAIN, "suite")]
+        sources = [_suite_source(SUITE_TRAIN)]
         if not eval_sources and not cfg.eval_fraction:
-            eval_sources = [_suite_source(_SUITE_TRAINED, "suite-trained")]
+            eval_sources = [_suite_source(SUITE_TRAINED)]
             if cfg.suite.held_out:
-                eval_sources.append(_suite_source(_SUITE_HELD_OUT, "suite-held-out"))
+                eval_sources.append(_suite_source(SUITE_HELD_OUT))
     names = _names([*sources, *eval_sources])
     holdout = 0.0 if eval_sources else cfg.eval_fraction
     train: list[LoadedRecord] = []
@@ -131,8 +137,8 @@ def _names(sources: list[SourceConfig]) -> list[str]:
     names = []
     for source in sources:
         path = Path(source.path).expanduser()
-        if source.name:
-            base = source.name
+        if source.name or source.path in _SUITE_NAMES:
+            base = source.name or _SUITE_NAMES[source.path]
         elif path.exists():
             base = path.name if path.is_dir() else path.stem
         else:
@@ -177,18 +183,24 @@ def _weighted(kept: list[LoadedRecord], weight: float, rng: random.Random) -> li
     return kept * whole + [kept[i] for i in sorted(rng.sample(range(len(kept)), extra))]
 
 
-def _suite_source(path: str, name: str) -> SourceConfig:
-    return SourceConfig(path=path, format="messages", name=name)
+def trains_on_suite(cfg: DataConfig) -> bool:
+    """Whether the suite's training chats are in the mix: alone (no sources) or as a
+    `<suite>` source beside others."""
+    return not cfg.sources or any(source.path == SUITE_TRAIN for source in cfg.sources)
+
+
+def _suite_source(path: str) -> SourceConfig:
+    return SourceConfig(path=path, format="messages")
 
 
 def _read_suite(path: str, suite: SuiteConfig) -> Iterator[Raw]:
-    if path == _SUITE_TRAIN:
+    if path == SUITE_TRAIN:
         chats = training_chats(
             trained_families(suite), suite.train_examples, suite.seed, suite.multi_turn
         )
         yield from ((f"suite[{i}]", chat) for i, chat in enumerate(chats))
         return
-    held_out = path == _SUITE_HELD_OUT
+    held_out = path == SUITE_HELD_OUT
     families = suite.held_out if held_out else trained_families(suite)
     items = eval_items(families, "validation", _EVAL_LOSS_ITEMS_PER_FAMILY, suite.seed)
     for index, item in enumerate(items):

@@ -1,9 +1,10 @@
 """Evaluation during training, on every rank together: the eval split's loss and greedy
-samples, and greedy answers to a sample of the suite's validation items, scored for the
-trained and held-out families."""
+samples, greedy answers to a sample of the suite's validation items, scored for the
+trained and held-out families, and optionally replies to a sample of IFEval's prompts."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from transformers import PreTrainedTokenizerBase
 
 from framework.config.schema import TrainConfig
 from framework.data.cache import load_stats
+from framework.data.sources import trains_on_suite
+from framework.eval import ifeval
 from framework.eval.eval_set import EvalSet, eval_loss, greedy_samples
 from framework.eval.questions import Question, answer_and_score, suite_questions
 from framework.eval.scoring import examples_worst_first, flat_metrics
@@ -28,26 +31,40 @@ def suite_sample(cfg: TrainConfig) -> list[Question]:
         return []
     items = eval_items(list(FAMILIES), "validation", per_family, cfg.data.suite.seed)
     suite = cfg.data.suite
-    split = None if cfg.data.sources else (trained_families(suite), suite.held_out)
+    split = (trained_families(suite), suite.held_out) if trains_on_suite(cfg.data) else None
     return suite_questions(items, split)
+
+
+def ifeval_sample(cfg: TrainConfig) -> list[ifeval.IFEvalPrompt]:
+    """trainer.eval_ifeval_prompts IFEval prompts, the same ones at every evaluation and in
+    every run (a seeded sample, in key order); null: 64 on GPUs, none on CPUs."""
+    count = cfg.trainer.eval_ifeval_prompts
+    if count is None:
+        count = 64 if cfg.cluster.use_gpu else 0
+    if not count:
+        return []
+    prompts = ifeval.load_prompts(cfg.trainer.eval_ifeval_path)
+    chosen = random.Random(0).sample(prompts, min(count, len(prompts)))
+    return sorted(chosen, key=lambda p: p.key)
 
 
 @dataclass
 class TrainingEval:
-    """What the loop evaluates: the artifact's eval split (None when it has no examples)
-    and a sample of the suite's validation items."""
+    """What the loop evaluates: the artifact's eval split (None when it has no examples),
+    a sample of the suite's validation items and one of IFEval's prompts."""
 
     evalset: EvalSet | None
     questions: list[Question]
+    ifeval_prompts: list[ifeval.IFEvalPrompt]
 
     @classmethod
     def load(cls, cfg: TrainConfig, artifact: Path) -> TrainingEval:
         evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
-        return cls(evalset, suite_sample(cfg))
+        return cls(evalset, suite_sample(cfg), ifeval_sample(cfg))
 
     @property
     def enabled(self) -> bool:
-        return self.evalset is not None or bool(self.questions)
+        return self.evalset is not None or bool(self.questions) or bool(self.ifeval_prompts)
 
 
 def evaluate(
@@ -63,7 +80,7 @@ def evaluate(
     """Collective. (metrics, greedy samples, scored suite answers worst first): eval loss
     on every rank together, then greedy samples (on all ranks under ZeRO-3, where
     generating needs every rank's weights; on rank 0 otherwise), then the suite's
-    questions shared out over the ranks."""
+    questions and the IFEval prompts shared out over the ranks."""
     engine.module.eval()
     synced = cfg.parallelism.zero_stage == 3
     evalset, questions = inputs.evalset, inputs.questions
@@ -102,5 +119,18 @@ def evaluate(
         if rank == 0:
             metrics |= flat_metrics(summary, "suite")
             answers = examples_worst_first(scored, summary)
+    if inputs.ifeval_prompts:
+        summary, _ = ifeval.run_ifeval(
+            engine.module,
+            tokenizer,
+            inputs.ifeval_prompts,
+            rank=rank,
+            world=world_size,
+            max_new_tokens=cfg.trainer.eval_ifeval_max_new_tokens,
+            batch_size=cfg.trainer.eval_batch_size,
+            synced=synced,
+        )
+        if rank == 0:
+            metrics |= ifeval.flat_metrics(summary, "ifeval")
     engine.module.train()
     return metrics, samples, answers

@@ -9,11 +9,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.formats import DataError
-from framework.eval.generate import Message, greedy_replies
+from framework.eval.generate import Message, shared_greedy_replies
 from framework.eval.scoring import Checker, Scored, score, summarize
 from framework.suite.build import Item
 from framework.suite.checkers import normalized_equal
@@ -69,24 +68,19 @@ def answer_and_score(
     """Collective when world > 1: rank r answers questions r, r + world, ... greedily;
     rank 0 scores every answer and returns (summary, scored answers in question order),
     the other ranks ({}, [])."""
-    mine = list(range(rank, len(questions), world))
-    replies = greedy_replies(
+    replies = shared_greedy_replies(
         model,
         tokenizer,
-        [questions[i].chat for i in mine],
+        [q.chat for q in questions],
+        rank=rank,
+        world=world,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         synced=synced,
     )
-    answered = list(zip(mine, replies, strict=True))
-    if world > 1:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, answered)
-        answered = [pair for part in gathered for pair in part]
-    if rank != 0:
+    if replies is None:
         return {}, []
-    replies_by_index = dict(answered)
-    return score_answers(questions, [replies_by_index[i] for i in range(len(questions))])
+    return score_answers(questions, replies)
 
 
 def score_answers(questions: list[Question], replies: list[str]) -> tuple[dict, list[Scored]]:

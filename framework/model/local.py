@@ -16,6 +16,7 @@ from transformers import (
 
 from framework.config.schema import ChatConfig, ConfigError, EvalConfig
 from framework.data.templates import apply_template_choice
+from framework.model.attention import DOCUMENT_SDPA
 from framework.model.build import TORCH_DTYPES
 from framework.model.precision import auto_precision
 from framework.model.resolve import resolve_model
@@ -39,10 +40,12 @@ def load_for_inference(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         loaded = AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=_dtype(cfg.dtype, where),
+            dtype=inference_dtype(cfg.dtype, where),
             device_map=str(where),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            # Its decoding path reads grouped keys and values once (model/attention.py).
+            attn_implementation=DOCUMENT_SDPA,
         )
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())  # one line, as every user error is
@@ -63,7 +66,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype `name` asks for on `device`; auto: bf16 where it is fast, else fp32."""
     if name != "auto":
         return TORCH_DTYPES[name]
     return TORCH_DTYPES[auto_precision(device)[0]]

@@ -52,7 +52,9 @@ def _eval_command(*overrides: str) -> subprocess.CompletedProcess:
 
 def test_a_file_of_predictions_scores_as_worked_out_by_hand(tmp_path):
     data = _write(tmp_path / "answers.jsonl", PREDICTIONS)
-    cfg = EvalConfig(eval=data, out=str(tmp_path / "out"), logger=LoggerConfig(backend="none"))
+    cfg = EvalConfig(
+        eval="questions", path=data, out=str(tmp_path / "out"), logger=LoggerConfig(backend="none")
+    )
     result = run_eval(cfg)
     written = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert written == json.loads(json.dumps(result))
@@ -86,14 +88,14 @@ def test_a_file_of_predictions_scores_as_worked_out_by_hand(tmp_path):
 
 def test_the_command_prints_the_table_worst_first(tmp_path):
     data = _write(tmp_path / "answers.jsonl", PREDICTIONS)
-    result = _eval_command(f"eval={data}")
+    result = _eval_command("eval=questions", f"path={data}")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     rows = [line for line in lines if line.startswith(("a ", "b ", "mean:"))]
     assert rows[0].split() == ["b", "-", "2", "0.0%", "0.0%", "0.400"]
     assert rows[1].split() == ["a", "-", "2", "50.0%", "100.0%", "1.000"]
     assert rows[2].split() == ["mean:", "all", "2", "25.0%", "50.0%", "0.700"]
-    assert (tmp_path / "answers.jsonl-eval" / "eval.json").is_file()
+    assert (tmp_path / "answers.jsonl-questions" / "eval.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -122,8 +124,21 @@ def test_a_bad_line_is_named_by_file_and_line(tmp_path, line, message):
     [
         (EvalConfig(), "model: give the model to evaluate"),
         (EvalConfig(model="m", split="train"), "split='train' is not one of"),
-        (EvalConfig(model="m", per_family=0), "per_family=0 must be > 0"),
-        (EvalConfig(model="m", eval="/no/such.jsonl"), "eval=/no/such.jsonl: no such file"),
+        (EvalConfig(model="m", per_family=0), "per_family=0 must be a whole number > 0"),
+        (
+            EvalConfig(model="m", eval="questions", path="/no/such.jsonl"),
+            "path=/no/such.jsonl: no such file",
+        ),
+        (EvalConfig(model="m", eval="questions"), "eval=questions needs path=<file.jsonl>"),
+        (
+            EvalConfig(model="m", eval="my.jsonl"),
+            r"eval='my.jsonl' is not one of \['suite', 'questions', 'ifeval', 'lm_eval'\] "
+            r"\(a file of questions: eval=questions path=<file>\)",
+        ),
+        (EvalConfig(model="m", path="x.jsonl"), "path=x.jsonl: eval=suite reads no file"),
+        (EvalConfig(model="m", eval="ifeval", limit=0), "limit=0 must be a whole number > 0"),
+        (EvalConfig(model="m", eval="lm_eval", tasks=[]), r"tasks=\[\] names no lm-eval task"),
+        (EvalConfig(eval="ifeval"), "model: give the model to evaluate"),
         (EvalConfig(model="m", held_out=["reverse", "add"]), "held_out: unknown task family"),
     ],
 )

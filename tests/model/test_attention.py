@@ -72,3 +72,22 @@ def test_padded_generation_matches_transformers_sdpa(models, tokenizer):
 def test_automatic_choice_on_cpu_is_per_document_sdpa():
     assert choose_attention("auto", torch.device("cpu")) == DOCUMENT_SDPA
     assert choose_attention("sdpa", torch.device("cpu")) == "sdpa"
+
+
+def test_decoding_against_a_cache_equals_sdpa_with_repeated_keys(models):
+    """One new token, 4 query heads over 2 key-value heads, the first row left-padded:
+    per key-value head attention equals transformers' SDPA, which repeats the keys."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from framework.model.attention import document_sdpa
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[0, ..., :3] = False
+    module = models["sdpa"].model.layers[0].self_attn
+    ours, _ = document_sdpa(module, query, key, value, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-6)
+    unmasked, _ = document_sdpa(module, query, key, value, None, scaling=0.3)
+    assert not torch.allclose(unmasked[0], ours[0])  # the padding mask was applied
