@@ -1,14 +1,18 @@
 """Evaluate a model: greedy answers to the suite's test split (or a JSONL of prompts with
-references), scored per task family and for trained vs held-out families.
+references), scored per task family and for trained vs held-out families; IFEval's prompts
+judged by the official checkers; or lm-eval tasks on the model's export.
 
 python launch/eval.py model=outputs/smollm2-sft/hf
 python launch/eval.py model=outputs/smollm2-sft/checkpoints split=validation per_family=20
-python launch/eval.py model=outputs/smollm2-sft/hf eval=my_questions.jsonl logger.backend=none
+python launch/eval.py model=outputs/smollm2-sft/hf eval=questions path=my_questions.jsonl
+python launch/eval.py model=smollm2_135m eval=ifeval path=../shared/data/ifeval/input_data.jsonl
+python launch/eval.py model=outputs/smollm2-sft/hf eval=lm_eval tasks=[ifeval] limit=20
 
 `model` is any name framework/model/resolve.py accepts: a run's hf/, a step_* checkpoint
 or a run's checkpoint directory, a preset (model=smollm2_135m: the untrained base model),
 a .gguf file, a Hugging Face directory or hub id. A table goes to stdout, every answer
-(worst families first) to `<out>/eval.json` (default `<model>-eval/`), and both to a wandb
+(worst first) to `<out>/eval.json` (default `<model>-eval/`, `<model>-<eval>/` for
+ifeval, questions and lm_eval), and both to a wandb
 run (offline unless an API key is set). The keys are framework.config.schema.EvalConfig's
 (conf/eval/eval.yaml).
 """

@@ -19,8 +19,14 @@ from framework.checkpoint import committed, read_progress, step_dir
 from framework.cluster.stopping import EXIT_RESUMABLE
 from framework.config.schema import DEFAULT_HELD_OUT
 from framework.suite.families import FAMILIES
-from tests.helpers import ROOT, logged
+from tests.helpers import ROOT, SHARED_DATA, logged
 
+# 3 IFEval prompts shared over the 2 workers at each evaluation, 8 tokens each.
+IFEVAL_SAMPLE = [
+    "trainer.eval_ifeval_prompts=3",
+    f"trainer.eval_ifeval_path={SHARED_DATA / 'ifeval' / 'input_data.jsonl'}",
+    "trainer.eval_ifeval_max_new_tokens=8",
+]
 SHORT_RUN = [
     "trainer.max_steps=30",
     "trainer.log_every=5",
@@ -84,13 +90,19 @@ def assert_no_secret(output_dir) -> None:
     assert not leaking
 
 
+def _ifeval_curves_hold(evaluation: dict) -> bool:
+    prompt, inst = (evaluation[f"ifeval/{k}"] for k in ("prompt_strict", "inst_strict"))
+    loose = (evaluation[f"ifeval/{k}"] for k in ("prompt_loose", "inst_loose"))
+    return all(0 <= strict <= lax <= 1 for strict, lax in zip((prompt, inst), loose, strict=True))
+
+
 @pytest.mark.slow
 def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     # ZeRO-3 through Ray, to its export, runs in tests/test_slurm_scripts.py (two nodes).
     out = tmp_path / "run"
     result = train(
         out, "logger.mode=offline", "trainer.eval_every=20", "trainer.eval_suite_per_family=2",
-        *SHORT_RUN,
+        *IFEVAL_SAMPLE, *SHORT_RUN,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -103,6 +115,7 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     assert {"suite/trained/normalized", "suite/held_out/rouge_l", "suite/family/add"} <= set(
         evaluations[0]
     )
+    assert all(_ifeval_curves_hold(evaluation) for evaluation in evaluations)
     answers = [json.loads(line) for line in (out / "suite_answers.jsonl").read_text().splitlines()]
     assert len(answers) == 3 * len(FAMILIES) * 2  # every family's first 2 items, 3 times
     assert {a["group"] for a in answers if a["held_out"]} == set(DEFAULT_HELD_OUT)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
@@ -32,11 +33,13 @@ def greedy_replies(
     batch_size: int,
     synced: bool = False,
     segment: int = SEGMENT,
+    progress: bool = False,
 ) -> list[str]:
     """The model's greedy reply to each chat (ending with a user turn), in order, without
     special tokens. Chats of similar length are batched together. `synced` (ZeRO-3, where
     every forward is a collective): every rank makes the same number of generate calls,
-    padding with dummy batches, and generate runs until every rank has finished."""
+    padding with dummy batches, and generate runs until every rank has finished.
+    `progress`: a progress bar over the batches on stderr."""
     texts = [
         tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         for chat in chats
@@ -61,7 +64,7 @@ def greedy_replies(
     # Under ZeRO-3 every rank must make the same calls: one whole call per batch.
     segment = max_new_tokens if synced else segment
     replies: dict[int, str] = {}
-    for call in range(calls):
+    for call in tqdm(range(calls), desc="generating", unit="batch", disable=not progress):
         batch = batches[call] if call < len(batches) else []
         rows = [ids[i] for i in batch] or [[pad]]  # a dummy batch keeps the ranks in step
         input_ids, mask = _left_padded(rows, pad, model.device)
@@ -118,6 +121,7 @@ def shared_greedy_replies(
     max_new_tokens: int,
     batch_size: int,
     synced: bool = False,
+    progress: bool = False,
 ) -> list[str] | None:
     """Collective when world > 1: rank r answers chats r, r + world, ... greedily; rank 0
     gets every reply in chat order, the other ranks None."""
@@ -129,6 +133,7 @@ def shared_greedy_replies(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         synced=synced,
+        progress=progress and rank == 0,
     )
     answered = list(zip(mine, replies, strict=True))
     if world > 1:

@@ -251,6 +251,7 @@ def run_ifeval(
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int,
     synced: bool = False,
+    progress: bool = False,
 ) -> tuple[dict, list[Judged]]:
     """Collective when world > 1: greedy replies through the chat template, shared out over
     the ranks; rank 0 judges them all and returns (summary, judged in prompt order), the
@@ -264,6 +265,7 @@ def run_ifeval(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         synced=synced,
+        progress=progress,
     )
     if replies is None:
         return {}, []

@@ -125,6 +125,7 @@ def _questions(cfg: EvalConfig) -> tuple[dict, dict, dict]:
             questions,
             max_new_tokens=cfg.max_new_tokens or QUESTION_MAX_NEW_TOKENS,
             batch_size=cfg.batch_size,
+            progress=True,
         )
     print(format_table(summary), flush=True)
     answers = examples_worst_first(scored, summary)
@@ -143,7 +144,12 @@ def _ifeval(cfg: EvalConfig) -> tuple[dict, dict, dict]:
     )
     started = time.perf_counter()
     summary, judged = ifeval.run_ifeval(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=cfg.batch_size
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress=True,
     )
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(ifeval.format_table(summary, judged), flush=True)

@@ -64,6 +64,7 @@ def answer_and_score(
     max_new_tokens: int,
     batch_size: int,
     synced: bool = False,
+    progress: bool = False,
 ) -> tuple[dict, list[Scored]]:
     """Collective when world > 1: rank r answers questions r, r + world, ... greedily;
     rank 0 scores every answer and returns (summary, scored answers in question order),
@@ -77,6 +78,7 @@ def answer_and_score(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         synced=synced,
+        progress=progress,
     )
     if replies is None:
         return {}, []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -224,7 +225,7 @@ def test_a_missing_file_names_the_key():
         load_prompts("/no/such.jsonl")
 
 
-def _eval(*overrides: str) -> subprocess.CompletedProcess:
+def _eval(*overrides: str, **env: str) -> subprocess.CompletedProcess:
     # Not this process's process group (tiny_model's): lm-eval would join it.
     group = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     return subprocess.run(
@@ -233,7 +234,7 @@ def _eval(*overrides: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env={k: v for k, v in os.environ.items() if k not in group},
+        env={k: v for k, v in os.environ.items() if k not in group} | env,
     )
 
 
@@ -249,6 +250,14 @@ def test_bad_path_and_bad_limit_give_one_clear_error(tiny_model_dir, overrides, 
     result = _eval(f"model={tiny_model_dir}", "eval=ifeval", *overrides)
     assert result.returncode == 1
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_path_and_no_hub_says_to_give_the_file(tiny_model_dir):
+    result = _eval(f"model={tiny_model_dir}", "eval=ifeval", HF_HUB_OFFLINE="1")
+    assert result.returncode == 1
+    assert "error: eval=ifeval: google/IFEval could not be loaded from the hub" in result.stderr
+    assert "offline, give path=<input_data.jsonl>" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -280,3 +289,34 @@ def test_ifeval_end_to_end_on_the_tiny_model_matches_lm_evals_harness(tiny_model
         ("inst_loose", "inst_level_loose_acc,none"),
     ]:
         assert written["summary"][ours_name] == pytest.approx(results[theirs])
+
+
+def test_the_training_sample_is_fixed_and_off_on_cpu_by_default():
+    from framework.eval.during_training import ifeval_sample
+    from tests.helpers import compose_config
+
+    assert ifeval_sample(compose_config()) == []  # null on CPU: off
+    chosen = compose_config(
+        [f"trainer.eval_ifeval_path={IFEVAL_FILE}", "trainer.eval_ifeval_prompts=7"]
+    )
+    sample = ifeval_sample(chosen)
+    assert len(sample) == 7 and sample == ifeval_sample(chosen)
+    assert [p.key for p in sample] == sorted(p.key for p in sample)
+    assert sample != load_prompts(str(IFEVAL_FILE), limit=7)  # a sample, not the first 7
+    gpu = compose_config([f"trainer.eval_ifeval_path={IFEVAL_FILE}", "cluster.use_gpu=true"])
+    assert len(ifeval_sample(gpu)) == 64
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.eval_ifeval_prompts=-1", "trainer.eval_ifeval_prompts=-1 must be >= 0"),
+        ("trainer.eval_ifeval_path=/no/such.jsonl", "trainer.eval_ifeval_path=/no/such.jsonl"),
+        ("trainer.eval_ifeval_max_new_tokens=0", "trainer.eval_ifeval_max_new_tokens must be"),
+    ],
+)
+def test_bad_training_sample_settings_name_their_key(override, message):
+    from tests.helpers import compose_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose_config([override])
