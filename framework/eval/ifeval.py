@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -157,7 +158,9 @@ def _write_punkt_english(nltk_dir: Path) -> None:
 
 
 def judge(prompt: IFEvalPrompt, reply: str) -> Judged:
-    """The official strict and loose verdicts on every instruction of `prompt`."""
+    """The official strict and loose verdicts on every instruction of `prompt`. A checker
+    given an unusable parameter draws a random one (letter_frequency with letter "#"): the
+    draw is seeded by the prompt's key, the same in strict and loose and in every run."""
     utils = checkers()
     example = utils.InputExample(
         key=prompt.key,
@@ -165,13 +168,19 @@ def judge(prompt: IFEvalPrompt, reply: str) -> Judged:
         prompt=prompt.prompt,
         kwargs=[dict(k) for k in prompt.kwargs],
     )
+    verdicts = {}
+    for mode, test in (
+        ("strict", utils.test_instruction_following_strict),
+        ("loose", utils.test_instruction_following_loose),
+    ):
+        random.seed(prompt.key)
+        verdicts[mode] = test(example, reply).follow_instruction_list
     return Judged(
         key=prompt.key,
         prompt=prompt.prompt,
         reply=reply,
         instruction_ids=list(prompt.instruction_ids),
-        strict=utils.test_instruction_following_strict(example, reply).follow_instruction_list,
-        loose=utils.test_instruction_following_loose(example, reply).follow_instruction_list,
+        **verdicts,
     )
 
 

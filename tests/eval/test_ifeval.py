@@ -320,3 +320,16 @@ def test_bad_training_sample_settings_name_their_key(override, message):
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         compose_config([override])
+
+
+def test_a_checker_drawing_a_random_parameter_gives_one_verdict_every_time():
+    """letter "#" is no letter: the official checker draws a random one, so the verdict
+    (and loose >= strict) would change from run to run without the per-prompt seed."""
+    prompt = _prompt(
+        "keywords:letter_frequency", {"letter": "#", "let_frequency": 3, "let_relation": "at least"}
+    )
+    reply = "aaa bbb ccc ddd eee fff ggg hhh iii jjj kkk lll mmm nnn ooo ppp"
+    verdicts = {tuple(judge(prompt, reply).strict + judge(prompt, reply).loose) for _ in range(20)}
+    assert len(verdicts) == 1
+    (strict_loose,) = verdicts
+    assert strict_loose[0] <= strict_loose[1]
