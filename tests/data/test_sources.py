@@ -13,7 +13,13 @@ import pytest
 from framework.config.compose import CONF_DIR
 from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.formats import DataError, ErrorPolicy, RecordError
-from framework.data.sources import load_data
+from framework.data.sources import (
+    SUITE_HELD_OUT,
+    SUITE_TRAIN,
+    SUITE_TRAINED,
+    load_data,
+    trains_on_suite,
+)
 from framework.suite.build import trained_families
 from tests.helpers import SHARED_DATA, compose_config
 
@@ -312,7 +318,22 @@ RECIPES = sorted(p.stem for p in Path(CONF_DIR, "data").glob("*.yaml"))
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_loads_without_a_bad_record(recipe):
     cfg = compose_config([f"data={recipe}", "data.suite.train_examples=50"])
+    suite = (SUITE_TRAIN, SUITE_TRAINED, SUITE_HELD_OUT)
     for source in [*cfg.data.sources, *cfg.data.eval_sources]:
-        assert Path(source.path).is_relative_to(SHARED_DATA.resolve())
+        assert source.path in suite or Path(source.path).is_relative_to(SHARED_DATA.resolve())
     loaded = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("raise"))
     assert loaded.train and all(s.kept == s.records for s in loaded.summaries.values())
+
+
+def test_the_suite_mixed_with_other_data_keeps_its_names_and_its_split():
+    cfg = compose_config(["data=suite_alpaca_mix", "data.suite.train_examples=50"])
+    assert trains_on_suite(cfg.data)
+    assert not trains_on_suite(compose_config(["data=alpaca_demo"]).data)
+    loaded = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("raise"))
+    assert set(loaded.summaries) == {
+        "suite",
+        "alpaca_en_demo",
+        "suite-trained",
+        "suite-held-out",
+    }
+    assert loaded.summaries["suite"].taken == 50
