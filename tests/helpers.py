@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import string
+import subprocess
 import sys
 from pathlib import Path
 
@@ -208,3 +209,17 @@ def assert_same(a: dict, b: dict, weight_rtol: float = 1e-5):
     assert a["state"].keys() == b["state"].keys()
     for name, gap in weight_gaps(a["state"], b["state"]).items():
         assert gap < weight_rtol, f"{name}: relative difference {gap:.2e}"
+
+
+def eval_command(*overrides: str, **env: str) -> subprocess.CompletedProcess:
+    """launch/eval.py with `overrides`, no wandb, outside this process's process group
+    (tiny_model's: lm-eval would join it), with `env` added."""
+    group = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    return subprocess.run(
+        [sys.executable, "launch/eval.py", *overrides, "logger.backend=none"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k not in group} | env,
+    )

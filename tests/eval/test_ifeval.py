@@ -6,17 +6,14 @@ eval=ifeval end to end on the tiny model, next to lm-eval's harness on the same 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from framework.config.schema import ConfigError
 from framework.data.formats import DataError
 from framework.eval.ifeval import IFEvalPrompt, checkers, judge, load_prompts, summarize
-from tests.helpers import ROOT, SHARED_DATA
+from tests.helpers import SHARED_DATA, eval_command
 
 IFEVAL_FILE = SHARED_DATA / "ifeval" / "input_data.jsonl"
 ENGLISH = "this answer is written in plain english so that the language check can tell"
@@ -225,19 +222,6 @@ def test_a_missing_file_names_the_key():
         load_prompts("/no/such.jsonl")
 
 
-def _eval(*overrides: str, **env: str) -> subprocess.CompletedProcess:
-    # Not this process's process group (tiny_model's): lm-eval would join it.
-    group = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-    return subprocess.run(
-        [sys.executable, "launch/eval.py", *overrides, "logger.backend=none"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={k: v for k, v in os.environ.items() if k not in group} | env,
-    )
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -247,14 +231,14 @@ def _eval(*overrides: str, **env: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_path_and_bad_limit_give_one_clear_error(tiny_model_dir, overrides, message):
-    result = _eval(f"model={tiny_model_dir}", "eval=ifeval", *overrides)
+    result = eval_command(f"model={tiny_model_dir}", "eval=ifeval", *overrides)
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_no_path_and_no_hub_says_to_give_the_file(tiny_model_dir):
-    result = _eval(f"model={tiny_model_dir}", "eval=ifeval", HF_HUB_OFFLINE="1")
+    result = eval_command(f"model={tiny_model_dir}", "eval=ifeval", HF_HUB_OFFLINE="1")
     assert result.returncode == 1
     assert "error: eval=ifeval: google/IFEval could not be loaded from the hub" in result.stderr
     assert "offline, give path=<input_data.jsonl>" in result.stderr
@@ -265,7 +249,7 @@ def test_ifeval_end_to_end_on_the_tiny_model_matches_lm_evals_harness(tiny_model
     # fp32: in bf16 the two paths round differently and a random model flips near-ties.
     common = [f"model={tiny_model_dir}", f"path={IFEVAL_FILE}", "limit=5", "max_new_tokens=12"]
     common.append("dtype=fp32")
-    ours = _eval(*common, "eval=ifeval", f"out={tmp_path / 'ours'}", "batch_size=2")
+    ours = eval_command(*common, "eval=ifeval", f"out={tmp_path / 'ours'}", "batch_size=2")
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert "prompt-level accuracy" in ours.stdout and "instruction-level accuracy" in ours.stdout
     written = json.loads((tmp_path / "ours" / "eval.json").read_text())
@@ -273,7 +257,7 @@ def test_ifeval_end_to_end_on_the_tiny_model_matches_lm_evals_harness(tiny_model
     assert len(written["replies"]) == 5
     assert all(len(r["strict"]) == len(r["instruction_ids"]) for r in written["replies"])
 
-    harness = _eval(*common, "eval=lm_eval", "tasks=[ifeval]", f"out={tmp_path / 'lm'}")
+    harness = eval_command(*common, "eval=lm_eval", "tasks=[ifeval]", f"out={tmp_path / 'lm'}")
     assert harness.returncode == 0, harness.stderr[-3000:]
     lm_eval = json.loads((tmp_path / "lm" / "eval.json").read_text())
     # The same greedy replies through the same template (lm-eval keeps edge whitespace) ...

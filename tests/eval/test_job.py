@@ -4,8 +4,6 @@ for bad input. (On a trained model and a checkpoint: tests/test_train_e2e.py.)""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -15,7 +13,7 @@ from framework.config.schema import ConfigError, EvalConfig, LoggerConfig
 from framework.data.formats import DataError
 from framework.eval.job import run_eval
 from framework.eval.questions import file_questions
-from tests.helpers import ROOT
+from tests.helpers import eval_command
 
 # Worked out by hand (ROUGE-L F1 of "the cat" against "the cat sat": P 1, R 2/3 -> 0.8).
 PREDICTIONS = [
@@ -38,16 +36,6 @@ PREDICTIONS = [
 def _write(path, rows) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-def _eval_command(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "launch/eval.py", *overrides, "logger.backend=none"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_file_of_predictions_scores_as_worked_out_by_hand(tmp_path):
@@ -88,7 +76,7 @@ def test_a_file_of_predictions_scores_as_worked_out_by_hand(tmp_path):
 
 def test_the_command_prints_the_table_worst_first(tmp_path):
     data = _write(tmp_path / "answers.jsonl", PREDICTIONS)
-    result = _eval_command("eval=questions", f"path={data}")
+    result = eval_command("eval=questions", f"path={data}")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     rows = [line for line in lines if line.startswith(("a ", "b ", "mean:"))]
@@ -149,7 +137,7 @@ def test_bad_settings_name_their_key(cfg, message):
 
 
 def test_a_model_path_that_is_neither_a_model_nor_a_checkpoint_is_named(tmp_path):
-    result = _eval_command(f"model={tmp_path}")
+    result = eval_command(f"model={tmp_path}")
     assert result.returncode == 1
     assert f"error: model={tmp_path}: holds no config.json, .gguf or step_*" in result.stderr
     assert "Traceback" not in result.stderr
