@@ -1,5 +1,7 @@
 """Checkpoints, the only module that knows what one holds: `<root>/step_<N>/` has
-DeepSpeed's files (sharded as ZeRO shards them), every rank's RNG state, the run's
+DeepSpeed's files (sharded as ZeRO shards them; with an adapter, only the trainable
+weights and their optimizer state: the frozen base is rebuilt from its source), every
+rank's RNG state, the run's
 progress (`progress.json`: step, layout, sampler position, counters), the resolved config
 and the tokenizer, and a COMMITTED marker that rank 0 writes last, once every rank has
 finished. Only committed checkpoints count; every file is read through
@@ -24,8 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from framework.config.saved import save_train_config
+from framework.config.saved import load_train_config, save_train_config
 from framework.config.schema import ConfigError, TrainConfig
+from framework.model.adapters import adapter_differences, uses_adapter
 from framework.run_dir import (
     COMMIT_MARKER,
     CONFIG_FILE,
@@ -105,7 +108,22 @@ def check_resume(cfg: TrainConfig) -> Path | None:
                 f"({found[-1].name}) that new checkpoints would mix with; set "
                 "run.checkpoint_dir to a new directory"
             )
-    return resume_point(cfg)
+    chosen = resume_point(cfg)
+    if chosen is not None:
+        _check_same_adapter(chosen, cfg)
+    return chosen
+
+
+def _check_same_adapter(path: Path, cfg: TrainConfig) -> None:
+    """A checkpoint holds the weights of one adapter shape (or the whole model): resuming
+    it with other adapter.* values cannot load, or would silently train something else."""
+    differences = adapter_differences(load_train_config(path / CONFIG_FILE).adapter, cfg.adapter)
+    if differences:
+        raise CheckpointError(
+            f"{path} was trained with another adapter ({', '.join(differences)}); resume "
+            "with the checkpoint's adapter settings, or start a new run (another "
+            "run.output_dir, or trainer.resume=never with a new run.checkpoint_dir)"
+        )
 
 
 # ------------------------------------------------------------------------------ safe loading
@@ -208,6 +226,8 @@ def save(
         "world_size": dist.get_world_size(),
         "micro_batch_size": cfg.trainer.micro_batch_size,
         "zero_stage": cfg.parallelism.zero_stage,
+        # The dtype the (frozen) base was trained in: an adapter's export rebuilds it so.
+        "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
         "sampler": sampler_state,
         "totals": totals,
     }
@@ -216,7 +236,12 @@ def save(
         shutil.rmtree(path)
     dist.barrier()
     # DeepSpeed's own `latest` file is written before all ranks are done: we do not use it.
-    engine.save_checkpoint(str(root), tag=path.name, save_latest=False)
+    engine.save_checkpoint(
+        str(root),
+        tag=path.name,
+        save_latest=False,
+        exclude_frozen_parameters=uses_adapter(cfg.adapter),
+    )
     torch.save(_rng_state(), _rng_file(path, rank))
     if rank == 0:
         write_json(path / PROGRESS_FILE, progress)
@@ -267,14 +292,19 @@ def to_universal(path: Path) -> Path:
     return target
 
 
-def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool) -> dict:
+def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool, adapter: bool) -> dict:
     """Collective: restore engine, optimizer, scheduler and (same number of ranks) RNG
-    states from the checkpoint at `path`; returns its progress."""
+    states from the checkpoint at `path`; returns its progress. `adapter`: the checkpoint
+    holds the trainable weights only, the frozen ones are the engine's own."""
     progress = read_progress(path)
     load_dir, tag = (path, UNIVERSAL_DIR) if universal else (path.parent, path.name)
     with weights_only_loading():
         loaded, _ = engine.load_checkpoint(
-            str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(load_dir),
+            tag=tag,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            load_module_strict=not adapter,
         )
         rng = _rng_file(path, dist.get_rank())
         if progress["world_size"] == dist.get_world_size() and rng.exists():

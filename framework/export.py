@@ -31,7 +31,7 @@ from framework import checkpoint
 from framework.config.saved import load_train_config
 from framework.config.schema import ConfigError, ExportConfig
 from framework.data.templates import stop_token_ids
-from framework.model.build import generation_config, model_config
+from framework.model.build import TORCH_DTYPES, generation_config, model_config
 from framework.model.resolve import model_source, resolve_model
 from framework.run_dir import COMMIT_MARKER, CONFIG_FILE, TOKENIZER_DIR
 
@@ -68,18 +68,17 @@ def export_hf(
     out_dir: str | Path,
     *,
     zero_stage: int,
+    base: str | None = None,
 ) -> None:
     """Collective: rank 0 writes the model's gathered weights and the tokenizer to
-    `out_dir` through `write_verified`; every rank raises if that failed. Under ZeRO-3,
+    `out_dir` through `write_verified` (an adapter model: through adapter_export.py, the
+    adapter over `base`, its source); every rank raises if that failed. Under ZeRO-3,
     call it once transformers' HfDeepSpeedConfig is gone: rank 0 builds models alone."""
     state = gather_state_dict(model, zero_stage)
     failure = None
     if dist.get_rank() == 0:
         try:
-            reference = holding(
-                model.config, state, model.generation_config, source="the trained model"
-            )
-            write_verified(reference, tokenizer, out_dir)
+            _write_trained(model, state, tokenizer, Path(out_dir), base)
         except Exception as err:  # the other ranks must learn of it, not wait forever
             failure = err
     outcome = [None if failure is None else str(failure)]
@@ -88,6 +87,24 @@ def export_hf(
         raise failure
     if outcome[0] is not None:
         raise ExportError(f"rank 0 could not export the model to {out_dir}: {outcome[0]}")
+
+
+def _write_trained(model, state, tokenizer, out_dir: Path, base: str | None) -> None:
+    source = "the trained model"
+    if not hasattr(model, "peft_config"):
+        reference = holding(model.config, state, model.generation_config, source=source)
+        write_verified(reference, tokenizer, out_dir)
+        return
+    from framework import adapter_export  # it builds on this module
+
+    lora = model.peft_config["default"]
+    reference = adapter_export.holding_adapter(
+        model.get_base_model().config, state, model.generation_config, lora, source=source
+    )
+    dtype = next(t.dtype for t in state.values() if t.is_floating_point())
+    adapter_export.write_adapter_verified(
+        reference, tokenizer, out_dir, base=base, base_dtype=dtype
+    )
 
 
 # ------------------------------------------------------------------------------ from a checkpoint
@@ -141,15 +158,31 @@ def export_model(cfg: ExportConfig) -> Path:
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Export the committed checkpoint at `checkpoint_dir` (any ZeRO stage, written by any
-    number of ranks) in this process, without torch.distributed, through `write_verified`.
-    Returns `out_dir`."""
-    return write_verified(*load_checkpoint(checkpoint_dir), out_dir)
+    number of ranks) in this process, without torch.distributed, through `write_verified`
+    (an adapter run's: through adapter_export.py, merged and alone). Returns `out_dir`."""
+    path = Path(checkpoint_dir)
+    cfg = load_train_config(path / CONFIG_FILE)
+    if cfg.adapter.method == "none":
+        return write_verified(*load_checkpoint(path), out_dir)
+    from framework import adapter_export  # it builds on this module
+    from framework.model.adapters import lora_config
+
+    progress = checkpoint.read_progress(path)
+    base, dtype = model_source(cfg), TORCH_DTYPES[progress.get("precision", "fp32")]
+    trained = checkpoint_weights(path, progress["zero_stage"])
+    reference = adapter_export.adapter_on_base(
+        base, dtype, lora_config(cfg.adapter), trained, source=str(path)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
+    return adapter_export.write_adapter_verified(
+        reference, tokenizer, out_dir, base=base, base_dtype=dtype
+    )
 
 
 def load_checkpoint(checkpoint_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The committed checkpoint's trained weights in the architecture its config.yaml
-    describes (nothing is downloaded for the built-in model), in eval mode on the CPU,
-    and its tokenizer."""
+    """The committed checkpoint's trained weights (of a full fine-tuning run) in the
+    architecture its config.yaml describes (nothing is downloaded for the built-in model),
+    in eval mode on the CPU, and its tokenizer."""
     path = Path(checkpoint_dir)
     progress = checkpoint.read_progress(path)
     cfg = load_train_config(path / CONFIG_FILE)
@@ -193,13 +226,26 @@ def holding(
     not copies; tied aliases and buffers may be absent), in eval mode, with `generation`
     as its generation config. Raises ExportError if `state` does not fit `config`."""
     dtype = next(t.dtype for t in state.values() if t.is_floating_point())
-    with no_init_weights():  # every parameter is replaced below
-        model = AutoModelForCausalLM.from_config(
+    model = empty_model(config, dtype)
+    load_exactly(model, state, source)
+    model.generation_config = copy.deepcopy(generation)
+    return model.eval()
+
+
+def empty_model(config: PreTrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
+    """`config`'s model with uninitialised weights, for a state to be assigned to."""
+    with no_init_weights():
+        return AutoModelForCausalLM.from_config(
             # transformers' default attention, which the reloaded export also gets
             copy.deepcopy(config),
             dtype=dtype,
             attn_implementation=None,
         )
+
+
+def load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Assign `state` to `model`'s weights; ExportError unless it holds every one of them
+    (tied aliases and buffers excepted) and nothing else."""
     try:
         loaded = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as err:
@@ -215,8 +261,6 @@ def holding(
             f"the weights of {source} do not fit its model config: missing "
             f"{sorted(missing)[:3]}, unexpected {sorted(loaded.unexpected_keys)[:3]}"
         )
-    model.generation_config = copy.deepcopy(generation)
-    return model.eval()
 
 
 def write_verified(
@@ -300,12 +344,8 @@ def _parameter_difference(reloaded: PreTrainedModel, reference: PreTrainedModel)
 
 
 def _logit_difference(reloaded: PreTrainedModel, reference: PreTrainedModel) -> str | None:
-    vocab = reference.get_input_embeddings().num_embeddings
-    probe = torch.randint(0, vocab, _PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        got = reloaded(input_ids=probe, use_cache=False).logits.double()
-        want = reference(input_ids=probe, use_cache=False).logits.double()
-    gap = (got - want).abs().max().item()
+    probe = probe_tokens(reference)
+    gap = (probe_logits(reloaded, probe) - probe_logits(reference, probe)).abs().max().item()
     allowed = _LOGIT_TOLERANCE.get(reference.dtype, _LOGIT_TOLERANCE[torch.bfloat16])
     if not gap <= allowed:
         return (
@@ -313,6 +353,18 @@ def _logit_difference(reloaded: PreTrainedModel, reference: PreTrainedModel) -> 
             f"(allowed {allowed:g}): config.json does not describe the trained model"
         )
     return None
+
+
+def probe_tokens(model: torch.nn.Module) -> torch.Tensor:
+    """A few fixed rows of random token ids from `model`'s vocabulary."""
+    vocab = model.get_input_embeddings().num_embeddings
+    return torch.randint(0, vocab, _PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
+
+
+def probe_logits(model: torch.nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    """`model`'s logits for the token rows `probe`, in float64."""
+    with torch.no_grad():
+        return model(input_ids=probe, use_cache=False).logits.double()
 
 
 def _replace(staging: Path, out_dir: Path) -> None:

@@ -14,7 +14,8 @@
       wandb_run_id, wandb/   the wandb run this directory continues (tracking.py)
       STOP_REQUESTED         the driver asks the workers to stop (cluster/stopping.py)
       checkpoints/step_N/    run.checkpoint_dir's default (checkpoint.py, names below)
-      hf/                    the final model (export.py)
+      hf/                    the final model (export.py); with an adapter, merged into it
+      hf_adapter/            with an adapter: the adapter alone, for peft (export.py)
       ray/                   Ray Train's own storage (cluster/ray_train.py)
 """
 
@@ -39,6 +40,8 @@ SUMMARY_FILE = "summary.json"
 WANDB_ID_FILE = "wandb_run_id"
 STOP_FILE = "STOP_REQUESTED"
 HF_DIR = "hf"
+# An adapter run's adapter export sits beside its merged one: <export>_adapter.
+ADAPTER_SUFFIX = "_adapter"
 RAY_DIR = "ray"
 
 # Inside a checkpoint (checkpoints/step_<N>/), next to DeepSpeed's own files; it also

@@ -114,3 +114,17 @@ def real_slice_dir(real_slice, real_tokenizer, tmp_path_factory):
     real_slice.save_pretrained(path)
     real_tokenizer.save_pretrained(path)
     return path
+
+
+# ------------------------------------------------------------ adapter runs
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    """RUN with LoRA over the tiny model's Hugging Face directory (2 ranks, ZeRO-2, fp32,
+    a checkpoint every 2 steps): the run directory, its cache and its config."""
+    from tests.helpers import adapter_run, run
+
+    root = tmp_path_factory.mktemp("lora")
+    cfg = run(root / "run", root / "cache", *adapter_run(tiny_model_dir, "lora"))
+    return root / "run", root / "cache", cfg

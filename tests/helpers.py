@@ -58,6 +58,20 @@ RUN = [
     "trainer.warmup_steps=2",
 ]
 
+
+def adapter_run(model_dir: Path, method: str, *more: str) -> list[str]:
+    """Overrides for RUN with `method`'s adapter over the model at `model_dir`, at a rate
+    at which the tiny model's loss falls within RUN's steps, without dropout (whose draws
+    would make runs on other layouts differ)."""
+    return [
+        f"model.name_or_path={model_dir}",
+        f"adapter={method}",
+        "adapter.dropout=0",
+        "trainer.lr=1e-2",
+        *more,
+    ]
+
+
 register_schemas()
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from framework import checkpoint
 from framework.checkpoint import CheckpointError, committed, read_progress, step_dir
 from framework.train.loop import ZERO3_OTHER_LAYOUT_WARNING
-from tests.helpers import RUN, assert_same, compose_config, losses, run
+from tests.helpers import RUN, adapter_run, assert_same, compose_config, losses, run
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -191,3 +191,63 @@ def test_a_resumed_bf16_run_ends_exactly_as_the_straight_bf16_run(tmp_path):
     assert sorted(losses(out)) == [5, 6]
     assert weights(out)["lm_head.weight"].dtype == torch.bfloat16
     assert_same_run(out, straight, [5, 6], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ adapters
+
+
+def files_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_an_adapter_checkpoint_holds_only_the_trainable_weights(lora_run, straight):
+    out, _, _ = lora_run
+    path = step_dir(out / "checkpoints", 4)
+    (model_states,) = path.glob("mp_rank_00_model_states.pt")
+    with checkpoint.weights_only_loading():
+        module = torch.load(model_states, map_location="cpu")["module"]
+    assert module and all("lora_A" in name or "lora_B" in name for name in module), list(module)
+    full = step_dir(straight / "run" / "checkpoints", 4)
+    print(f"adapter checkpoint {files_size(path)} bytes, full {files_size(full)} bytes")
+    # The tiny model's adapter has 1/8 of its weights; tokenizer and config weigh the same.
+    assert files_size(path) < 0.5 * files_size(full)
+
+
+def test_a_resumed_lora_run_ends_exactly_as_the_straight_one(lora_run, tiny_model_dir, tmp_path):
+    out, cache, _ = lora_run
+    resumed = tmp_path / "run"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step_dir(out / "checkpoints", 4), step_dir(resumed / "checkpoints", 4))
+    run(resumed, cache, *adapter_run(tiny_model_dir, "lora"))
+    assert sorted(losses(resumed)) == [5, 6]
+    got, want = losses(resumed), losses(out)
+    np.testing.assert_allclose([got[5], got[6]], [want[5], want[6]], rtol=1e-6)
+    a = load_file(resumed / "hf_adapter" / "adapter_model.safetensors")
+    b = load_file(out / "hf_adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("method", "change", "named"),
+    [
+        ("lora", ["adapter.rank=8"], "adapter.rank=16 -> 8"),
+        ("dora", [], "adapter.method=lora -> dora"),
+        ("none", [], "adapter.method=lora -> none"),
+    ],
+)
+def test_resuming_with_another_adapter_is_refused_naming_the_keys(
+    lora_run, tiny_model_dir, tmp_path, method, change, named
+):
+    out, _, _ = lora_run
+    cfg = compose_config(
+        [
+            *RUN,
+            *adapter_run(tiny_model_dir, method, *change),
+            f"run.output_dir={tmp_path}",
+            f"trainer.resume={step_dir(out / 'checkpoints', 4)}",
+        ]
+    )
+    with pytest.raises(CheckpointError, match=named):
+        checkpoint.check_resume(cfg)

@@ -16,6 +16,7 @@ ALLOWED = {
     "deepspeed": {"train/", "checkpoint.py", "export.py"},
     "hydra": {"config/"},
     "wandb": {"tracking.py"},
+    "peft": {"model/adapters.py", "adapter_export.py"},
 }
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 70
 CODE = sorted(

@@ -33,6 +33,7 @@ _CHOICES = {
     "trainer.on_non_finite": ("stop", "skip"),
     "trainer.lr_schedule": ("cosine", "linear", "constant"),
     "objective.name": ("sft",),
+    "adapter.method": ("none", "lora", "dora", "qlora"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "parallelism.zero_stage": (0, 1, 2, 3),
@@ -52,6 +53,8 @@ _POSITIVE = (
     "cluster.num_workers",
     "cluster.cpus_per_worker",
     "cluster.gpus_per_worker",
+    "adapter.rank",
+    "adapter.alpha",
 )
 
 
@@ -109,6 +112,19 @@ def check_train_config(cfg: TrainConfig) -> None:
     for group in ("sources", "eval_sources"):
         for index, source in enumerate(getattr(cfg.data, group)):
             _check_source(source, f"data.{group}[{index}]")
+    _check_adapter(cfg)
+
+
+def _check_adapter(cfg: TrainConfig) -> None:
+    adapter = cfg.adapter
+    if not 0.0 <= adapter.dropout < 1.0:
+        raise ConfigError(f"adapter.dropout={adapter.dropout} must be in [0, 1)")
+    if adapter.method != "none" and cfg.model.name_or_path is None:
+        raise ConfigError(
+            f"adapter={adapter.method} trains adapters over pretrained weights, but "
+            "model.name_or_path is null (a random-init model): give a pretrained model "
+            "(e.g. model=smollm2_135m), or adapter=none"
+        )
 
 
 # A full fine-tune of a pretrained model above this rate overwrites what pretraining taught
@@ -119,7 +135,8 @@ PRETRAINED_MAX_LR = 1e-3
 def train_config_warnings(cfg: TrainConfig) -> list[str]:
     """Values that work but are likely a mistake, each naming the key."""
     warnings = []
-    if cfg.model.name_or_path is not None and cfg.trainer.lr > PRETRAINED_MAX_LR:
+    full = cfg.adapter.method == "none"
+    if full and cfg.model.name_or_path is not None and cfg.trainer.lr > PRETRAINED_MAX_LR:
         warnings.append(
             f"trainer.lr={cfg.trainer.lr:g} is above {PRETRAINED_MAX_LR:g} for the pretrained "
             f"model {cfg.model.name_or_path}: a full fine-tune at this rate destroys what it "

@@ -84,7 +84,8 @@ HYPERPARAMETERS = (
 
 def hyperparameter_line(cfg: TrainConfig, preset: str, overrides: list[str]) -> str:
     """One line with the fine-tuning hyper-parameters and where each came from: the
-    command line (marked *), else the model preset or the schema's defaults."""
+    command line (marked *), else the adapter's group (its learning rate), the model
+    preset or the schema's defaults."""
     given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
     values = []
     for key in HYPERPARAMETERS:
@@ -92,7 +93,8 @@ def hyperparameter_line(cfg: TrainConfig, preset: str, overrides: list[str]) -> 
         value = getattr(getattr(cfg, group), name)
         values.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
         values[-1] += "*" if key in given else ""
-    return f"hyper-parameters (model={preset}; * given on the command line): " + " ".join(values)
+    origin = f"model={preset}, adapter={cfg.adapter.method}"
+    return f"hyper-parameters ({origin}; * given on the command line): " + " ".join(values)
 
 
 def _local_or_hub(path: str) -> str:

@@ -214,6 +214,27 @@ class TrainerConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """What trains (framework/model/adapters.py): every weight, or small adapter matrices
+    beside frozen base weights, through peft."""
+
+    # none: full fine-tuning; lora: low-rank adapters; dora: weight-decomposed LoRA
+    # (magnitude and direction trained apart); qlora: LoRA over a 4-bit NF4 base (CUDA
+    # GPUs with bitsandbytes).
+    method: str = "none"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names (or name suffixes) to adapt, e.g. [q_proj, v_proj]; empty: every linear
+    # layer of the transformer blocks (peft's all-linear: not the LM head).
+    target_modules: list[str] = field(default_factory=list)
+    # Scale the update by alpha / sqrt(rank) instead of alpha / rank (rank-stabilized LoRA).
+    rslora: bool = False
+    # Modules trained in full beside the adapter and saved with it, e.g. [lm_head].
+    modules_to_save: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ObjectiveConfig:
     # What a training step minimises (framework/train/loss.py): sft, the weighted token
     # cross-entropy of the trained tokens, normalised as trainer.loss_average says.
@@ -268,6 +289,7 @@ class TrainConfig:
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)

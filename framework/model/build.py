@@ -16,6 +16,7 @@ from transformers import (
 
 from framework.config.schema import MODEL_FORMS, ConfigError, ModelConfig, TrainConfig
 from framework.model import attention as _registers_document_sdpa  # noqa: F401
+from framework.model.adapters import check_adapter
 from framework.model.resolve import model_source
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,7 +29,7 @@ def check_model_source(cfg: TrainConfig) -> str | None:
         return None
     source = model_source(cfg)
     try:
-        AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())
         raise ConfigError(
@@ -36,6 +37,7 @@ def check_model_source(cfg: TrainConfig) -> str | None:
             f"Give {MODEL_FORMS}; check the network or HF_HOME cache for a hub id, and "
             "model.trust_remote_code for custom code"
         ) from None
+    check_adapter(cfg, config)
     return source
 
 
@@ -45,10 +47,12 @@ def build_model(
     dtype: torch.dtype,
     attention: str = "document_sdpa",
     source: str | None = None,
+    quantization=None,
 ) -> PreTrainedModel:
     """The pretrained weights at `source` (a resolved model: framework/model/resolve.py),
     else a random-init Llama from `cfg` (seed the RNG first); with `attention` as the
-    attention implementation. Under ZeRO-3 (a live transformers HfDeepSpeedConfig) both are
+    attention implementation, quantized as `quantization` (a transformers quantization
+    config: QLoRA's) asks. Under ZeRO-3 (a live transformers HfDeepSpeedConfig) both are
     built already partitioned."""
     if source is not None:
         model = AutoModelForCausalLM.from_pretrained(
@@ -56,6 +60,7 @@ def build_model(
             dtype=dtype,
             attn_implementation=attention,
             trust_remote_code=cfg.trust_remote_code,
+            quantization_config=quantization,
         )
     else:
         model = AutoModelForCausalLM.from_config(

@@ -2,20 +2,22 @@
 tried:
 
   - a path: a Hugging Face directory (a run's hf/ included), a run directory (its hf/), a
-    `.gguf` file or a directory holding one, a step_* checkpoint or a run's checkpoint
-    directory (its newest committed step);
+    peft adapter directory (a run's hf_adapter/: merged into its base), a `.gguf` file or a
+    directory holding one, a step_* checkpoint or a run's checkpoint directory (its newest
+    committed step);
   - a model shipped in a pip package (PACKAGED: smollm2_135m), checksummed;
   - a preset of conf/model/ (its model.name_or_path);
   - anything else: a Hugging Face hub id.
 
 `resolve_model` turns each into what `from_pretrained` loads: a local directory, converted
-once into the cache for GGUF files and checkpoints, or the hub id."""
+once into the cache for GGUF files, adapters and checkpoints, or the hub id."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import importlib.metadata
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from framework.config.schema import MODEL_FORMS as FORMS
 from framework.config.schema import ConfigError, TrainConfig
 from framework.model.gguf import cached_hf_dir, file_sha256
 from framework.run_dir import COMMIT_MARKER, HF_DIR
+
+ADAPTER_CONFIG = "adapter_config.json"  # peft's
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ def _local(path: Path, cache_dir: str) -> Path:
         return path
     if (path / HF_DIR / "config.json").is_file():
         return path / HF_DIR
+    if (path / ADAPTER_CONFIG).is_file():
+        return _merged_adapter(path, cache_dir)
     if path.name.startswith("step_") or any(path.glob(f"step_*/{COMMIT_MARKER}")):
         return _exported_checkpoint(path, cache_dir)
     ggufs = sorted(path.glob("*.gguf"))
@@ -134,6 +140,26 @@ def packaged_file(name: str, packaged: PackagedModel) -> Path:
             f"file); {packaged.install.replace('install', 'install --force-reinstall')}"
         )
     return file
+
+
+def _merged_adapter(path: Path, cache_dir: str) -> Path:
+    """A peft adapter merged into its base (adapter_config.json's base_model_name_or_path,
+    itself resolved) as a Hugging Face directory in the cache, keyed by the adapter's path
+    and the time its weights were written."""
+    from framework import adapter_export  # imported late: peft and DeepSpeed take seconds
+
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{path / ADAPTER_CONFIG} names no base model ({err})") from None
+    if base is None:
+        raise ConfigError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path is null")
+    weights = max((p.stat().st_mtime_ns for p in path.glob("adapter_model.*")), default=0)
+    key = hashlib.sha256(f"{path}:{weights}".encode()).hexdigest()[:20]
+    target = Path(cache_dir) / "models" / f"adapter-{key}"
+    if not (target / "config.json").is_file():
+        adapter_export.merge_adapter_dir(path, _resolve(base, cache_dir), target)
+    return target
 
 
 def _exported_checkpoint(path: Path, cache_dir: str) -> Path:

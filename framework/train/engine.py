@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from framework.config.schema import TrainConfig
-from framework.model.adapters import prepare_for_training
+from framework.model.adapters import prepare_for_training, quantization
 from framework.model.attention import choose_attention
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.model.precision import auto_precision
@@ -165,8 +165,14 @@ def build_training_engine(
     )
     zero3 = partitioned_init(ds_config)
     torch.manual_seed(cfg.trainer.seed)
+    dtype = TORCH_DTYPES[precision]
     model = build_model(
-        cfg.model, tokenizer, TORCH_DTYPES[precision], attention, source=model_source(cfg)
+        cfg.model,
+        tokenizer,
+        dtype,
+        attention,
+        source=model_source(cfg),
+        quantization=quantization(cfg.adapter, dtype),
     )
-    model = prepare_for_training(model, cfg.model)
+    model = prepare_for_training(model, cfg.model, cfg.adapter)
     return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3

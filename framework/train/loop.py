@@ -20,6 +20,8 @@ from framework.config.schema import TrainConfig
 from framework.data.loader import run_batches
 from framework.eval.during_training import TrainingEval, evaluate
 from framework.export import export_hf
+from framework.model.adapters import uses_adapter
+from framework.model.resolve import model_source
 from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path, write_stop_request
 from framework.tracking import Tracker
 from framework.train.engine import build_training_engine
@@ -99,7 +101,13 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
                 return {**metrics, "stopped": stopped}
         # Without ZeRO-3's build context, transformers builds whole models again (the export's).
         del zero3
-        export_hf(engine.module, tokenizer, out / HF_DIR, zero_stage=cfg.parallelism.zero_stage)
+        export_hf(
+            engine.module,
+            tokenizer,
+            out / HF_DIR,
+            zero_stage=cfg.parallelism.zero_stage,
+            base=model_source(cfg),
+        )
     return metrics
 
 
@@ -141,7 +149,9 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
     )
     progress = {}
     if resume_from is not None:
-        progress = checkpoint.load(engine, resume_from, universal=universal)
+        progress = checkpoint.load(
+            engine, resume_from, universal=universal, adapter=uses_adapter(cfg.adapter)
+        )
         sampler.load_state_dict(progress["sampler"])
         if ctx.rank == 0:
             print(f"resuming from {resume_from} (step {progress['step']})", flush=True)

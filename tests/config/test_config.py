@@ -52,6 +52,14 @@ def test_an_explicit_override_wins_over_the_preset_and_a_high_lr_warns():
     assert "trainer.warmup_steps=2 " in line  # from the preset: not marked
 
 
+def test_an_adapter_group_sets_its_learning_rate_over_the_preset_and_is_not_warned_about():
+    cfg = compose_train_config(["model=smollm2_135m", "adapter=lora"])
+    assert (cfg.trainer.lr, cfg.trainer.warmup_steps) == (1e-3, 2)  # the preset's warmup
+    assert "(model=smollm2_135m, adapter=lora;" in hyperparameter_line(cfg, "smollm2_135m", [])
+    high = compose_train_config(["model=smollm2_135m", "adapter=lora", "trainer.lr=2e-3"])
+    assert train_config_warnings(high) == []  # adapters train at higher rates
+
+
 def test_every_hub_preset_fine_tunes_below_the_warning_rate():
     for preset in ("llama3_8b", "mistral_7b", "qwen2_5_7b"):
         cfg = compose_train_config([f"model={preset}"])

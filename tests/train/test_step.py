@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from framework.config.schema import TrainConfig
+from framework.config.schema import AdapterConfig, TrainConfig
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import best_fit_decreasing, collate_rows
 from framework.export import gather_state_dict
+from framework.model.adapters import prepare_for_training
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.train.engine import build_engine, deepspeed_config
 from framework.train.loss import TokenCrossEntropy, summed_loss
@@ -28,6 +29,9 @@ from tests.helpers import (
 
 ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
 SFT = TokenCrossEntropy()
+FULL = AdapterConfig()
+# Without dropout: its random draws follow the layout's micro batch shapes.
+LORA = AdapterConfig(method="lora", dropout=0.0)
 
 
 def global_rows(data: TokenizedDataset) -> list[np.ndarray]:
@@ -66,6 +70,7 @@ def _run_layout(
     masked,
     objective,
     precision,
+    adapter,
 ):
     join_group(rank, world, port)
     cfg = TrainConfig(model=TINY)
@@ -75,6 +80,7 @@ def _run_layout(
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, TORCH_DTYPES[precision])
+    model = prepare_for_training(model, TINY, adapter)
     ds_config = deepspeed_config(cfg, world_size=world, precision=precision, gpu=False)
     engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
     data = synthetic_data(len(tokenizer))
@@ -110,16 +116,17 @@ def run_layout(
     masked=-1,
     objective=SFT,
     precision="fp32",
+    adapter=FULL,
 ):
     tok_dir = tmp_path / "tokenizer"
     if not tok_dir.exists():
         tokenizer.save_pretrained(tok_dir)
     name = type(objective).__name__
     out = (
-        tmp_path
-        / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}-{masked}-{name}-{precision}.pt"
+        tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}-{masked}-{name}-{precision}-"
+        f"{adapter.method}.pt"
     )
-    args = (str(tok_dir), str(out), zero_stage, per_example, masked, objective, precision)
+    args = (str(tok_dir), str(out), zero_stage, per_example, masked, objective, precision, adapter)
     spawn(_run_layout, world, accum, mbs, *args)
     return torch.load(out, weights_only=True)
 
@@ -156,6 +163,22 @@ def test_two_steps_are_identical_whatever_the_layout(tmp_path, tokenizer, zero_s
     initial = build_model(TINY, tokenizer, torch.float32).state_dict()
     moved = max((w - initial[n]).abs().max().item() for n, w in reference["state"].items())
     assert moved > 1e-3  # two real optimizer steps were taken
+
+
+@pytest.mark.slow
+def test_lora_steps_are_identical_whatever_the_layout(tmp_path, tokenizer):
+    reference = run_layout(tmp_path, tokenizer, world=1, accum=4, mbs=2, adapter=LORA)
+    for world, accum, mbs in [(2, 2, 2), (2, 1, 4)]:
+        layout = run_layout(tmp_path, tokenizer, world, accum, mbs, adapter=LORA)
+        assert_same(reference, layout, weight_rtol=LAYOUT_WEIGHT_RTOL)
+    torch.manual_seed(0)
+    initial = build_model(TINY, tokenizer, torch.float32).state_dict()
+    for name, weight in reference["state"].items():
+        if "lora_B" in name:
+            assert weight.abs().max() > 0, name  # B starts at zero: the adapters trained
+        elif "lora_" not in name:
+            plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            assert torch.equal(weight, initial[plain]), name  # the base stayed frozen
 
 
 @pytest.mark.slow
