@@ -110,19 +110,27 @@ def check_resume(cfg: TrainConfig) -> Path | None:
             )
     chosen = resume_point(cfg)
     if chosen is not None:
-        _check_same_adapter(chosen, cfg)
+        _check_adapter_resume(chosen, cfg)
     return chosen
 
 
-def _check_same_adapter(path: Path, cfg: TrainConfig) -> None:
+def _check_adapter_resume(path: Path, cfg: TrainConfig) -> None:
     """A checkpoint holds the weights of one adapter shape (or the whole model): resuming
-    it with other adapter.* values cannot load, or would silently train something else."""
+    it with other adapter.* values cannot load, or would silently train something else.
+    An adapter checkpoint resumes on the number of ranks that wrote it only: DeepSpeed's
+    conversion to another layout is not tested without the frozen weights."""
     differences = adapter_differences(load_train_config(path / CONFIG_FILE).adapter, cfg.adapter)
     if differences:
         raise CheckpointError(
             f"{path} was trained with another adapter ({', '.join(differences)}); resume "
             "with the checkpoint's adapter settings, or start a new run (another "
             "run.output_dir, or trainer.resume=never with a new run.checkpoint_dir)"
+        )
+    written_by = read_progress(path)["world_size"]
+    if uses_adapter(cfg.adapter) and written_by != cfg.cluster.num_workers:
+        raise CheckpointError(
+            f"{path} is an adapter checkpoint of {written_by} ranks; adapter runs resume on "
+            f"the number of ranks that wrote them: set cluster.num_workers={written_by}"
         )
 
 

@@ -251,3 +251,20 @@ def test_resuming_with_another_adapter_is_refused_naming_the_keys(
     )
     with pytest.raises(CheckpointError, match=named):
         checkpoint.check_resume(cfg)
+
+
+def test_an_adapter_checkpoint_resumes_only_on_the_ranks_that_wrote_it(
+    lora_run, tiny_model_dir, tmp_path
+):
+    out, _, _ = lora_run
+    cfg = compose_config(
+        [
+            *RUN,
+            *adapter_run(tiny_model_dir, "lora"),
+            "cluster.num_workers=1",
+            f"run.output_dir={tmp_path}",
+            f"trainer.resume={step_dir(out / 'checkpoints', 4)}",
+        ]
+    )
+    with pytest.raises(CheckpointError, match=r"of 2 ranks.*set cluster.num_workers=2"):
+        checkpoint.check_resume(cfg)
