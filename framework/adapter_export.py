@@ -121,7 +121,11 @@ def write_adapter_verified(
             f"largest (allowed {MERGE_TOLERANCE:g}); {out_dir} and {adapter_out} were left "
             "as they were"
         )
-    write_verified(merged.to(base_dtype), tokenizer, out_dir)
+    for param in merged.parameters():
+        # Weights only: model.to(dtype) would also round the rotary frequencies, buffers
+        # that a model loaded in that dtype keeps in fp32.
+        param.data = param.data.to(base_dtype)
+    write_verified(merged, tokenizer, out_dir)
     shutil.rmtree(adapter_out, ignore_errors=True)
     staging.rename(adapter_out)
     return out_dir

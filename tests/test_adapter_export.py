@@ -109,37 +109,38 @@ def test_eval_and_chat_take_the_adapter_export_as_a_model(lora_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("method", "parallelism"),
+    ("method", "parallelism", "precision"),
     [
-        ("dora", "zero2"),
-        ("lora", "zero3"),
-        ("dora", "zero3"),
-        ("lora", "zero0"),
-        ("lora", "zero1"),
-        ("lora", "zero3_offload"),
+        ("dora", "zero2", "fp32"),
+        ("lora", "zero3", "fp32"),
+        ("dora", "zero3", "fp32"),
+        ("lora", "zero0", "fp32"),
+        ("lora", "zero1", "fp32"),
+        ("lora", "zero3_offload", "fp32"),
+        ("lora", "zero2", "bf16"),
     ],
 )
 def test_each_adapter_under_every_zero_stage_learns_and_exports(
-    tmp_path, tiny_model_dir, method, parallelism
+    tmp_path, tiny_model_dir, method, parallelism, precision
 ):
     out = tmp_path / "run"
     run(
         out, tmp_path / "cache", *adapter_run(tiny_model_dir, method),
-        f"parallelism={parallelism}", "trainer.max_steps=3", "trainer.save_every=3",
+        f"parallelism={parallelism}", f"trainer.precision={precision}",
+        "trainer.max_steps=3", "trainer.save_every=3",
     )  # fmt: skip
     steps = losses(out)
     assert steps[3] < steps[1], steps
     tensors = assert_adapter_trained(out / "hf_adapter", layers=2)
     magnitudes = [k for k in tensors if "lora_magnitude_vector" in k]
     assert len(magnitudes) == (len(BLOCK_LINEARS) * 2 if method == "dora" else 0)
-    merged = AutoModelForCausalLM.from_pretrained(out / "hf")
-    adapted = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "hf_adapter"
-    )
-    vocab = merged.config.vocab_size
-    assert (
-        probe_logits(merged, vocab) - probe_logits(adapted, vocab)
-    ).abs().max() <= MERGE_TOLERANCE
+    merged = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).float()
+    adapted = PeftModel.from_pretrained(base, out / "hf_adapter")  # on the base it trained on
+    gap = (probe_logits(merged, 512) - probe_logits(adapted, 512)).abs().max()
+    # bf16: the merged weights are rounded to bf16 once more than base + adapter.
+    assert gap <= (MERGE_TOLERANCE if precision == "fp32" else 3e-2), gap
 
 
 @pytest.mark.slow
