@@ -54,9 +54,9 @@ def test_an_explicit_override_wins_over_the_preset_and_a_high_lr_warns():
 
 def test_an_adapter_group_sets_its_learning_rate_over_the_preset_and_is_not_warned_about():
     cfg = compose_train_config(["model=smollm2_135m", "adapter=lora"])
-    assert (cfg.trainer.lr, cfg.trainer.warmup_steps) == (1e-3, 2)  # the preset's warmup
+    assert (cfg.trainer.lr, cfg.trainer.warmup_steps) == (2e-3, 2)  # the preset's warmup
     assert "(model=smollm2_135m, adapter=lora;" in hyperparameter_line(cfg, "smollm2_135m", [])
-    high = compose_train_config(["model=smollm2_135m", "adapter=lora", "trainer.lr=2e-3"])
+    high = compose_train_config(["model=smollm2_135m", "adapter=lora", "trainer.lr=3e-3"])
     assert train_config_warnings(high) == []  # adapters train at higher rates
 
 

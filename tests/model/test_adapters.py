@@ -85,7 +85,7 @@ def test_a_module_the_model_lacks_is_named_before_any_worker_starts(tiny_model_d
 def test_adapter_groups_compose_with_their_learning_rate(tiny_model_dir):
     for method in ("lora", "dora"):
         cfg = compose_config([f"model.name_or_path={tiny_model_dir}", f"adapter={method}"])
-        assert cfg.adapter.method == method and cfg.trainer.lr == 1e-3
+        assert cfg.adapter.method == method and cfg.trainer.lr == 2e-3
         assert uses_adapter(cfg.adapter)
     cfg = compose_config(
         [f"model.name_or_path={tiny_model_dir}", "adapter=lora", "trainer.lr=3e-4"]
