@@ -22,13 +22,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from framework.config.schema import first_line
 from framework.export import (
     ExportError,
     empty_model,
     load_exactly,
+    model_bytes,
     probe_logits,
     probe_tokens,
     write_verified,
+    written_whole,
 )
 from framework.run_dir import ADAPTER_SUFFIX
 
@@ -107,20 +110,17 @@ def write_adapter_verified(
     staging = adapter_out.with_name(adapter_out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     reference.peft_config["default"].base_model_name_or_path = base
-    reference.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    with written_whole(staging, adapter_out, needed=model_bytes(reference, trainable_only=True)):
+        reference.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     try:
         verify_adapter_export(staging, reference, want, probe, base=base, base_dtype=base_dtype)
     except ExportError as err:
         raise ExportError(f"{err}; {adapter_out} was left as it was") from None
-    merged = reference.merge_and_unload()
-    gap = logit_gap(probe_logits(merged, probe), want)
-    if not gap <= MERGE_TOLERANCE:
-        raise ExportError(
-            f"the merged model's logits differ from base plus adapter by {gap:.3g} of the "
-            f"largest (allowed {MERGE_TOLERANCE:g}); {out_dir} and {adapter_out} were left "
-            "as they were"
-        )
+    try:
+        merged = merged_checked(reference, probe, want)
+    except ExportError as err:
+        raise ExportError(f"{err}; {out_dir} and {adapter_out} were left as they were") from None
     for param in merged.parameters():
         # Weights only: model.to(dtype) would also round the rotary frequencies, buffers
         # that a model loaded in that dtype keeps in fp32.
@@ -147,9 +147,8 @@ def verify_adapter_export(
         model = AutoModelForCausalLM.from_pretrained(base, dtype=base_dtype, use_safetensors=True)
         reloaded = PeftModel.from_pretrained(model.float(), directory).eval()
     except Exception as err:  # whatever stops a user from loading it rejects the export
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(
-            f"the adapter in {directory} does not reload on {base}: {reason}"
+            f"the adapter in {directory} does not reload on {base}: {first_line(err)}"
         ) from None
     got, expected = get_peft_model_state_dict(reloaded), get_peft_model_state_dict(reference)
     problem = None
@@ -176,12 +175,23 @@ def merge_adapter_dir(directory: Path, base: str, out_dir: Path) -> Path:
         reference = PeftModel.from_pretrained(model, directory).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"the adapter in {directory} does not load on {base}: {reason}") from None
+        raise ExportError(
+            f"the adapter in {directory} does not load on {base}: {first_line(err)}"
+        ) from None
     probe = probe_tokens(reference)
-    want = probe_logits(reference, probe)
+    merged = merged_checked(reference, probe, probe_logits(reference, probe))
+    return write_verified(merged, tokenizer, out_dir)
+
+
+def merged_checked(reference: PeftModel, probe: torch.Tensor, want: torch.Tensor):
+    """`reference`'s adapter merged into its base (peft's merge_and_unload, which
+    consumes `reference`); ExportError unless the merged logits on `probe` equal `want`,
+    base plus adapter, within MERGE_TOLERANCE."""
     merged = reference.merge_and_unload()
     gap = logit_gap(probe_logits(merged, probe), want)
     if not gap <= MERGE_TOLERANCE:
-        raise ExportError(f"merging {directory} changed its logits by {gap:.3g} of the largest")
-    return write_verified(merged, tokenizer, out_dir)
+        raise ExportError(
+            f"the merged model's logits differ from base plus adapter by {gap:.3g} of the "
+            f"largest (allowed {MERGE_TOLERANCE:g})"
+        )
+    return merged

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from framework.checkpoint_integrity import damage, manifest, set_aside_damaged
 from framework.config.saved import load_train_config, save_train_config
-from framework.config.schema import ConfigError, TrainConfig
+from framework.config.schema import ConfigError, TrainConfig, first_line
 from framework.model.adapters import adapter_differences, uses_adapter
 from framework.run_dir import (
     COMMIT_MARKER,
@@ -35,7 +36,7 @@ from framework.run_dir import (
     PROGRESS_FILE,
     TOKENIZER_DIR,
     UNIVERSAL_DIR,
-    write_atomically,
+    space_report,
     write_json,
 )
 
@@ -91,7 +92,11 @@ def resume_point(cfg: TrainConfig) -> Path | None:
 
 
 def check_resume(cfg: TrainConfig) -> Path | None:
-    """On the driver, before any worker starts: trainer.resume's choice, checked."""
+    """On the driver, before any worker starts: trainer.resume's choice, checked and
+    verified (checkpoint_integrity.py). With trainer.resume=auto a damaged newest
+    checkpoint is set aside (renamed damaged_step_*, with a warning naming the file) for
+    the newest intact one; an explicit trainer.resume=<path> that is damaged stops the
+    run, naming the file."""
     found = committed(cfg.run.checkpoint_dir)
     if cfg.trainer.resume == "never" and found:
         raise CheckpointError(
@@ -99,7 +104,9 @@ def check_resume(cfg: TrainConfig) -> Path | None:
             f"checkpoints of an earlier run ({found[-1].name}); set trainer.resume=auto to "
             "continue it, or choose another run.output_dir (or run.checkpoint_dir)"
         )
-    if cfg.trainer.resume not in ("auto", "never"):
+    if cfg.trainer.resume == "auto":
+        set_aside_damaged(found)
+    else:
         chosen = read_progress(cfg.trainer.resume)["step"]
         if found and read_progress(found[-1])["step"] > chosen:
             raise CheckpointError(
@@ -107,6 +114,12 @@ def check_resume(cfg: TrainConfig) -> Path | None:
                 f"run.checkpoint_dir={cfg.run.checkpoint_dir} holds a later one "
                 f"({found[-1].name}) that new checkpoints would mix with; set "
                 "run.checkpoint_dir to a new directory"
+            )
+        problem = damage(Path(cfg.trainer.resume))
+        if problem:
+            raise CheckpointError(
+                f"trainer.resume={cfg.trainer.resume} is damaged: {problem}; pass an "
+                "earlier step_* directory, or trainer.resume=auto for the newest intact one"
             )
     chosen = resume_point(cfg)
     if chosen is not None:
@@ -169,11 +182,10 @@ def weights_only_loading() -> Iterator[None]:
             with torch.serialization.safe_globals(_allowed_globals()):
                 return original(file, *args, **kwargs)
         except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(
-                f"{file} cannot be loaded ({reason}): the checkpoint is damaged or not one "
-                "of ours; use an earlier step_* directory (trainer.resume=<path> to train, "
-                "model=<path> to export)"
+                f"{file} cannot be loaded ({first_line(err)}): the checkpoint is damaged or "
+                "not one of ours; use an earlier step_* directory (trainer.resume=<path> to "
+                "train, model=<path> to export)"
             ) from None
 
     torch.load = safe_load
@@ -224,11 +236,57 @@ def save(
 ) -> Path:
     """Collective: every rank writes its shards and RNG state, rank 0 the progress (the
     step, the layout it was written in, the sampler's position and the run's totals),
-    config and tokenizer; then the commit marker; then checkpoints older than the newest
-    `trainer.keep_checkpoints` go."""
+    config and tokenizer; then the commit marker, which records every file's size and
+    CRC-32 (checkpoint_integrity.damage checks them); then checkpoints older than the newest
+    `trainer.keep_checkpoints` go. If any rank cannot write (no space, a quota, an I/O
+    error), every rank raises CheckpointError: the partial checkpoint is removed and
+    the previous ones stay as they were."""
     root = Path(cfg.run.checkpoint_dir)
     path = step_dir(root, step)
     rank = dist.get_rank()
+    failure = None
+    if rank == 0:
+        try:
+            # Left by a save that never committed (maybe by another number of ranks).
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+        except OSError as err:
+            failure = err
+    _stop_if_failed(failure, engine, path)
+    try:
+        # DeepSpeed's own `latest` file is written before all ranks are done: we do not
+        # use it. Between its first and last barrier it only writes files.
+        engine.save_checkpoint(
+            str(root),
+            tag=path.name,
+            save_latest=False,
+            exclude_frozen_parameters=uses_adapter(cfg.adapter),
+        )
+    except (OSError, RuntimeError) as err:
+        failure = err
+        dist.barrier()  # save_checkpoint's last barrier, where the other ranks now wait
+    if failure is None:
+        try:
+            _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer)
+        except (OSError, RuntimeError) as err:
+            failure = err
+    _stop_if_failed(failure, engine, path)
+    files = manifest(path)
+    if rank == 0:
+        write_json(path / COMMIT_MARKER, {"step": step, "files": files})
+        # The newest committed checkpoint is the one just written and read back: intact.
+        for old in committed(root)[: -cfg.trainer.keep_checkpoints]:
+            shutil.rmtree(old)
+    dist.barrier()
+    return path
+
+
+def _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer) -> None:
+    """Beside DeepSpeed's: this rank's RNG state; on rank 0 the progress, config and
+    tokenizer."""
+    torch.save(_rng_state(), _rng_file(path, dist.get_rank()))
+    if dist.get_rank() != 0:
+        return
     progress = {
         "step": step,
         "world_size": dist.get_world_size(),
@@ -239,29 +297,46 @@ def save(
         "sampler": sampler_state,
         "totals": totals,
     }
-    if rank == 0 and path.exists():
-        # Left by a save that never committed (maybe by another number of ranks).
-        shutil.rmtree(path)
+    write_json(path / PROGRESS_FILE, progress)
+    save_train_config(cfg, path / CONFIG_FILE)
+    tokenizer.save_pretrained(path / TOKENIZER_DIR)
+
+
+def _stop_if_failed(failure: BaseException | None, engine, path: Path) -> None:
+    """Collective: if any rank's `failure` is set, remove the partial checkpoint at `path`
+    and raise CheckpointError on every rank, naming what failed and the space it needs."""
+    failures = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, None if failure is None else first_line(failure))
+    if not any(failures):
+        return
+    root = path.parent
+    if dist.get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
     dist.barrier()
-    # DeepSpeed's own `latest` file is written before all ranks are done: we do not use it.
-    engine.save_checkpoint(
-        str(root),
-        tag=path.name,
-        save_latest=False,
-        exclude_frozen_parameters=uses_adapter(cfg.adapter),
+    rank, reason = next((r, f) for r, f in enumerate(failures) if f)
+    previous = committed(root)
+    kept = f"the newest checkpoint is still {previous[-1]}" if previous else "no checkpoint yet"
+    raise CheckpointError(
+        f"checkpoint {path} could not be written (rank {rank}: {reason}); the partial one "
+        f"was removed and {kept}. {space_report(root, _needed_bytes(engine, root))}: free "
+        "space or set run.checkpoint_dir to a larger file system, then run the same "
+        "command to resume"
     )
-    torch.save(_rng_state(), _rng_file(path, rank))
-    if rank == 0:
-        write_json(path / PROGRESS_FILE, progress)
-        save_train_config(cfg, path / CONFIG_FILE)
-        tokenizer.save_pretrained(path / TOKENIZER_DIR)
-    dist.barrier()
-    if rank == 0:
-        write_atomically(path / COMMIT_MARKER, f"{step}\n")
-        for old in committed(root)[: -cfg.trainer.keep_checkpoints]:
-            shutil.rmtree(old)
-    dist.barrier()
-    return path
+
+
+def _needed_bytes(engine: deepspeed.DeepSpeedEngine, root: Path) -> int:
+    """About what one checkpoint takes: the newest one's recorded size, else the weights
+    (as trained) plus fp32 master weights and Adam's two moments for the trainable ones."""
+    previous = committed(root)
+    if previous:
+        marker = json.loads((previous[-1] / COMMIT_MARKER).read_text())
+        if isinstance(marker, dict):
+            return sum(f["size"] for f in marker["files"].values())
+    total = 0
+    for param in engine.module.parameters():
+        numel = getattr(param, "ds_numel", param.numel())  # ZeRO-3 partitions hold a part
+        total += numel * param.element_size() + (numel * 12 if param.requires_grad else 0)
+    return total
 
 
 # ------------------------------------------------------------------------------ load

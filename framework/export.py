@@ -8,9 +8,11 @@ hand it to `write_verified`: one path writes and verifies them all."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import deepspeed
@@ -28,12 +30,13 @@ from transformers import (
 from transformers.initialization import no_init_weights
 
 from framework import checkpoint
+from framework.checkpoint_integrity import damage
 from framework.config.saved import load_train_config
-from framework.config.schema import ConfigError, ExportConfig
+from framework.config.schema import ConfigError, ExportConfig, first_line
 from framework.data.templates import stop_token_ids
 from framework.model.build import TORCH_DTYPES, generation_config, model_config
 from framework.model.resolve import model_source, resolve_model
-from framework.run_dir import COMMIT_MARKER, CONFIG_FILE, TOKENIZER_DIR
+from framework.run_dir import COMMIT_MARKER, CONFIG_FILE, TOKENIZER_DIR, space_report
 
 MAX_SHARD_SIZE = "5GB"
 # The largest logit difference allowed between the reloaded model and the reference: the
@@ -112,7 +115,7 @@ def _write_trained(model, state, tokenizer, out_dir: Path, base: str | None) -> 
 
 def find_checkpoint(path: str | Path) -> Path:
     """`path` when it is a step_* checkpoint, else the newest committed one under it (a
-    run.checkpoint_dir)."""
+    run.checkpoint_dir); ExportError if it is damaged (checkpoint_integrity.damage)."""
     path = Path(path)
     if not path.is_dir():
         raise ExportError(
@@ -125,14 +128,18 @@ def find_checkpoint(path: str | Path) -> Path:
                 f"{path}: incomplete checkpoint (no {COMMIT_MARKER} marker: its "
                 "save never finished); give an earlier step_* directory"
             )
-        return path
-    found = checkpoint.committed(path)
-    if not found:
-        raise ExportError(
-            f"{path}: holds no committed checkpoint (no step_*/"
-            f"{COMMIT_MARKER}); give a step_* directory or run.checkpoint_dir"
-        )
-    return found[-1]
+    else:
+        found = checkpoint.committed(path)
+        if not found:
+            raise ExportError(
+                f"{path}: holds no committed checkpoint (no step_*/"
+                f"{COMMIT_MARKER}); give a step_* directory or run.checkpoint_dir"
+            )
+        path = found[-1]
+    problem = damage(path)
+    if problem:
+        raise ExportError(f"{path} is damaged: {problem}; give an earlier step_* directory")
+    return path
 
 
 def export_model(cfg: ExportConfig) -> Path:
@@ -159,39 +166,31 @@ def export_model(cfg: ExportConfig) -> Path:
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Export the committed checkpoint at `checkpoint_dir` (any ZeRO stage, written by any
     number of ranks) in this process, without torch.distributed, through `write_verified`
-    (an adapter run's: through adapter_export.py, merged and alone). Returns `out_dir`."""
+    (an adapter run's: through adapter_export.py, merged and alone), in the architecture
+    its config.yaml describes (nothing is downloaded for the built-in model). Returns
+    `out_dir`."""
     path = Path(checkpoint_dir)
     cfg = load_train_config(path / CONFIG_FILE)
+    progress = checkpoint.read_progress(path)
+    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
+    trained = checkpoint_weights(path, progress["zero_stage"])
+    source = model_source(cfg)
     if cfg.adapter.method == "none":
-        return write_verified(*load_checkpoint(path), out_dir)
+        config = model_config(cfg.model, tokenizer, source=source)
+        generation = generation_config(source, config)
+        return write_verified(
+            holding(config, trained, generation, source=str(path)), tokenizer, out_dir
+        )
     from framework import adapter_export  # it builds on this module
     from framework.model.adapters import lora_config
 
-    progress = checkpoint.read_progress(path)
-    base, dtype = model_source(cfg), TORCH_DTYPES[progress.get("precision", "fp32")]
-    trained = checkpoint_weights(path, progress["zero_stage"])
+    dtype = TORCH_DTYPES[progress.get("precision", "fp32")]
     reference = adapter_export.adapter_on_base(
-        base, dtype, lora_config(cfg.adapter), trained, source=str(path)
+        source, dtype, lora_config(cfg.adapter), trained, source=str(path)
     )
-    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
     return adapter_export.write_adapter_verified(
-        reference, tokenizer, out_dir, base=base, base_dtype=dtype
+        reference, tokenizer, out_dir, base=source, base_dtype=dtype
     )
-
-
-def load_checkpoint(checkpoint_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The committed checkpoint's trained weights (of a full fine-tuning run) in the
-    architecture its config.yaml describes (nothing is downloaded for the built-in model),
-    in eval mode on the CPU, and its tokenizer."""
-    path = Path(checkpoint_dir)
-    progress = checkpoint.read_progress(path)
-    cfg = load_train_config(path / CONFIG_FILE)
-    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
-    source = model_source(cfg)
-    config = model_config(cfg.model, tokenizer, source=source)
-    state = checkpoint_weights(path, progress["zero_stage"])
-    generation = generation_config(source, config)
-    return holding(config, state, generation, source=str(path)), tokenizer
 
 
 def checkpoint_weights(path: Path, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -276,13 +275,34 @@ def write_verified(
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    save_hf(reference, tokenizer, staging, max_shard_size=max_shard_size)
+    with written_whole(staging, out_dir, needed=model_bytes(reference)):
+        save_hf(reference, tokenizer, staging, max_shard_size=max_shard_size)
     try:
         verify_export(staging, reference, tokenizer)
     except ExportError as err:
         raise ExportError(f"{err}; {out_dir} was left as it was") from None
     _replace(staging, out_dir)
     return out_dir
+
+
+def model_bytes(model: torch.nn.Module, *, trainable_only: bool = False) -> int:
+    params = [p for p in model.parameters() if p.requires_grad or not trainable_only]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+@contextlib.contextmanager
+def written_whole(staging: Path, out_dir: Path, *, needed: int) -> Iterator[None]:
+    """Writes into `staging` inside: if one fails (no space, a quota, an I/O error), the
+    partial `staging` goes and ExportError says what failed and the space needed;
+    `out_dir`, not yet touched, stays as it was."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(
+            f"the export to {out_dir} could not be written ({first_line(err)}); "
+            f"{out_dir} was left as it was. {space_report(out_dir.parent, needed)}"
+        ) from None
 
 
 def save_hf(
@@ -318,8 +338,7 @@ def verify_export(
         )
         template = AutoTokenizer.from_pretrained(directory).chat_template
     except Exception as err:  # whatever stops a user from loading it rejects the export
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"the export in {directory} does not reload: {reason}") from None
+        raise ExportError(f"the export in {directory} does not reload: {first_line(err)}") from None
     problem = _parameter_difference(reloaded, reference) or _logit_difference(reloaded, reference)
     if problem is None and template != tokenizer.chat_template:
         problem = "the tokenizer lost its chat template"

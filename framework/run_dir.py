@@ -2,6 +2,7 @@
 `run.output_dir` (and inside each checkpoint), and the one way to write a file whole.
 
     <run.output_dir>/
+      RUN_LEASE              the live run that holds this directory (lease.py)
       config.yaml            the resolved config (prepare.py)
       tokenizer/             the tokenizer the workers load (prepare.py)
       dataset.json           the path of the preprocessed data artifact (prepare.py)
@@ -17,17 +18,20 @@
       hf/                    the final model (export.py); with an adapter, merged into it
       hf_adapter/            with an adapter: the adapter alone, for peft (export.py)
       ray/                   Ray Train's own storage (cluster/ray_train.py)
+      train.log              the driver's log; the tracebacks of workers' errors
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
 from framework.config.schema import ConfigError
 
+LEASE_FILE = "RUN_LEASE"
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 DATASET_POINTER = "dataset.json"
@@ -43,6 +47,9 @@ HF_DIR = "hf"
 # An adapter run's adapter export sits beside its merged one: <export>_adapter.
 ADAPTER_SUFFIX = "_adapter"
 RAY_DIR = "ray"
+# The driver's log (Hydra's job log); workers add the tracebacks of the errors the console
+# shows as one line.
+TRAIN_LOG = "train.log"
 
 # Inside a checkpoint (checkpoints/step_<N>/), next to DeepSpeed's own files; it also
 # holds CONFIG_FILE and TOKENIZER_DIR.
@@ -64,6 +71,21 @@ def write_atomically(file: str | Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staging, file)
+
+
+def space_report(directory: str | Path, needed: int) -> str:
+    """How much space `directory`'s file system has against `needed` bytes, in words."""
+    directory = Path(directory)
+    while not directory.exists():
+        directory = directory.parent
+    free = shutil.disk_usage(directory).free
+    # Said in words: torch's writer reports a full disk only as "unexpected pos ...".
+    verdict = "Not enough space: it" if free < needed else "It"
+    return f"{verdict} needs about {_size(needed)}; {directory} has {_size(free)} free"
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def write_json(file: str | Path, value) -> None:

@@ -1,4 +1,5 @@
-"""Train: compose the Hydra config, prepare the run directory, run the Ray Train workers.
+"""Train: compose the Hydra config, take the run directory's lease, prepare the run
+directory, run the Ray Train workers.
 
 python launch/train.py                          # the embedded default run
 python launch/train.py parallelism=zero3 trainer.max_steps=50 logger=none
@@ -17,7 +18,9 @@ from framework.cli import exit_on_user_error
 from framework.cluster.stopping import EXIT_RESUMABLE
 from framework.config.checks import train_config_warnings
 from framework.config.compose import from_hydra, hyperparameter_line, register_schemas
+from framework.config.schema import TrainConfig
 from framework.data.stats import format_stats
+from framework.lease import RunLease
 from framework.prepare import prepare_run
 from framework.run_dir import HF_DIR
 
@@ -34,6 +37,14 @@ def main(raw: DictConfig) -> None:
         )
         for warning in train_config_warnings(cfg):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+        # Before anything is written: a second run on this directory stops here.
+        lease = RunLease(cfg.run.output_dir, cfg.run.lease_stale_s).acquire()
+    with lease:
+        _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> None:
+    with exit_on_user_error():
         prepared = prepare_run(cfg)
         resume_from = check_resume(cfg)
     print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)

@@ -10,7 +10,7 @@ import pytest
 from framework.model.tokenizer import train_bpe
 from framework.suite.build import training_chats
 from framework.suite.families import FAMILIES
-from tests.helpers import TINY, single_process_group
+from tests.helpers import TINY, run, single_process_group
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +128,12 @@ def lora_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("lora")
     cfg = run(root / "run", root / "cache", *adapter_run(tiny_model_dir, "lora"))
     return root / "run", root / "cache", cfg
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory):
+    """6 steps on 2 ranks, ZeRO-2, a checkpoint every 2 steps (helpers.RUN): the reference
+    of the resume and checkpoint tests."""
+    root = tmp_path_factory.mktemp("straight")
+    run(root / "run", root / "cache")
+    return root

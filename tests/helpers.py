@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from framework.config.compose import compose_train_config, register_schemas
 from framework.config.schema import ModelConfig, TrainConfig
@@ -223,6 +224,20 @@ def assert_same(a: dict, b: dict, weight_rtol: float = 1e-5):
     assert a["state"].keys() == b["state"].keys()
     for name, gap in weight_gaps(a["state"], b["state"]).items():
         assert gap < weight_rtol, f"{name}: relative difference {gap:.2e}"
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "hf" / "model.safetensors")
+
+
+def assert_same_run(resumed: Path, straight: Path, steps: list[int], rtol: float):
+    """Losses of `steps` within rtol; each final weight tensor within rtol elementwise."""
+    got, want = losses(resumed), losses(straight)
+    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=rtol)
+    a, b = weights(resumed), weights(straight)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=rtol * 1e-2)
 
 
 def eval_command(*overrides: str, **env: str) -> subprocess.CompletedProcess:

@@ -4,8 +4,11 @@ ranks; incomplete, damaged or unsafe checkpoints are refused with a clear messag
 
 from __future__ import annotations
 
+import errno
 import pickle
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +18,22 @@ from safetensors.torch import load_file
 
 from framework import checkpoint
 from framework.checkpoint import CheckpointError, committed, read_progress, step_dir
+from framework.checkpoint_integrity import damage
+from framework.prepare import prepare_run
 from framework.train.loop import ZERO3_OTHER_LAYOUT_WARNING
-from tests.helpers import RUN, adapter_run, assert_same, compose_config, losses, run
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(out / "hf" / "model.safetensors")
-
-
-def assert_same_run(resumed: Path, straight: Path, steps: list[int], rtol: float):
-    """Losses of `steps` within rtol; each final weight tensor within rtol elementwise."""
-    got, want = losses(resumed), losses(straight)
-    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=rtol)
-    a, b = weights(resumed), weights(straight)
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=rtol * 1e-2)
+from tests.helpers import (
+    RUN,
+    adapter_run,
+    assert_same,
+    assert_same_run,
+    compose_config,
+    join_group,
+    leave_group,
+    losses,
+    run,
+    spawn,
+    weights,
+)
 
 
 def assert_same_run_other_layout(resumed: Path, straight: Path, steps: list[int]):
@@ -40,14 +43,6 @@ def assert_same_run_other_layout(resumed: Path, straight: Path, steps: list[int]
         {"losses": [got[s] for s in steps], "state": weights(resumed)},
         {"losses": [want[s] for s in steps], "state": weights(straight)},
     )
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """6 steps on 2 ranks, ZeRO-2, a checkpoint every 2 steps: the reference."""
-    root = tmp_path_factory.mktemp("straight")
-    run(root / "run", root / "cache")
-    return root
 
 
 def test_checkpoints_hold_every_part_of_the_state(straight):
@@ -268,3 +263,85 @@ def test_an_adapter_checkpoint_resumes_only_on_the_ranks_that_wrote_it(
     )
     with pytest.raises(CheckpointError, match=r"of 2 ranks.*set cluster.num_workers=2"):
         checkpoint.check_resume(cfg)
+
+
+# ------------------------------------------------------------------------------ no space
+
+
+def _train_rank_short_of_space(rank, world, port, cfg, report: Path, inject: bool):
+    """A training rank that reports a CheckpointError to `report/rank<N>`. `inject`: rank
+    1's optimizer shard of step 4 fails part-written, as on a full disk."""
+    from framework.train.loop import WorkerContext, train
+
+    real_save = torch.save
+
+    def save_on_a_full_disk(obj, file, *args, **kwargs):
+        if rank == 1 and str(file).endswith("optim_states.pt") and "step_00000004" in str(file):
+            Path(file).write_bytes(b"part of a shard")
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_save(obj, file, *args, **kwargs)
+
+    if inject:
+        torch.save = save_on_a_full_disk
+    join_group(rank, world, port)
+    try:
+        train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
+    except CheckpointError as err:
+        (report / f"rank{rank}").write_text(str(err))
+    leave_group()
+
+
+def assert_out_of_space_then_resumed(out: Path, root: Path, report: Path, straight: Path):
+    """Both ranks stopped naming the failed save; step 2 stays, whole, and a rerun
+    resumes from it to the straight run's losses and weights."""
+    for rank in (0, 1):
+        message = (report / f"rank{rank}").read_text()
+        # An OSError's words, or (torch's writer says "unexpected pos ...") ours
+        assert re.search("No space left on device|Not enough space", message), message
+        assert f"checkpoint {step_dir(root, 4)} could not be written" in message
+        assert f"the newest checkpoint is still {step_dir(root, 2)}" in message
+        assert "needs about" in message and "free" in message
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [
+        "step_00000002"
+    ]  # the partial one removed
+    assert damage(step_dir(root, 2)) is None
+    run(out, out.parent / "cache", f"run.checkpoint_dir={root}")
+    assert_same_run(out, straight, steps=[3, 4, 5, 6], rtol=1e-6)
+
+
+def test_a_save_that_runs_out_of_space_keeps_the_previous_checkpoint(straight, tmp_path):
+    out, report = tmp_path / "run", tmp_path
+    cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}"])
+    prepare_run(cfg)
+    spawn(_train_rank_short_of_space, 2, cfg, report, True)
+    assert_out_of_space_then_resumed(out, out / "checkpoints", report, straight / "run")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path, straight):
+    """A tmpfs with room for one checkpoint of RUN and a half (root only)."""
+    size = sum(f.stat().st_size for f in step_dir(straight / "run" / "checkpoints", 2).rglob("*"))
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 // 4096 * 4096}", "tmpfs", mount],
+        capture_output=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", mount], check=True)
+
+
+def test_a_full_file_system_during_a_save_keeps_the_previous_checkpoint(
+    straight, tmp_path, small_tmpfs
+):
+    out, root = tmp_path / "run", small_tmpfs / "checkpoints"
+    cfg = compose_config(
+        [*RUN, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}",
+         f"run.checkpoint_dir={root}"]
+    )  # fmt: skip
+    prepare_run(cfg)
+    spawn(_train_rank_short_of_space, 2, cfg, tmp_path, False)
+    subprocess.run(["mount", "-o", "remount,size=64m", small_tmpfs], check=True)
+    assert_out_of_space_then_resumed(out, root, tmp_path, straight / "run")

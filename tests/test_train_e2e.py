@@ -16,8 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from framework.checkpoint import committed, read_progress, step_dir
+from framework.checkpoint_integrity import damage
 from framework.cluster.stopping import EXIT_RESUMABLE
 from framework.config.schema import DEFAULT_HELD_OUT
+from framework.run_dir import LEASE_FILE
 from framework.suite.families import FAMILIES
 from tests.helpers import ROOT, SHARED_DATA, logged
 
@@ -193,11 +195,47 @@ def _evaluate_the_export_and_the_checkpoint_alike(out):
     assert results[0]["answers"] == results[1]["answers"]
 
 
+LEASED = "is in use by another run"
+
+
+def one_of_two_started_together(out, tmp_path, overrides) -> subprocess.Popen:
+    """Two runs started at once on `out`: one refuses within seconds, with one line; the
+    other, returned, runs (logging to tmp_path/train.log)."""
+    logs = [tmp_path / "train.log", tmp_path / "twin.log"]
+    both = [start_training(out, log, *overrides) for log in logs]
+    deadline = time.monotonic() + 60
+    while all(p.poll() is None for p in both):
+        assert time.monotonic() < deadline, "neither run refused the other"
+        time.sleep(0.1)
+    refused = next(i for i, p in enumerate(both) if p.poll() is not None)
+    assert both[refused].returncode == 1
+    assert_refused(logs[refused].read_text(), out)
+    survivor = both[1 - refused]
+    if refused == 0:  # the survivor's log is the one the test reads on
+        logs[1].replace(logs[0])
+    return survivor
+
+
+def refused_mid_run(out, log, overrides) -> None:
+    began = time.monotonic()
+    late = start_training(out, log, *overrides)
+    assert late.wait(timeout=60) == 1
+    assert time.monotonic() - began < 30  # imports and Hydra; no Ray, no data
+    assert_refused(log.read_text(), out)
+
+
+def assert_refused(text: str, out) -> None:
+    assert f"error: run.output_dir={out} {LEASED} (pid " in text, text[-3000:]
+    assert "Traceback" not in text
+
+
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_stops_then_a_killed_worker_is_replaced(tmp_path):
-    """SIGTERM to the driver: checkpoint, exit 75. The same command resumes; a worker
-    killed with SIGKILL is restarted by Ray (cluster.max_failures=1) from the newest
-    checkpoint, and the run finishes with every step logged once."""
+def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path):
+    """Two runs started together on one directory: one refuses; a third started mid-run
+    refuses in seconds. SIGTERM to the driver: checkpoint, exit 75. The same command
+    resumes; a worker killed with SIGKILL is restarted by Ray (cluster.max_failures=1)
+    from the newest checkpoint, and the run finishes with every step logged once and its
+    lease given back."""
     out, log = tmp_path / "run", tmp_path / "train.log"
     overrides = [
         "logger.mode=offline",
@@ -208,8 +246,9 @@ def test_sigterm_checkpoints_and_stops_then_a_killed_worker_is_replaced(tmp_path
         "data.suite.train_examples=400",
         "cluster.max_failures=1",
     ]
-    first = start_training(out, log, *overrides)
+    first = one_of_two_started_together(out, tmp_path, overrides)
     wait_for_step(first, out, 3, log)
+    refused_mid_run(out, tmp_path / "late.log", overrides)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == EXIT_RESUMABLE, log.read_text()[-3000:]
     assert "stopped early (stop requested (signal))" in log.read_text()
@@ -235,7 +274,28 @@ def test_sigterm_checkpoints_and_stops_then_a_killed_worker_is_replaced(tmp_path
     assert all(m["time"] > killed_at for m in steps if m["step"] > 10)
     assert (out / "hf" / "config.json").exists()
     assert json.loads((out / "summary.json").read_text())["steps"] == 20
+    assert [damage(p) for p in committed(out / "checkpoints")] == [None, None]
+    assert not (out / LEASE_FILE).exists()
     assert_no_secret(out)
+
+
+@pytest.mark.slow
+def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_log(tmp_path):
+    """A checkpoint directory that cannot be made (a file is in the way): the workers stop
+    together with our error line; Ray's worker and controller tracebacks stay off the
+    console, the full ones are in train.log."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    out = tmp_path / "run"
+    overrides = ["trainer.max_steps=2", "trainer.eval_every=0", "logger=none"]
+    result = train(out, *overrides, f"run.checkpoint_dir={blocked}/checkpoints", timeout=300)
+    assert result.returncode == 1
+    step = step_dir(blocked / "checkpoints", 2)
+    assert f"error: checkpoint {step} could not be written (rank 0: " in result.stderr
+    assert "Not a directory" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    log = (out / "train.log").read_text()
+    assert "Traceback" in log and "framework.checkpoint.CheckpointError" in log
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ _POSITIVE = (
     "cluster.gpus_per_worker",
     "adapter.rank",
     "adapter.alpha",
+    "run.lease_stale_s",
 )
 
 

@@ -19,6 +19,12 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the fix."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of `err`'s message, for a one-line error (its type when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 # Built tokenizers, data artifacts and converted models (GGUF files, checkpoints) are
 # cached here between runs and commands.
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("HOME", "/tmp"), ".cache", "instruct-sft")
@@ -280,6 +286,10 @@ class RunConfig:
     checkpoint_dir: str = "${run.output_dir}/checkpoints"
     # Where built tokenizers, data artifacts and converted models are cached between runs.
     cache_dir: str = DEFAULT_CACHE_DIR
+    # A run's lease on run.output_dir (framework/lease.py) is renewed every quarter of
+    # this and taken over once its heartbeat is older: longer than a file system stall
+    # and the clock skew between hosts, short enough to wait out after a crash.
+    lease_stale_s: float = 120.0
 
 
 @dataclass
