@@ -4,6 +4,7 @@ ZeRO stage written by 2 ranks exports, in one process, the weights the run itsel
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -133,6 +134,29 @@ def test_a_rejected_export_leaves_the_previous_one_in_place(
     after = export_weights(out)
     assert all(torch.equal(after[name], before[name]) for name in before)
     assert (tmp_path / "hf.tmp" / "model.safetensors").exists()  # kept for inspection
+
+
+def test_an_export_that_runs_out_of_space_leaves_the_previous_one_in_place(
+    tiny_model, tokenizer, tmp_path, monkeypatch
+):
+    out = write_verified(reference_of(tiny_model), tokenizer, tmp_path / "hf")
+    before = export_weights(out)
+
+    def save_on_a_full_disk(model, tokenizer, directory, **kwargs):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"part of the weights")
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(export, "save_hf", save_on_a_full_disk)
+    with pytest.raises(ExportError) as failed:
+        write_verified(reference_of(tiny_model, shift=1.0), tokenizer, out)
+    assert f"the export to {out} could not be written ([Errno 28] No space left" in str(
+        failed.value
+    )
+    assert f"{out} was left as it was" in str(failed.value) and "needs about" in str(failed.value)
+    after = export_weights(out)
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert not (tmp_path / "hf.tmp").exists()  # the partial files are gone
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tiny_model):
