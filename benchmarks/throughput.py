@@ -1,22 +1,25 @@
-"""python benchmarks/throughput.py
+"""python benchmarks/throughput.py [--model smollm2]
 
-Training throughput side by side, in one process: our loop (packed, padded, packed with a
-dense block mask) against the Hugging Face Trainer and TRL's SFTTrainer, on the same tiny
-model, tokens and data, in interleaved rounds (the first one a warm-up). Run from the
-repository root; needs `.[bench]`:
+Training throughput side by side, one process per run: our loop (packed, packed with the
+full-logit loss, padded, packed with a dense block mask) against the Hugging Face Trainer
+and TRL's SFTTrainer (packing, padding-free), on the same model, tokens and data, in
+interleaved rounds (the first one a warm-up). Run from the repository root; needs
+`.[bench]`:
 
-    python benchmarks/throughput.py            # full: 3 measured rounds + a warm-up round
-    python benchmarks/throughput.py --quick    # a smoke run of a minute or two
+    python benchmarks/throughput.py                  # the tiny Llama on alpaca: ~10 min
+    python benchmarks/throughput.py --model smollm2  # SmolLM2-135M, suite + alpaca: ~25 min
+    python benchmarks/throughput.py --quick          # a smoke run of a minute or two
 
 Prints one markdown table (per contender: slot efficiency, trained tokens/s, tokens/s,
-speed ratio and realisation factor against ours padded, time to first step, MFU) with
-notes on what was run and how each column is measured; progress goes to stderr.
+speed ratio and realisation factor against ours padded, time to first step, peak resident
+memory, MFU) with notes on what was run and how each column is measured; progress goes
+to stderr. fp32 on CPUs, the runs' automatic precision on GPUs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
+import multiprocessing
 import os
 import statistics
 import sys
@@ -26,7 +29,6 @@ from pathlib import Path
 import torch
 from common import (
     DATA_OVERRIDES,
-    MAX_SEQ_LEN,
     arg_parser,
     bench_workdir,
     median,
@@ -40,7 +42,9 @@ from throughput_contenders import (
     hf_trainer,
     ours_packed,
     ours_packed_dense_mask,
+    ours_packed_full_logits,
     ours_padded,
+    trl_padding_free,
     trl_sft,
 )
 
@@ -49,37 +53,51 @@ from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import ErrorPolicy
 from framework.data.sources import load_data
+from framework.model.build import check_model_source
 from framework.model.precision import auto_precision
 from framework.prepare import prepare_run
 from framework.run_dir import TOKENIZER_DIR
-from framework.train.metrics import peak_flops
+from framework.train.metrics import peak_flops, peak_memory_gb
 
 SEED = 1234  # the trainer default; the artifact and every sampler use it
 ZERO_STAGE = 2  # the repository default (parallelism=zero2)
 THREADS = min(2, os.cpu_count() or 1)  # torch threads of the one process
-FULL = {"tokens": 122_880, "rounds": 4}
-QUICK = {"tokens": 12_000, "rounds": 2}
+# What each --model trains on, its real tokens per contender run and rounds (the first a
+# warm-up): the tiny random-init Llama on alpaca, or the default run's model on the suite
+# mixed with alpaca at its preset's 512-token rows.
+MODELS = {
+    "tiny": {"overrides": DATA_OVERRIDES, "tokens": 122_880, "rounds": 4},
+    "smollm2": {
+        "overrides": ["model=smollm2_135m", "data=suite_alpaca_mix", "logger=none"],
+        "tokens": 8_192,
+        "rounds": 3,
+    },
+}
+QUICK = {"tokens": 6_000, "rounds": 2}
 BASELINE = "ours, padded"
-CONTENDERS: list[tuple[str, Callable[[Setup], Run]]] = [
-    ("ours, packed", ours_packed),
-    (BASELINE, ours_padded),
-    ("ours, packed, dense block mask (sdpa)", ours_packed_dense_mask),
-    ("HF Trainer, dynamic padding", hf_trainer),
-    ("TRL SFTTrainer, packing=True", trl_sft),
-]
-PACKED = {"ours, packed", "ours, packed, dense block mask (sdpa)", "TRL SFTTrainer, packing=True"}
+DENSE = "ours, packed, dense block mask (sdpa)"
+CONTENDERS: dict[str, Callable[[Setup], Run]] = {
+    "ours, packed": ours_packed,
+    "ours, packed, full-logit loss (trainer.loss_positions=all)": ours_packed_full_logits,
+    BASELINE: ours_padded,
+    DENSE: ours_packed_dense_mask,
+    "HF Trainer, dynamic padding": hf_trainer,
+    "TRL SFTTrainer, packing=True": trl_sft,
+    "TRL SFTTrainer, padding_free=True": trl_padding_free,
+}
+UNPACKED = {BASELINE, "HF Trainer, dynamic padding"}
 
 
 # --------------------------------------------------------------------------- set-up
 
 
-def make_setup(workdir: Path, budget: int) -> Setup:
+def make_setup(workdir: Path, budget: int, model: str) -> Setup:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     cfg = compose_train_config(
         [
-            *DATA_OVERRIDES,
+            *MODELS[model]["overrides"],
             f"run.output_dir={workdir / 'run'}",
             f"run.cache_dir={workdir / 'cache'}",
             "cluster.num_workers=1",
@@ -101,12 +119,14 @@ def make_setup(workdir: Path, budget: int) -> Setup:
     padded_examples = max(1, round(PACKED_ROWS * tokens_per_row / data.lengths().mean()))
     return Setup(
         cfg=cfg,
+        source=check_model_source(cfg),
         tokenizer=tokenizer,
         artifact=prepared.artifact,
         data=data,
         records=records,
         device=device,
-        precision=auto_precision(device)[0],  # what our runs choose here
+        # fp32 on CPUs, as the issue's comparison asks; GPUs: what our runs choose there.
+        precision=auto_precision(device)[0] if device.type == "cuda" else "fp32",
         budget=budget,
         padded_examples=padded_examples,
         workdir=workdir,
@@ -138,36 +158,60 @@ def summary(run: Run, peak: float | None) -> dict[str, float]:
     return out
 
 
-def interleaved(setup: Setup, rounds: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
+def _contender_process(name: str, workdir: Path, budget: int, model: str, queue) -> None:
+    """One contender run in this fresh process: (summary with the process's peak memory,
+    note, None), or (None, "", why it could not run)."""
+    torch.set_num_threads(THREADS)
+    with contextlib.redirect_stdout(sys.stderr):  # keep the parent's stdout for the table
+        setup = make_setup(workdir, budget, model)  # the prepared artifact, from the cache
+        try:
+            run = CONTENDERS[name](setup)
+            result = summary(run, peak_flops(setup.device, None))
+        except Exception as error:  # a contender that cannot run becomes a row
+            queue.put((None, "", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"))
+            return
+    result["peak_gb"] = peak_memory_gb(setup.device)
+    queue.put((result, run.note, None))
+
+
+def run_contender(name: str, setup: Setup, model: str) -> tuple[dict | None, str, str | None]:
+    """A contender in a process of its own, so that its peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    args = (name, setup.workdir, setup.budget, model, queue)
+    process = context.Process(target=_contender_process, args=args)
+    process.start()
+    outcome = queue.get()
+    process.join()
+    return outcome
+
+
+def interleaved(
+    setup: Setup, rounds: int, model: str, names: list[str]
+) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """Rounds of A B C D E; the first (warm-up) round is dropped. Returns each contender's
     measured summaries and, for those that could not run, why."""
-    peak = peak_flops(setup.device, None)
-    results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}
+    results: dict[str, list[dict]] = {name: [] for name in names}
     failed: dict[str, str] = {}
     notes: dict[str, str] = {}
     for round_index in range(rounds):
-        for name, contender in CONTENDERS:
+        for name in names:
             if name in failed:
                 continue
-            torch.set_num_threads(THREADS)  # accelerate may change it for a CPU run
-            try:
-                with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table
-                    run = contender(setup)
-                result = summary(run, peak)
-            except Exception as error:  # a contender that cannot run becomes a row
-                failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                progress(f"failed: {name}: {failed[name]}")
+            result, note, error = run_contender(name, setup, model)
+            if error:
+                failed[name] = error
+                progress(f"failed: {name}: {error}")
                 continue
-            finally:
-                gc.collect()
-            if run.note:
-                notes[name] = run.note
+            if note:
+                notes[name] = note
             if round_index > 0:
                 results[name].append(result)
             label = "warm-up" if round_index == 0 else f"round {round_index}"
             progress(
                 f"{label}: {name}: {result['tokens_per_s']:,.0f} tokens/s, "
-                f"{result['steps']} steps, first step {result['first_step_s']:.2f} s"
+                f"{result['steps']} steps, first step {result['first_step_s']:.2f} s, "
+                f"peak {result['peak_gb']:.2f} GB"
             )
     return results, {**notes, **{k: f"not run: {v}" for k, v in failed.items()}}
 
@@ -184,12 +228,13 @@ def throughput_table(results: dict[str, list[dict]], problems: dict[str, str]) -
         "speed ratio",
         "realisation factor",
         "time to first step (s)",
+        "peak memory (GB)",
         "MFU",
     )
     base = results.get(BASELINE) or []
-    for name, _ in CONTENDERS:
+    for name in results:
         if not results[name]:
-            lines.append(f"| {name} | {problems.get(name, 'no measured round')} | | | | | | |")
+            lines.append(f"| {name} | {problems.get(name, 'no measured round')} | | | | | | | |")
             continue
         rs = results[name]
         speed, eff = median(rs, "tokens_per_s"), median(rs, "efficiency")
@@ -201,13 +246,40 @@ def throughput_table(results: dict[str, list[dict]], problems: dict[str, str]) -
             for r, b in pairs
         ]
         ratio = f"{statistics.median(ratios):.3f}" if pairs else "n/a"
-        realisation = f"{statistics.median(realised):.3f}" if pairs and name in PACKED else "—"
+        packed = name not in UNPACKED
+        realisation = f"{statistics.median(realised):.3f}" if pairs and packed else "—"
         mfu = f"{median(rs, 'mfu'):.1%}" if "mfu" in rs[0] else "n/a"
         lines.append(
             f"| {name} | {eff:.2%} | {median(rs, 'trained_per_s'):,.0f} | {speed:,.0f} "
-            f"| {ratio} | {realisation} | {median(rs, 'first_step_s'):.2f} | {mfu} |"
+            f"| {ratio} | {realisation} | {median(rs, 'first_step_s'):.2f} "
+            f"| {median(rs, 'peak_gb'):.2f} | {mfu} |"
         )
     return lines
+
+
+def model_note(setup: Setup) -> str:
+    data = setup.data
+    counts = (
+        f"{len(data):,} examples, {int(data.lengths().sum()):,} tokens, "
+        f"{int((data.weights > 0).sum()):,} trained by our loss mask"
+    )
+    common = (
+        f"through prepare_run (data.max_seq_len={setup.cfg.data.max_seq_len}): the same "
+        "token ids for every contender except TRL, which tokenizes the same conversations "
+        "itself."
+    )
+    if setup.source is None:
+        return (
+            "- Model: the tiny Llama (4 layers, hidden 128, built-in BPE tokenizer, ChatML), "
+            f"random init from the same seed for every contender. Data: alpaca_en_demo.json "
+            f"({counts}) {common}"
+        )
+    return (
+        "- Model: SmolLM2-135M-Instruct (30 layers, 49,152-token vocabulary, its tokenizer "
+        "and chat template), the same pretrained weights for every contender. Data: "
+        f"data=suite_alpaca_mix, the built-in suite with alpaca_en_demo.json ({counts}) "
+        f"{common}"
+    )
 
 
 def setup_notes(setup: Setup, results: dict[str, list[dict]], rounds: int) -> list[str]:
@@ -224,20 +296,16 @@ def setup_notes(setup: Setup, results: dict[str, list[dict]], rounds: int) -> li
         f"Device: {hardware}; precision {setup.precision}; one process, one-rank process group "
         f"for ours (DeepSpeed ZeRO stage {ZERO_STAGE}); Trainer/TRL without DeepSpeed. "
         f"Rounds: {rounds} interleaved (contenders in table order), the first dropped as "
-        f"warm-up; medians over {min(measured, default=0)} measured round(s).",
-        "- Model: framework.model.build.build_model(ModelConfig()) = the tiny Llama (4 "
-        "layers, hidden 128), random init from the same seed for every contender. Data: "
-        f"alpaca_en_demo.json (999 examples, {int(setup.data.lengths().sum()):,} tokens, "
-        f"{int((setup.data.weights > 0).sum()):,} trained by our loss mask) "
-        f"through prepare_run (data=alpaca_demo, data.max_seq_len={MAX_SEQ_LEN}, built-in "
-        "BPE tokenizer, ChatML): the same token ids for every contender except TRL, which "
-        "tokenizes the same conversations itself.",
+        f"warm-up; medians over {min(measured, default=0)} measured round(s). Each run in "
+        "a process of its own.",
+        model_note(setup),
         f"- Budget: every contender trains until it has fed the model {setup.budget:,} real "
         "(non-padding) tokens; the step that crosses the budget is the last (median steps per run: "
         + "; ".join(f"{name}: {n}" for name, n in steps.items())
         + "). Not the same examples: packed and padded orders differ.",
         f"- Micro batches (1 accumulation step): packed contenders (ours, TRL) {PACKED_ROWS} "
-        f"rows of {MAX_SEQ_LEN} slots; padded ones (ours padded, HF) {setup.padded_examples} "
+        f"rows of {setup.cfg.data.max_seq_len} slots; padded ones (ours padded, HF, TRL "
+        f"padding-free) {setup.padded_examples} "
         f"examples = round({PACKED_ROWS} x real tokens per packed row / mean example length), "
         "so each optimizer step holds about the same real tokens.",
     ]
@@ -249,7 +317,9 @@ def column_notes() -> list[str]:
         "- slot efficiency = real tokens / token slots (input_ids.numel()) over every batch "
         "the contender fed the model. tokens/s = real tokens of steps 2..n / wall time from "
         "the end of step 1 to the end of step n (includes data loading and the optimizer); "
-        "trained tokens/s counts positions with a label (labels[:, 1:] != -100).",
+        "trained tokens/s counts positions with a label (labels[:, 1:] != -100). Peak "
+        "memory: the run's process, resident set at its peak (CPU) or allocated at its "
+        "peak (GPU), model, optimizer and libraries included.",
         "- speed ratio = tokens/s / tokens/s of ours, padded in the same round, median over "
         "rounds; realisation factor = speed ratio / slot-efficiency ratio, per round, "
         "median (how much of the packing gain becomes speed; target >= 0.95, packed rows "
@@ -260,12 +330,15 @@ def column_notes() -> list[str]:
     ]
 
 
-def contender_notes() -> list[str]:
+def contender_notes(setup: Setup) -> list[str]:
     """What each contender runs."""
     return [
         "- ours: framework.train.step.train_step over framework.data.loader.RankBatches, "
         "DeepSpeed engine from framework.train.engine. packed = best-fit decreasing rows, "
-        "per-document SDPA (document_sdpa); padded = data.packing=false (length-grouped, "
+        "per-document SDPA (document_sdpa), the loss at trained positions in chunks "
+        "(trainer.loss_positions=trained, the default); full-logit loss = the same with "
+        "the LM head and cross-entropy at every position (trainer.loss_positions=all); "
+        "padded = data.packing=false (length-grouped, "
         "padded to each batch's longest); dense block mask = packed rows with attention "
         "sdpa, where transformers builds a block-diagonal mask over each whole row from the "
         "restarting position ids.",
@@ -277,17 +350,19 @@ def contender_notes() -> list[str]:
         "bf16 autocast on GPUs), report_to=[], no eval, no logging, no saving.",
         "- TRL SFTTrainer: packing=True (bfd: best-fit decreasing, padding-free: each micro "
         "batch's rows concatenated into one sequence with restarting position ids), "
-        f"max_length={MAX_SEQ_LEN}, attention document_sdpa (TRL recommends flash attention "
-        "for padding-free batches; on CPU document_sdpa is the per-document equivalent, so "
-        "it attends like ours, packed). TRL also computes entropy and token accuracy every "
-        "step for its logs.",
+        "or padding_free=True without packing (each micro batch's examples concatenated), "
+        f"max_length={setup.cfg.data.max_seq_len}, attention document_sdpa (TRL recommends "
+        "flash attention for padding-free batches; on CPU document_sdpa is the "
+        "per-document equivalent, so it attends like ours, packed). TRL computes its loss "
+        "at labelled positions only in chunks (its fused LM head), and entropy and token "
+        "accuracy every step for its logs.",
     ]
 
 
 def notes(
     setup: Setup, results: dict[str, list[dict]], problems: dict[str, str], rounds: int
 ) -> list[str]:
-    lines = [*setup_notes(setup, results, rounds), *column_notes(), *contender_notes()]
+    lines = [*setup_notes(setup, results, rounds), *column_notes(), *contender_notes(setup)]
     lines += [f"- {name}: {text}" for name, text in problems.items()]
     if setup.device.type != "cuda":
         lines.append("- MFU: n/a on CPU (no known peak FLOP/s).")
@@ -302,14 +377,18 @@ def notes(
 
 def main() -> None:
     parser = arg_parser(__doc__, "a smoke run of a minute or two")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--tokens", type=int, help="real tokens per contender run")
     parser.add_argument("--rounds", type=int, help="interleaved rounds, the first is warm-up")
     args = parser.parse_args()
-    mode = QUICK if args.quick else FULL
+    mode = QUICK if args.quick else MODELS[args.model]
     budget, rounds = args.tokens or mode["tokens"], args.rounds or mode["rounds"]
+    # The dense block mask's cost is shown on the tiny model; on the real one it would
+    # only lengthen the run.
+    names = [n for n in CONTENDERS if not (args.model != "tiny" and n == DENSE)]
     with bench_workdir("bench-throughput-") as workdir:
-        setup = make_setup(workdir, budget)
-        results, problems = interleaved(setup, rounds)
+        setup = make_setup(workdir, budget, args.model)
+        results, problems = interleaved(setup, rounds, args.model, names)
         print("\n".join(throughput_table(results, problems)))
         print()
         print("\n".join(notes(setup, results, problems, rounds)))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import MAX_SEQ_LEN
+from common import free_port
 
 from framework.config.schema import TrainConfig
 from framework.data.cache import first_plan
@@ -34,7 +34,7 @@ from framework.train.loss import build_objective
 from framework.train.metrics import ModelShape, clock
 from framework.train.step import train_step
 
-PACKED_ROWS = 4  # micro batch of the packed contenders: rows of MAX_SEQ_LEN slots
+PACKED_ROWS = 4  # micro batch of the packed contenders: rows of data.max_seq_len slots
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # What a launcher gives a rank (DeepSpeed reads LOCAL_RANK); MASTER_PORT is added.
 _GROUP_ENV = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
@@ -45,6 +45,7 @@ class Setup:
     """What every contender shares: model config, tokenizer, data, device and budget."""
 
     cfg: TrainConfig
+    source: str | None  # the pretrained model's resolved directory; None: the tiny Llama
     tokenizer: object
     artifact: Path
     data: TokenizedDataset
@@ -139,14 +140,10 @@ def one_rank_group(device: torch.device) -> Iterator[None]:
     """A one-rank process group in this process (as tests/helpers.py makes), with the
     environment a launcher gives a rank (DeepSpeed reads LOCAL_RANK) set only inside: the
     HF and TRL contenders must not see it, or accelerate wraps their model in DDP."""
-    import socket
-
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            _GROUP_ENV["MASTER_PORT"] = str(s.getsockname()[1])
+        _GROUP_ENV["MASTER_PORT"] = str(free_port())
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
             init_method=f"tcp://127.0.0.1:{_GROUP_ENV['MASTER_PORT']}",
@@ -165,24 +162,27 @@ def one_rank_group(device: torch.device) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def ours(setup: Setup, *, packing: bool, attention: str) -> Run:
+def ours(setup: Setup, *, packing: bool, attention: str, loss_positions: str = "trained") -> Run:
     """framework.train.step.train_step on a DeepSpeed engine, batches from RankBatches."""
     run = Run(clock(setup.device), setup.device)
     gpu = setup.device.type == "cuda"
     cfg = copy.deepcopy(setup.cfg)
     cfg.data.packing = packing
     cfg.model.attention = attention
+    cfg.trainer.loss_positions = loss_positions
     cfg.trainer.micro_batch_size = PACKED_ROWS if packing else setup.padded_examples
-    objective = build_objective(cfg.objective)
+    objective = build_objective(cfg)
     with one_rank_group(setup.device):
         torch.manual_seed(cfg.trainer.seed)
-        model = build_model(cfg.model, setup.tokenizer, DTYPES[setup.precision], attention)
+        model = build_model(
+            cfg.model, setup.tokenizer, DTYPES[setup.precision], attention, setup.source
+        )
         ds_config = deepspeed_config(cfg, world_size=1, precision=setup.precision, gpu=gpu)
         engine = build_engine(model, cfg, ds_config=ds_config, gpu=gpu)
         run.shape = ModelShape.of(engine.module)
         sampler = RankBatches(
             setup.data,
-            max_seq_len=MAX_SEQ_LEN,
+            max_seq_len=cfg.data.max_seq_len,
             packing=packing,
             micro_batch_size=cfg.trainer.micro_batch_size,
             rank=0,
@@ -201,6 +201,10 @@ def ours(setup: Setup, *, packing: bool, attention: str) -> Run:
 
 def ours_packed(setup: Setup) -> Run:
     return ours(setup, packing=True, attention=DOCUMENT_SDPA)
+
+
+def ours_packed_full_logits(setup: Setup) -> Run:
+    return ours(setup, packing=True, attention=DOCUMENT_SDPA, loss_positions="all")
 
 
 def ours_padded(setup: Setup) -> Run:
@@ -279,7 +283,7 @@ def hf_trainer(setup: Setup) -> Run:
     run = Run(clock(setup.device), setup.device)
     dataset = Dataset.from_dict(hf_columns(setup.data))
     torch.manual_seed(setup.cfg.trainer.seed)
-    model = build_model(setup.cfg.model, setup.tokenizer, torch.float32, "sdpa")
+    model = build_model(setup.cfg.model, setup.tokenizer, torch.float32, "sdpa", setup.source)
     run.shape = ModelShape.of(model)
     run.meter_forward(model)
     with tempfile.TemporaryDirectory(dir=setup.workdir) as out:
@@ -326,9 +330,10 @@ def trl_dataset(records: list[LoadedRecord], mode: str):
     return Dataset.from_dict({"messages": chats})
 
 
-def trl_sft(setup: Setup) -> Run:
-    """TRL SFTTrainer, packing=True (best-fit decreasing, padding-free rows with position
-    ids), on the same conversations; the model attends per document (document_sdpa)."""
+def trl_sft(setup: Setup, *, packing: bool = True) -> Run:
+    """TRL SFTTrainer on the same conversations, packing=True (best-fit decreasing,
+    padding-free rows with position ids) or padding_free=True (each micro batch's examples
+    concatenated into one row); the model attends per document (document_sdpa)."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -338,14 +343,19 @@ def trl_sft(setup: Setup) -> Run:
     run.note = f"{mode} ({why})"
     dataset = trl_dataset(setup.records, mode)
     torch.manual_seed(setup.cfg.trainer.seed)
-    model = build_model(setup.cfg.model, setup.tokenizer, torch.float32, DOCUMENT_SDPA)
+    model = build_model(
+        setup.cfg.model, setup.tokenizer, torch.float32, DOCUMENT_SDPA, setup.source
+    )
     run.shape = ModelShape.of(model)
     run.meter_forward(model)
     with tempfile.TemporaryDirectory(dir=setup.workdir) as out:
+        micro_batch = PACKED_ROWS if packing else setup.padded_examples
         config = SFTConfig(
-            **trainer_arguments(setup, Path(out), PACKED_ROWS),
-            packing=True,
-            max_length=MAX_SEQ_LEN,
+            **trainer_arguments(setup, Path(out), micro_batch),
+            packing=packing,
+            padding_free=not packing,
+            # TRL refuses a max_length it would not enforce without packing.
+            max_length=setup.cfg.data.max_seq_len if packing else None,
             **{mode: True},
         )
         trainer = SFTTrainer(
@@ -360,6 +370,10 @@ def trl_sft(setup: Setup) -> Run:
     return run
 
 
+def trl_padding_free(setup: Setup) -> Run:
+    return trl_sft(setup, packing=False)
+
+
 def trl_data_note(dataset) -> str:
     """What TRL's own preparation made of the conversations (tokens, trained labels)."""
     import pyarrow.compute as pc
@@ -367,7 +381,7 @@ def trl_data_note(dataset) -> str:
     table = dataset.data.table
     tokens = pc.sum(pc.list_value_length(table.column("input_ids"))).as_py()
     if "labels" not in table.column_names:
-        return f"TRL's packed data: {tokens:,} tokens"
+        return f"TRL's prepared data: {tokens:,} tokens"
     labels = pc.list_flatten(table.column("labels"))
     trained = pc.sum(pc.not_equal(labels, IGNORE_INDEX)).as_py()
-    return f"TRL's packed data: {tokens:,} tokens, {trained:,} with a label"
+    return f"TRL's prepared data: {tokens:,} tokens, {trained:,} with a label"

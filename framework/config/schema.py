@@ -209,6 +209,11 @@ class TrainerConfig:
     # example: each example's mean token loss, averaged over the examples of the global
     # batch (short replies weigh as much as long ones).
     loss_average: str = "token"
+    # trained: the LM head and the cross-entropy run only where a label is trained,
+    # loss_chunk_tokens positions at a time, recomputed in backward (no logits of the
+    # whole micro batch); all: logits at every position, as the model's forward gives.
+    loss_positions: str = "trained"
+    loss_chunk_tokens: int = 256
     # Run the first micro batch unpacked too and stop if the losses disagree.
     verify_packing: bool = True
     # A NaN or infinite loss: "stop" the run before the weights change, or "skip" that

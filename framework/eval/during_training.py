@@ -18,9 +18,9 @@ from framework.eval import ifeval
 from framework.eval.eval_set import EvalSet, eval_loss, greedy_samples
 from framework.eval.questions import Question, answer_and_score, suite_questions
 from framework.eval.scoring import examples_worst_first, flat_metrics
-from framework.model.attention import packed_logits
 from framework.suite.build import eval_items, trained_families
 from framework.suite.families import FAMILIES
+from framework.train.loss import token_loss_fn
 
 
 def suite_sample(cfg: TrainConfig) -> list[Question]:
@@ -87,7 +87,7 @@ def evaluate(
     metrics, samples, answers = {}, [], []
     if evalset is not None:
         metrics = eval_loss(
-            packed_logits(engine),
+            token_loss_fn(engine, cfg.trainer),
             evalset,
             micro_batch_size=cfg.trainer.micro_batch_size,
             rank=rank,

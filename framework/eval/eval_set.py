@@ -15,8 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import collate_rows
-from framework.model.attention import Forward
-from framework.train.loss import token_losses
+from framework.train.loss import TokenLosses
 
 
 @dataclass
@@ -47,7 +46,7 @@ def rank_chunks(lengths: np.ndarray, micro_batch_size: int, rank: int, world: in
 
 @torch.no_grad()
 def eval_loss(
-    forward: Forward,
+    token_losses: TokenLosses,
     evalset: EvalSet,
     *,
     micro_batch_size: int,
@@ -70,7 +69,7 @@ def eval_loss(
             ).items()
         }
         weights = batch["loss_weights"][:, 1:].double()
-        losses = token_losses(forward(batch["input_ids"], batch["position_ids"]), batch["labels"])
+        losses = token_losses(batch["input_ids"], batch["position_ids"], batch["labels"])
         for row, index in enumerate(chunk):
             source = int(evalset.source_ids[index])
             sums[source, 0] += (losses[row].double() * weights[row]).sum()

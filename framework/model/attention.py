@@ -24,6 +24,8 @@ from framework.data.pack import example_bounds
 
 DOCUMENT_SDPA = "document_sdpa"
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, positions) -> logits
+# (ids, positions) -> (final hidden states [rows, length, hidden], the LM head module)
+HiddenForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.nn.Module]]
 
 
 def document_sdpa(
@@ -113,3 +115,23 @@ def packed_logits(model: torch.nn.Module) -> Forward:
     return lambda ids, positions: (
         model(input_ids=ids, position_ids=positions, use_cache=False).logits
     )
+
+
+def packed_hidden_states(model: torch.nn.Module) -> HiddenForward:
+    """(input ids, position ids) -> (the decoder's final hidden states, the LM head) of
+    packed rows, through `model`'s own forward (ZeRO-3's hooks on the whole model run as
+    usual), with the head applied to the last position only: the caller applies it where
+    it needs logits."""
+    inner = getattr(model, "module", model)  # a DeepSpeed engine's model
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+
+    def forward(ids: torch.Tensor, positions: torch.Tensor):
+        captured = []
+        hook = decoder.register_forward_hook(lambda m, a, out: captured.append(out))
+        try:
+            model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1)
+        finally:
+            hook.remove()
+        return captured[0].last_hidden_state, head
+
+    return forward

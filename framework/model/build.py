@@ -38,7 +38,25 @@ def check_model_source(cfg: TrainConfig) -> str | None:
             "model.trust_remote_code for custom code"
         ) from None
     check_adapter(cfg, config)
+    _check_plain_head(cfg, config)
     return source
+
+
+# Config fields of models whose forward changes the logits after the LM head (Gemma 2's
+# soft-capping, Cohere's and Granite's scaling), which the trained-positions loss, applying
+# the head itself, would leave out.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _check_plain_head(cfg: TrainConfig, config: PreTrainedConfig) -> None:
+    text = config.get_text_config()
+    changed = [name for name in _LOGIT_TRANSFORMS if getattr(text, name, None) is not None]
+    if changed and cfg.trainer.loss_positions == "trained":
+        raise ConfigError(
+            f"model.name_or_path={cfg.model.name_or_path!r} changes its logits after the LM "
+            f"head ({', '.join(changed)}), which trainer.loss_positions=trained does not "
+            "apply: set trainer.loss_positions=all"
+        )
 
 
 def build_model(

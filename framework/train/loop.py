@@ -55,10 +55,12 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     start = progress.get("step", 0)
     batches = iter(sampler)
     if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
-        batches = checked_first_batch(engine, batches, rank=ctx.rank, device=ctx.device)
+        batches = checked_first_batch(
+            engine, batches, cfg.trainer, rank=ctx.rank, device=ctx.device
+        )
     evaluation = TrainingEval.load(cfg, artifact)
     where = {"rank": ctx.rank, "device": ctx.device}
-    objective = build_objective(cfg.objective)
+    objective = build_objective(cfg)
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
     totals = progress.get("totals")

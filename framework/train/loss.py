@@ -5,19 +5,33 @@ batch is split into ranks and accumulation steps.
 One objective today, `sft`: the weighted token cross-entropy over trained positions
 (labels != IGNORE_INDEX), divided by the global sum of loss weights (the trained-token
 count when every weight is 1; with trainer.loss_average=example the collator scales each
-example's weights to sum to 1, giving the mean over examples)."""
+example's weights to sum to 1, giving the mean over examples).
+
+Token losses are computed where a label is trained only (trainer.loss_positions=trained):
+the final hidden states at those positions go through the LM head and the cross-entropy
+`trainer.loss_chunk_tokens` rows at a time, each chunk's logits recomputed in backward
+rather than kept, so no [tokens, vocabulary] tensor exists for the micro batch. `all`
+computes the logits of every position, as the model's own forward does."""
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from framework.config.schema import ObjectiveConfig
+from framework.config.schema import TrainConfig, TrainerConfig
 from framework.data.pack import IGNORE_INDEX
-from framework.model.attention import Forward
+from framework.model.attention import packed_hidden_states, packed_logits
+
+# (ids, positions, labels) -> the loss of predicting labels[:, t+1] at each position t,
+# [rows, length - 1], 0 where untrained.
+TokenLosses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -32,14 +46,67 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return losses.view_as(shifted)
 
 
-def summed_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of weight x token loss, sum of weights) over the predicted positions. An
-    all-masked batch gives a zero that still has a graph, so backward works and every rank
-    takes part in the step."""
+def _chunk_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, *, chunk_tokens: int
+) -> torch.Tensor:
+    """hidden [n, width] -> the cross-entropy of each target under head(hidden), [n],
+    `chunk_tokens` rows at a time. In training each chunk is checkpointed: its logits are
+    recomputed in backward instead of kept, so one chunk's logits exist at a time.
+
+    At least one chunk runs, on no rows if need be, so a rank with nothing to train still
+    gets a graph through the head (a zero gradient, and backward runs as on the others).
+    Under ZeRO-3, where the head's weight is gathered in each call of the head, every
+    rank calls it as often as the rank with the most chunks: ZeRO-3 requires every rank
+    to fetch the same modules in the same order."""
+    chunks = max(1, math.ceil(len(targets) / chunk_tokens))
+    weight = getattr(head, "weight", None)
+    if hasattr(weight, "ds_id") and dist.is_initialized():  # a ZeRO-3 partitioned head
+        count = torch.tensor(chunks, device=hidden.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        chunks = int(count.item())
+    one = functools.partial(_chunk_losses, head)
+    pieces = []
+    for i in range(chunks):
+        rows = slice(i * chunk_tokens, (i + 1) * chunk_tokens)
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(one, hidden[rows], targets[rows], use_reentrant=False))
+        else:
+            pieces.append(one(hidden[rows], targets[rows]))
+    return torch.cat(pieces)
+
+
+def token_loss_fn(model: torch.nn.Module, cfg: TrainerConfig) -> TokenLosses:
+    """The token losses of packed rows through `model` (a DeepSpeed engine or a plain
+    model), at trained positions only or from every position's logits, as
+    trainer.loss_positions says."""
+    if cfg.loss_positions == "all":
+        logits = packed_logits(model)
+        return lambda ids, positions, labels: token_losses(logits(ids, positions), labels)
+    hidden_states = packed_hidden_states(model)
+
+    def losses(ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
+        hidden, head = hidden_states(ids, positions)
+        targets = labels[:, 1:]
+        trained = targets != IGNORE_INDEX
+        picked = chunked_cross_entropy(
+            hidden[:, :-1][trained], targets[trained], head, chunk_tokens=cfg.loss_chunk_tokens
+        )
+        # masked_scatter keeps the graph through `picked` even when nothing is trained.
+        return picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+
+    return losses
+
+
+def summed_loss(losses: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of weight x token loss, sum of weights) over the predicted positions, from
+    token losses [rows, length - 1]. An all-masked batch gives a zero that still has a
+    graph, so backward works and every rank takes part in the step."""
     shifted = weights[:, 1:].float()
-    return (token_losses(logits, labels) * shifted).sum(), shifted.sum()
+    return (losses * shifted).sum(), shifted.sum()
 
 
 class Objective(Protocol):
@@ -47,12 +114,16 @@ class Objective(Protocol):
         """Collective: what the step's summed loss is divided by, over every rank's micro
         batches of the step."""
 
-    def summed_loss(self, forward: Forward, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The micro batch's loss before normalisation (a sum over its units)."""
+    def summed_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The micro batch's loss through `model` before normalisation (a sum over its
+        units)."""
 
 
 class TokenCrossEntropy:
     """sft: the weighted cross-entropy of every trained token."""
+
+    def __init__(self, cfg: TrainerConfig):
+        self.cfg = cfg
 
     def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
         weights = torch.stack([b["loss_weights"][:, 1:].sum() for b in micro_batches])
@@ -60,16 +131,18 @@ class TokenCrossEntropy:
         dist.all_reduce(total)
         return total.item()
 
-    def summed_loss(self, forward: Forward, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = forward(batch["input_ids"], batch["position_ids"])
-        return summed_loss(logits, batch["labels"], batch["loss_weights"])[0]
+    def summed_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = token_loss_fn(model, self.cfg)(
+            batch["input_ids"], batch["position_ids"], batch["labels"]
+        )
+        return summed_loss(losses, batch["loss_weights"])[0]
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": TokenCrossEntropy}
+OBJECTIVES: dict[str, Callable[[TrainerConfig], Objective]] = {"sft": TokenCrossEntropy}
 
 
-def build_objective(cfg: ObjectiveConfig) -> Objective:
-    return OBJECTIVES[cfg.name]()
+def build_objective(cfg: TrainConfig) -> Objective:
+    return OBJECTIVES[cfg.objective.name](cfg.trainer)
 
 
 def backward_scale(global_weight: float, *, world_size: int, grad_accum_steps: int) -> float:

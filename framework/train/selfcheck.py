@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from framework.config.schema import TrainerConfig
 from framework.data.pack import IGNORE_INDEX, example_bounds
-from framework.model.attention import Forward, packed_logits
-from framework.train.loss import token_losses
+from framework.train.loss import TokenLosses, token_loss_fn
 
 # (relative, absolute in nats) bounds on an example's mean loss, per weight dtype. With
 # unchanged shapes rounding is the same: the neighbour bound is for kernels that are not
@@ -103,13 +103,13 @@ def _reversed(ids: torch.Tensor, examples: list[Example], parity: int) -> torch.
     return changed
 
 
-def _neighbour_gaps(forward: Forward, batch, examples, tolerance):
+def _neighbour_gaps(losses: TokenLosses, batch, examples, tolerance):
     """(per trained example with others before it: how far its loss moves when the
     example just before it, and every other one, is reversed; the packed token losses)."""
     ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
-    packed = token_losses(forward(ids, positions), labels)
+    packed = losses(ids, positions, labels)
     # Examples at odd places compare with the run that reversed the even places.
-    moved = [token_losses(forward(_reversed(ids, examples, p), positions), labels) for p in (0, 1)]
+    moved = [losses(_reversed(ids, examples, p), positions, labels) for p in (0, 1)]
     return [
         _gap(
             _mean_loss(moved[(e.place - 1) % 2], batch, e), _mean_loss(packed, batch, e), tolerance
@@ -119,7 +119,7 @@ def _neighbour_gaps(forward: Forward, batch, examples, tolerance):
     ], packed
 
 
-def _alone_gaps(forward: Forward, batch, packed, checked, count, tolerance) -> list[float]:
+def _alone_gaps(losses: TokenLosses, batch, packed, checked, count, tolerance) -> list[float]:
     """Per checked example, how far its packed loss is from its loss alone. `count`
     forwards whatever `checked` holds (collective)."""
     gaps = []
@@ -127,8 +127,9 @@ def _alone_gaps(forward: Forward, batch, packed, checked, count, tolerance) -> l
         e = checked[min(i, len(checked) - 1)] if checked else Example(0, 0, 2, 0)
         own = slice(e.start, e.end)
         positions = torch.arange(e.end - e.start, device=packed.device)[None]
-        alone = token_losses(
-            forward(batch["input_ids"][e.row : e.row + 1, own], positions),
+        alone = losses(
+            batch["input_ids"][e.row : e.row + 1, own],
+            positions,
             batch["labels"][e.row : e.row + 1, own],
         )
         if i < len(checked):
@@ -146,19 +147,24 @@ def _reduced(value: float, device: torch.device, op=dist.ReduceOp.MAX) -> float:
 
 @torch.no_grad()
 def verify_packing(
-    forward: Forward, batch: dict[str, torch.Tensor], *, dtype: torch.dtype, limit: int = 8
+    losses: TokenLosses,
+    batch: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    limit: int = 8,
 ) -> PackingCheck:
     """Collective. Raises PackingCheckFailed if `batch`'s examples see each other or do
-    not get their losses alone (module docstring); `dtype` is the weights'. Every rank
-    runs the same number of forwards, as ZeRO-3 gathers weights inside each one."""
+    not get their losses alone (module docstring), with token losses from `losses`;
+    `dtype` is the weights'. Every rank runs the same number of forwards, as ZeRO-3
+    gathers weights inside each one."""
     device = batch["input_ids"].device
     examples = _examples(batch)
     trained = [e for e in examples if _trained(batch, e).any()]
     # Alone: round-robin by place, so every row's leading example is among the first.
     checked = sorted(trained, key=lambda e: (e.place, e.row))[:limit]
     count = int(_reduced(len(checked), device))
-    neighbours, packed = _neighbour_gaps(forward, batch, examples, NEIGHBOUR_TOLERANCE[dtype])
-    alone = _alone_gaps(forward, batch, packed, checked, count, ALONE_TOLERANCE[dtype])
+    neighbours, packed = _neighbour_gaps(losses, batch, examples, NEIGHBOUR_TOLERANCE[dtype])
+    alone = _alone_gaps(losses, batch, packed, checked, count, ALONE_TOLERANCE[dtype])
     check = PackingCheck(
         neighbours=_reduced(max(neighbours, default=0.0), device),
         alone=_reduced(max(alone, default=0.0), device),
@@ -185,14 +191,20 @@ def _fail(what: str):
 
 
 def checked_first_batch(
-    engine, batches: Iterator[dict[str, torch.Tensor]], *, rank: int, device: torch.device
+    engine,
+    batches: Iterator[dict[str, torch.Tensor]],
+    cfg: TrainerConfig,
+    *,
+    rank: int,
+    device: torch.device,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Collective. `batches`, unchanged, once its first micro batch has passed
-    verify_packing through `engine`, in the precision of its weights."""
+    verify_packing through `engine`, in the precision of its weights, with the token
+    losses training computes (trainer.loss_positions)."""
     first = next(batches)
     on_device = {k: v.to(device) for k, v in first.items()}
     dtype = next(engine.module.parameters()).dtype
-    check = verify_packing(packed_logits(engine), on_device, dtype=dtype)
+    check = verify_packing(token_loss_fn(engine, cfg), on_device, dtype=dtype)
     if rank == 0:
         print(f"packing self-check passed ({check.summary()})", flush=True)
     return itertools.chain([first], batches)

@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 
 from framework.config.schema import TrainConfig
-from framework.model.attention import packed_logits
 from framework.train.loss import Objective, backward_scale
 from framework.train.metrics import ModelShape, clock, gather, peak_memory_gb, summarize
 
@@ -82,7 +81,7 @@ def train_step(
     skipped = False
     for batch in micro:
         began = clock(device)
-        summed = objective.summed_loss(packed_logits(engine), batch)
+        summed = objective.summed_loss(engine, batch)
         if not _finite_everywhere(summed):
             if not skip_non_finite:
                 raise NonFiniteLoss("the loss is not finite")

@@ -34,7 +34,9 @@ def _reference(model, evalset):
 def test_eval_loss_equals_an_example_by_example_reference(setup):
     model, evalset = setup
     metrics = eval_loss(
-        lambda ids, positions: model(input_ids=ids, position_ids=positions).logits,
+        lambda ids, positions, labels: token_losses(
+            model(input_ids=ids, position_ids=positions).logits, labels
+        ),
         evalset,
         micro_batch_size=3,
         rank=0,

@@ -33,3 +33,17 @@ def test_a_directory_whose_config_cannot_load_is_named(tmp_path):
 
 def test_built_in_model_needs_no_source(tmp_path):
     assert check_model_source(_train(None, tmp_path)) is None
+
+
+def test_a_model_that_changes_its_logits_after_the_head_needs_the_full_logit_loss(tmp_path):
+    """Gemma 2 soft-caps its logits after the LM head, which the trained-positions loss
+    (applying the head itself) would leave out: refused, naming the key to set."""
+    from transformers import Gemma2Config
+
+    model = tmp_path / "model"
+    Gemma2Config(final_logit_softcapping=30.0).save_pretrained(model)
+    with pytest.raises(ConfigError, match=r"final_logit_softcapping.*trainer\.loss_positions=all$"):
+        check_model_source(_train(str(model), tmp_path))
+    cfg = _train(str(model), tmp_path)
+    cfg.trainer.loss_positions = "all"
+    assert check_model_source(cfg) == str(model)

@@ -19,12 +19,12 @@ SHAPES = [(1, 256), (4, 128)]
 
 
 def _forward(model, leak: str | None = None, noise: float = 0.0):
-    """The model's packed forward; `leak` makes examples see each other ("running":
+    """The model's packed token losses; `leak` makes examples see each other ("running":
     positions never restart; "dense": one causal mask over the row); `noise` adds a
     rounding stand-in that depends on the batch shape, as bf16 rounding does on CPUs
     whose kernels change with it."""
 
-    def forward(ids, positions):
+    def forward(ids, positions, labels):
         mask = None
         if leak == "running":
             positions = torch.arange(ids.shape[1])[None].expand_as(ids)
@@ -38,7 +38,7 @@ def _forward(model, leak: str | None = None, noise: float = 0.0):
             rng = torch.Generator().manual_seed(ids.shape[0] * 100_003 + ids.shape[1])
             jitter = torch.randn(logits.shape, generator=rng, dtype=torch.float32)
             logits = logits + noise * jitter.to(logits.dtype)
-        return logits
+        return token_losses(logits, labels)
 
     return forward
 

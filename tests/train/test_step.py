@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from framework.config.schema import AdapterConfig, TrainConfig
+from framework.config.schema import AdapterConfig, TrainConfig, TrainerConfig
 from framework.data.dataset import TokenizedDataset
-from framework.data.pack import best_fit_decreasing, collate_rows
+from framework.data.pack import IGNORE_INDEX, best_fit_decreasing, collate_rows
 from framework.export import gather_state_dict
 from framework.model.adapters import prepare_for_training
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.train.engine import build_engine, deepspeed_config
-from framework.train.loss import TokenCrossEntropy, summed_loss
+from framework.train.loss import TokenCrossEntropy, summed_loss, token_losses
 from framework.train.step import NonFiniteLoss, guarded_step, train_step
 from tests.helpers import (
     TINY,
@@ -28,7 +28,11 @@ from tests.helpers import (
 )
 
 ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
-SFT = TokenCrossEntropy()
+SFT = TokenCrossEntropy(TrainerConfig())
+# The full-logit path, and the trained-positions one in chunks of 5 positions: ranks and
+# micro batches then run different numbers of chunks.
+FULL_LOGITS = TokenCrossEntropy(TrainerConfig(loss_positions="all"))
+SMALL_CHUNKS = TokenCrossEntropy(TrainerConfig(loss_chunk_tokens=5))
 FULL = AdapterConfig()
 # Without dropout: its random draws follow the layout's micro batch shapes.
 LORA = AdapterConfig(method="lora", dropout=0.0)
@@ -42,18 +46,21 @@ def global_rows(data: TokenizedDataset) -> list[np.ndarray]:
 
 def rank_micro_batches(data, rows, *, rank, world, accum, mbs, per_example=False, masked=-1):
     """This rank's micro batches: step s, accumulation a takes the global rows
-    (a * world + rank) * mbs ... + mbs of that step, so every layout sees the same rows."""
+    (a * world + rank) * mbs ... + mbs of that step, so every layout sees the same rows.
+    Rank `masked` gets its rows with nothing trained."""
     batches = []
     for step in range(STEPS):
         step_rows = rows[step * ROWS_PER_STEP : (step + 1) * ROWS_PER_STEP]
         for a in range(accum):
             first = (a * world + rank) * mbs
             chunk = step_rows[first : first + mbs]
-            batches.append(
-                collate_rows(
-                    data.tokens, data.weights, data.offsets, chunk, ROW_LEN, 0, per_example
-                )
+            batch = collate_rows(
+                data.tokens, data.weights, data.offsets, chunk, ROW_LEN, 0, per_example
             )
+            if rank == masked:
+                batch["loss_weights"] = torch.zeros_like(batch["loss_weights"])
+                batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+            batches.append(batch)
     return batches
 
 
@@ -121,7 +128,8 @@ def run_layout(
     tok_dir = tmp_path / "tokenizer"
     if not tok_dir.exists():
         tokenizer.save_pretrained(tok_dir)
-    name = type(objective).__name__
+    positions, chunk = objective.cfg.loss_positions, objective.cfg.loss_chunk_tokens
+    name = f"{type(objective).__name__}-{positions}-{chunk}"
     out = (
         tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}-{masked}-{name}-{precision}-"
         f"{adapter.method}.pt"
@@ -156,7 +164,9 @@ def test_two_steps_are_identical_whatever_the_layout(tmp_path, tokenizer, zero_s
         layout = run_layout(tmp_path, tokenizer, world, accum, mbs, zero_stage)
         assert_same(reference, layout, weight_rtol=LAYOUT_WEIGHT_RTOL)
     # The bound still catches a wrong normalisation, by a wide margin.
-    wrong = run_layout(tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight())
+    wrong = run_layout(
+        tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight(TrainerConfig())
+    )
     gaps = weight_gaps(reference["state"], wrong["state"])
     assert max(gaps.values()) > 10 * LAYOUT_WEIGHT_RTOL, max(gaps.values())
     torch.manual_seed(0)
@@ -194,7 +204,9 @@ def test_bf16_steps_are_the_same_whatever_the_layout_within_bf16_rounding(tmp_pa
         for key in ("losses", "grad_norms"):
             print(key, layout[key], reference[key])
             np.testing.assert_allclose(layout[key], reference[key], rtol=BF16_LAYOUT_RTOL)
-    wrong = run_layout(tmp_path, tokenizer, 2, 2, 2, objective=PerRankWeight(), precision="bf16")
+    wrong = run_layout(
+        tmp_path, tokenizer, 2, 2, 2, objective=PerRankWeight(TrainerConfig()), precision="bf16"
+    )
     print("wrong", wrong["grad_norms"], reference["grad_norms"])
     gap = abs(wrong["grad_norms"][0] / reference["grad_norms"][0] - 1)
     assert gap > 10 * BF16_LAYOUT_RTOL, gap
@@ -214,16 +226,30 @@ def test_per_example_average_is_layout_invariant_and_differs_from_token_average(
 
 
 @pytest.mark.slow
-def test_a_rank_with_nothing_to_train_takes_part_without_hanging(tmp_path, tokenizer):
-    result = run_layout(tmp_path, tokenizer, world=2, accum=1, mbs=4, masked=1)
-    assert all(np.isfinite(result["losses"]))
-    assert all(torch.isfinite(w).all() for w in result["state"].values())
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_trained_positions_loss_steps_as_the_full_logit_path(tmp_path, tokenizer, zero_stage):
+    """Two optimizer steps on 2 ranks: the chunked trained-positions loss (chunks of 5, so
+    ranks run different numbers of chunks, which ZeRO-3 must even out) against the logits
+    of every position. Under ZeRO-3 rank 1 also trains nothing: no hang, and the same
+    losses as the full-logit path, which are rank 0's alone (masking moved them)."""
+    common = {"world": 2, "accum": 1, "mbs": 4, "zero_stage": zero_stage}
+    full = run_layout(tmp_path, tokenizer, **common, objective=FULL_LOGITS)
+    chunked = run_layout(tmp_path, tokenizer, **common, objective=SMALL_CHUNKS)
+    for key in ("losses", "grad_norms"):
+        np.testing.assert_allclose(chunked[key], full[key], rtol=1e-6)
+    assert_same(full, chunked, weight_rtol=LAYOUT_WEIGHT_RTOL)
+    if zero_stage == 3:
+        masked_full = run_layout(tmp_path, tokenizer, **common, masked=1, objective=FULL_LOGITS)
+        masked = run_layout(tmp_path, tokenizer, **common, masked=1, objective=SMALL_CHUNKS)
+        np.testing.assert_allclose(masked["losses"], masked_full["losses"], rtol=1e-6)
+        assert all(torch.isfinite(w).all() for w in masked["state"].values())
+        assert abs(masked["losses"][0] - full["losses"][0]) > 1e-3
 
 
 def _loss_and_grads(model, batch):
     model.zero_grad()
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-    loss, weight = summed_loss(logits, batch["labels"], batch["loss_weights"])
+    loss, weight = summed_loss(token_losses(logits, batch["labels"]), batch["loss_weights"])
     (loss / weight).backward()
     return loss.item() / weight.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

@@ -1,0 +1,146 @@
+"""python benchmarks/worker_steps.py --table zero|choices
+
+The real model's training step on this machine's two cores, as the default run's two
+workers take it but without Ray: two gloo ranks, each a DeepSpeed engine over
+SmolLM2-135M-Instruct (framework.train.engine.build_training_engine) stepping through
+the default run's batches (framework.data.loader.run_batches, framework.train.step.
+train_step) with no checkpoints or evaluations. Peak resident memory per worker (the
+larger of the two ranks') and tokens/s over steps 2..n (the median step time).
+
+    python benchmarks/worker_steps.py --table zero      # ZeRO 0-3, full and LoRA: ~12 min
+    python benchmarks/worker_steps.py --table choices   # CPU settings, ZeRO-2: ~10 min
+
+- zero: ZeRO stages 0, 1, 2 and 3, full fine-tuning and LoRA (the default precision).
+- choices: what each setting buys over the default run (ZeRO-2, full fine-tuning): the
+  loss at trained positions or over all logits, torch threads per worker (Ray gives
+  each worker as many as its CPUs: 1), gradient checkpointing, torch.compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from common import arg_parser, bench_workdir, free_port, progress, table_header
+
+from framework.config.compose import compose_train_config
+from framework.data.loader import run_batches
+from framework.prepare import prepare_run
+from framework.run_dir import TOKENIZER_DIR, artifact_path
+from framework.train.engine import build_training_engine
+from framework.train.loss import build_objective
+from framework.train.step import train_step
+
+WORLD, STEPS = 2, 5
+BASE = ["model=smollm2_135m", "logger=none", "trainer.verify_packing=false"]
+# name -> (overrides, torch threads per worker, torch.compile)
+TABLES = {
+    "zero": {
+        f"ZeRO-{stage}, {method}": ([f"parallelism=zero{stage}", f"adapter={method}"], 1, False)
+        for method in ("none", "lora")
+        for stage in (0, 1, 2, 3)
+    },
+    "choices": {
+        "default run (trained positions, 1 thread)": ([], 1, False),
+        "full-logit loss (trainer.loss_positions=all)": (["trainer.loss_positions=all"], 1, False),
+        "2 threads per worker": ([], 2, False),
+        "gradient checkpointing": (["model.gradient_checkpointing=true"], 1, False),
+        "torch.compile": ([], 1, True),
+    },
+}
+
+
+def _rank(rank: int, port: int, cfg, threads: int, compiled: bool, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(threads)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(cfg.run.output_dir) / TOKENIZER_DIR)
+    device = torch.device("cpu")
+    engine, _zero3 = build_training_engine(
+        cfg, tokenizer, rank=rank, world_size=WORLD, device=device, universal=False
+    )
+    if compiled:
+        engine.compile()
+    artifact = artifact_path(cfg.run.output_dir)
+    batches = iter(
+        run_batches(artifact, cfg, rank=rank, world_size=WORLD, pad_id=tokenizer.pad_token_id)
+    )
+    objective = build_objective(cfg)
+    steps = []
+    for _ in range(STEPS):
+        began = time.perf_counter()
+        metrics = train_step(
+            engine, batches, cfg.trainer.grad_accum_steps, device, objective=objective
+        )
+        steps.append({"seconds": time.perf_counter() - began, "tokens": metrics["tokens"]})
+    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"steps": steps, "peak_gb": peak.item()}))
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)  # as tests/helpers.spawn: skip a teardown that rarely aborts a rank
+
+
+def run_variant(work: Path, overrides: list[str], threads: int, compiled: bool) -> dict:
+    cfg = compose_train_config(
+        [*BASE, f"run.output_dir={work / 'run'}", f"run.cache_dir={work / 'cache'}", *overrides]
+    )
+    prepare_run(cfg)
+    out = work / "result.json"
+    out.unlink(missing_ok=True)
+    args = (free_port(), cfg, threads, compiled, str(out))
+    mp.spawn(_rank, args=args, nprocs=WORLD, join=True)
+    result = json.loads(out.read_text())
+    measured = result["steps"][1:]
+    step = statistics.median(s["seconds"] for s in measured)
+    tokens = statistics.median(s["tokens"] for s in measured)
+    return {
+        "tokens_per_s": tokens / step,
+        "step_s": step,
+        "first_step_s": result["steps"][0]["seconds"],
+        "peak_gb": result["peak_gb"],
+    }
+
+
+def main() -> None:
+    parser = arg_parser(__doc__, "2 variants of the table only")
+    parser.add_argument("--table", choices=sorted(TABLES), required=True)
+    args = parser.parse_args()
+    variants = list(TABLES[args.table].items())[: 2 if args.quick else None]
+    with bench_workdir("bench-worker-steps-") as work:
+        lines = table_header(
+            "variant", "tokens/s", "vs first row", "median step", "first step", "peak RSS/worker"
+        )
+        first = None
+        for name, (overrides, threads, compiled) in variants:
+            progress(name)
+            r = run_variant(work, overrides, threads, compiled)
+            first = first or r
+            ratio = r["tokens_per_s"] / first["tokens_per_s"]
+            lines.append(
+                f"| {name} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x "
+                f"| {r['step_s']:.1f} s | {r['first_step_s']:.1f} s | {r['peak_gb']:.2f} GB |"
+            )
+            progress(lines[-1])
+        print("\n".join(lines))
+        print()
+        print(
+            f"{WORLD} gloo ranks on {os.cpu_count()} cores, {STEPS} steps each (the first "
+            "excluded from tokens/s), the default run's data, micro batch and precision."
+        )
+
+
+if __name__ == "__main__":
+    main()
