@@ -4,7 +4,10 @@ trained and held-out families, and optionally replies to a sample of IFEval's pr
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,14 @@ class TrainingEval:
         return self.evalset is not None or bool(self.questions) or bool(self.ifeval_prompts)
 
 
+@contextlib.contextmanager
+def _timed(times: dict[str, float], part: str) -> Iterator[None]:
+    """Rank 0's wall time of one part of an evaluation, as eval_time/<part>_s."""
+    began = time.perf_counter()
+    yield
+    times[f"eval_time/{part}_s"] = time.perf_counter() - began
+
+
 def evaluate(
     engine,
     tokenizer: PreTrainedTokenizerBase,
@@ -84,53 +95,59 @@ def evaluate(
     engine.module.eval()
     synced = cfg.parallelism.zero_stage == 3
     evalset, questions = inputs.evalset, inputs.questions
-    metrics, samples, answers = {}, [], []
+    metrics, samples, answers, times = {}, [], [], {}
     if evalset is not None:
-        metrics = eval_loss(
-            token_loss_fn(engine, cfg.trainer),
-            evalset,
-            micro_batch_size=cfg.trainer.micro_batch_size,
-            rank=rank,
-            world=world_size,
-            pad_id=tokenizer.pad_token_id,
-            device=device,
-        )
-        if synced or rank == 0:
-            samples = greedy_samples(
-                engine.module,
-                tokenizer,
+        with _timed(times, "loss"):
+            metrics = eval_loss(
+                token_loss_fn(engine, cfg.trainer),
                 evalset,
-                count=cfg.trainer.eval_samples,
-                max_new_tokens=cfg.trainer.eval_max_new_tokens,
-                synced=synced,
+                micro_batch_size=cfg.trainer.micro_batch_size,
+                rank=rank,
+                world=world_size,
+                pad_id=tokenizer.pad_token_id,
                 device=device,
             )
+        with _timed(times, "samples"):
+            if synced or rank == 0:
+                samples = greedy_samples(
+                    engine.module,
+                    tokenizer,
+                    evalset,
+                    count=cfg.trainer.eval_samples,
+                    max_new_tokens=cfg.trainer.eval_max_new_tokens,
+                    synced=synced,
+                    device=device,
+                )
     if questions:
-        summary, scored = answer_and_score(
-            engine.module,
-            tokenizer,
-            questions,
-            rank=rank,
-            world=world_size,
-            max_new_tokens=cfg.trainer.eval_max_new_tokens,
-            batch_size=cfg.trainer.eval_batch_size,
-            synced=synced,
-        )
+        with _timed(times, "suite"):
+            summary, scored = answer_and_score(
+                engine.module,
+                tokenizer,
+                questions,
+                rank=rank,
+                world=world_size,
+                max_new_tokens=cfg.trainer.eval_max_new_tokens,
+                batch_size=cfg.trainer.eval_batch_size,
+                synced=synced,
+            )
         if rank == 0:
             metrics |= flat_metrics(summary, "suite")
             answers = examples_worst_first(scored, summary)
     if inputs.ifeval_prompts:
-        summary, _ = ifeval.run_ifeval(
-            engine.module,
-            tokenizer,
-            inputs.ifeval_prompts,
-            rank=rank,
-            world=world_size,
-            max_new_tokens=cfg.trainer.eval_ifeval_max_new_tokens,
-            batch_size=cfg.trainer.eval_batch_size,
-            synced=synced,
-        )
+        with _timed(times, "ifeval"):
+            summary, _ = ifeval.run_ifeval(
+                engine.module,
+                tokenizer,
+                inputs.ifeval_prompts,
+                rank=rank,
+                world=world_size,
+                max_new_tokens=cfg.trainer.eval_ifeval_max_new_tokens,
+                batch_size=cfg.trainer.eval_batch_size,
+                synced=synced,
+            )
         if rank == 0:
             metrics |= ifeval.flat_metrics(summary, "ifeval")
+    if rank == 0:
+        metrics |= times
     engine.module.train()
     return metrics, samples, answers
