@@ -118,17 +118,17 @@ def evaluate(
                     synced=synced,
                     device=device,
                 )
+    # How the suite's questions and IFEval's prompts are shared out and generated.
+    shared = {"rank": rank, "world": world_size, "batch_size": cfg.trainer.eval_batch_size}
+    shared["synced"] = synced
     if questions:
         with _timed(times, "suite"):
             summary, scored = answer_and_score(
                 engine.module,
                 tokenizer,
                 questions,
-                rank=rank,
-                world=world_size,
                 max_new_tokens=cfg.trainer.eval_max_new_tokens,
-                batch_size=cfg.trainer.eval_batch_size,
-                synced=synced,
+                **shared,
             )
         if rank == 0:
             metrics |= flat_metrics(summary, "suite")
@@ -139,11 +139,8 @@ def evaluate(
                 engine.module,
                 tokenizer,
                 inputs.ifeval_prompts,
-                rank=rank,
-                world=world_size,
                 max_new_tokens=cfg.trainer.eval_ifeval_max_new_tokens,
-                batch_size=cfg.trainer.eval_batch_size,
-                synced=synced,
+                **shared,
             )
         if rank == 0:
             metrics |= ifeval.flat_metrics(summary, "ifeval")

@@ -55,7 +55,8 @@ def chunked_cross_entropy(
 ) -> torch.Tensor:
     """hidden [n, width] -> the cross-entropy of each target under head(hidden), [n],
     `chunk_tokens` rows at a time. In training each chunk is checkpointed: its logits are
-    recomputed in backward instead of kept, so one chunk's logits exist at a time.
+    recomputed in backward instead of kept, so one chunk's logits exist at a time (not
+    for a frozen head under ZeRO-3, below).
 
     At least one chunk runs, on no rows if need be, so a rank with nothing to train still
     gets a graph through the head (a zero gradient, and backward runs as on the others).
@@ -64,15 +65,20 @@ def chunked_cross_entropy(
     to fetch the same modules in the same order."""
     chunks = max(1, math.ceil(len(targets) / chunk_tokens))
     weight = getattr(head, "weight", None)
-    if hasattr(weight, "ds_id") and dist.is_initialized():  # a ZeRO-3 partitioned head
+    partitioned = hasattr(weight, "ds_id")  # a ZeRO-3 partitioned head
+    if partitioned and dist.is_initialized():
         count = torch.tensor(chunks, device=hidden.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         chunks = int(count.item())
+    # ZeRO-3 does not gather a frozen head (adapters) again when a chunk is recomputed in
+    # backward, and torch's checkpoint then finds other tensors than the forward saved:
+    # there the chunks keep their logits (those of the trained positions, not one chunk's).
+    recompute = torch.is_grad_enabled() and not (partitioned and not weight.requires_grad)
     one = functools.partial(_chunk_losses, head)
     pieces = []
     for i in range(chunks):
         rows = slice(i * chunk_tokens, (i + 1) * chunk_tokens)
-        if torch.is_grad_enabled():
+        if recompute:
             pieces.append(checkpoint(one, hidden[rows], targets[rows], use_reentrant=False))
         else:
             pieces.append(one(hidden[rows], targets[rows]))
