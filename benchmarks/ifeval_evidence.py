@@ -21,7 +21,8 @@ from pathlib import Path
 from real_model_evidence import CACHE, MODEL, evaluate
 from suite_evidence import train
 
-from framework.config.schema import DEFAULT_HELD_OUT, KNOWLEDGE_FAMILIES, EvalConfig, LoggerConfig
+from framework.config.commands import EvalConfig
+from framework.config.schema import DEFAULT_HELD_OUT, KNOWLEDGE_FAMILIES, LoggerConfig
 from framework.eval.job import run_eval
 from framework.run_dir import EVAL_FILE, HF_DIR
 from framework.suite.families import FAMILIES

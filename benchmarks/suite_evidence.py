@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from framework.config.schema import DEFAULT_HELD_OUT, EvalConfig, LoggerConfig, ModelConfig
+from framework.config.commands import EvalConfig
+from framework.config.schema import DEFAULT_HELD_OUT, LoggerConfig, ModelConfig
 from framework.eval.job import run_eval
 from framework.eval.questions import score_answers, suite_questions
 from framework.model.build import build_model

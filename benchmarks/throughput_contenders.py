@@ -30,8 +30,8 @@ from framework.data.sources import LoadedRecord
 from framework.model.attention import DOCUMENT_SDPA
 from framework.model.build import build_model
 from framework.train.engine import build_engine, deepspeed_config
-from framework.train.loss import build_objective
 from framework.train.metrics import ModelShape, clock
+from framework.train.objective import build_objective
 from framework.train.step import train_step
 
 PACKED_ROWS = 4  # micro batch of the packed contenders: rows of data.max_seq_len slots

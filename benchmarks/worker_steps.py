@@ -36,7 +36,7 @@ from framework.data.loader import run_batches
 from framework.prepare import prepare_run
 from framework.run_dir import TOKENIZER_DIR, artifact_path
 from framework.train.engine import build_training_engine
-from framework.train.loss import build_objective
+from framework.train.objective import build_objective
 from framework.train.step import train_step
 
 WORLD = 2

@@ -14,7 +14,8 @@ from typing import TextIO
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from framework.config.schema import ChatConfig, ConfigError
+from framework.config.commands import ChatConfig
+from framework.config.schema import ConfigError
 from framework.data.templates import stop_token_ids
 from framework.model.local import load_for_inference
 

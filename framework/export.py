@@ -31,8 +31,9 @@ from transformers.initialization import no_init_weights
 
 from framework import checkpoint
 from framework.checkpoint_integrity import damage
+from framework.config.commands import ExportConfig
 from framework.config.saved import load_train_config
-from framework.config.schema import ConfigError, ExportConfig, first_line
+from framework.config.schema import ConfigError, first_line
 from framework.data.templates import stop_token_ids
 from framework.model.build import TORCH_DTYPES, generation_config, model_config
 from framework.model.resolve import model_source, resolve_model

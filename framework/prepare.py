@@ -17,7 +17,8 @@ from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
 from framework.data.loader import micro_steps_per_epoch
 from framework.data.pack import PackingPlan
-from framework.data.sources import LoadedData, load_data
+from framework.data.preference import PreferencePair
+from framework.data.sources import LoadedData, LoadedRecord, load_data
 from framework.data.templates import apply_template_choice
 from framework.model.build import check_model_source
 from framework.model.resolve import model_source
@@ -41,9 +42,12 @@ class Prepared:
 
 def _corpus(data: LoadedData):
     for record in data.train:
-        if record.conversation.text is not None:
-            yield record.conversation.text
-        yield from (message["content"] for message in record.conversation.messages)
+        found = record.conversation
+        pair = isinstance(found, PreferencePair)
+        for conversation in (found.chosen, found.rejected) if pair else (found,):
+            if conversation.text is not None:
+                yield conversation.text
+            yield from (message["content"] for message in conversation.messages)
 
 
 def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizerBase:
@@ -60,14 +64,15 @@ def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, Loade
     Sources are read only when needed: to build, or to train the built-in tokenizer."""
     policy = ErrorPolicy(cfg.data.on_error)
     built_in = cfg.model.name_or_path is None
-    data = load_data(cfg.data, cfg.trainer.seed, policy) if built_in else None
+    seed, pairs = cfg.trainer.seed, cfg.objective.pairs
+    data = load_data(cfg.data, seed, policy, pairs) if built_in else None
     tokenizer = _tokenizer(cfg, data)
-    key = cache.fingerprint(cfg.data, tokenizer, cfg.trainer.seed)
+    key = cache.fingerprint(cfg.data, tokenizer, seed, pairs)
     artifact = Path(cfg.run.cache_dir) / "datasets" / key[:20]
     if not artifact.is_dir():
         if data is None:
-            data = load_data(cfg.data, cfg.trainer.seed, policy)
-        cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, cfg.trainer.seed)
+            data = load_data(cfg.data, seed, policy, pairs)
+        cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, seed, pairs)
     return tokenizer, artifact, data
 
 
@@ -87,13 +92,25 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     inspected = []
     if cfg.data.inspect:
         if data is None:
-            data = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("skip"))
+            data = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("skip"), cfg.objective.pairs)
         inspected = [
-            inspect_example(tokenizer, r.conversation, cfg.data.train_on, r.where)
-            for r in data.train[: cfg.data.inspect]
+            shown
+            for record in data.train[: cfg.data.inspect]
+            for shown in _inspected(tokenizer, record, cfg.data.train_on)
         ]
         write_json(out / INSPECT_FILE, inspected)
     return Prepared(artifact, stats, inspected)
+
+
+def _inspected(tokenizer, record: LoadedRecord, train_on: str) -> list[dict]:
+    """inspect_example of a record: of both sequences for a preference pair."""
+    found = record.conversation
+    if not isinstance(found, PreferencePair):
+        return [inspect_example(tokenizer, found, train_on, record.where)]
+    return [
+        inspect_example(tokenizer, sequence, "assistant", f"{record.where} ({label})")
+        for label, sequence in (("chosen", found.chosen), ("rejected", found.rejected))
+    ]
 
 
 def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> None:

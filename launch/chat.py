@@ -8,7 +8,7 @@ python launch/chat.py model=outputs/smollm2-sft/hf system="Be brief." temperatur
 
 `--prompt "..."` is shorthand for the Hydra override `prompt=...` (Hydra itself rejects
 unknown flags), quoted so that the text arrives exactly as written. The keys are those of
-framework.config.schema.ChatConfig (conf/chat/chat.yaml). Interactive mode reads lines after a
+framework.config.commands.ChatConfig (conf/chat/chat.yaml). Interactive mode reads lines after a
 `> ` prompt: `/reset` clears the history, `/exit` or Ctrl-D quits, Ctrl-C stops a reply.
 Replies stream to stdout; in one-shot mode stdout holds the reply and nothing else.
 """

@@ -13,7 +13,7 @@ or a run's checkpoint directory, a preset (model=smollm2_135m: the untrained bas
 a .gguf file, a Hugging Face directory or hub id. A table goes to stdout, every answer
 (worst first) to `<out>/eval.json` (default `<model>-eval/`, `<model>-<eval>/` for
 ifeval, questions and lm_eval), and both to a wandb
-run (offline unless an API key is set). The keys are framework.config.schema.EvalConfig's
+run (offline unless an API key is set). The keys are framework.config.commands.EvalConfig's
 (conf/eval/eval.yaml).
 """
 

@@ -120,6 +120,44 @@ def suite_chats(tokenizer, count: int, seed: int = 5) -> TokenizedDataset:
     return TokenizedDataset.from_examples([(e.input_ids, e.weights) for e in examples])
 
 
+def preference_records(count: int, seed: int = 0) -> list[dict]:
+    """`count` pairs of suite prompts: the reference answer chosen over another item's,
+    alternately as TRL strings and as TRL message lists."""
+    from framework.suite.build import eval_items
+
+    families = ["reverse_word", "add", "uppercase", "sort_ascending"]
+    items = eval_items(families, "train", -(-count // len(families)), seed)[:count]
+    records = []
+    for i, item in enumerate(items):
+        wrong = items[(i + 7) % len(items)].reference
+        wrong = wrong if wrong != item.reference else wrong + "!"
+        if i % 2:
+            records.append({"prompt": item.prompt[-1]["content"], "chosen": item.reference,
+                            "rejected": wrong})  # fmt: skip
+        else:
+            reply = [{"role": "assistant", "content": item.reference}]
+            rejected = [{"role": "assistant", "content": wrong}]
+            records.append({"prompt": item.prompt, "chosen": reply, "rejected": rejected})
+    return records
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def pair_dataset(tokenizer, count: int) -> TokenizedDataset:
+    """`count` preference_records rendered with `tokenizer`: sequences 2i, 2i + 1."""
+    from framework.config.schema import SourceConfig
+    from framework.data.preference import render_pair, to_pair
+
+    sequences = []
+    for i, record in enumerate(preference_records(count)):
+        rendered = render_pair(tokenizer, to_pair(record, f"p[{i}]", SourceConfig(path="-")), "-")
+        sequences += [(r.input_ids, r.weights) for r in (rendered.chosen, rendered.rejected)]
+    return TokenizedDataset.from_examples(sequences)
+
+
 @functools.cache  # the knowledge families have ~200 templates each: compile them once
 def template_pattern(template: str) -> re.Pattern:
     """A regex matching exactly the texts `template.format(...)` can produce."""

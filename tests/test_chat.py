@@ -20,8 +20,9 @@ from framework.chat import (
     prompt_flag_as_override,
 )
 from framework.config.checks import check_chat_config
+from framework.config.commands import ChatConfig
 from framework.config.compose import chat_config
-from framework.config.schema import ChatConfig, ConfigError
+from framework.config.schema import ConfigError
 from framework.data.templates import CHAT_TEMPLATES
 from tests.helpers import ROOT
 

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from framework import export
 from framework.checkpoint import step_dir
-from framework.config.schema import ConfigError, ExportConfig
+from framework.config.commands import ExportConfig
+from framework.config.schema import ConfigError
 from framework.data.templates import stop_token_ids
 from framework.export import (
     ExportError,

@@ -349,7 +349,8 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
     DeepSpeed ZeRO-2 on 2 workers; its export answers through launch/eval.py's code and the
     chat."""
     from framework.chat import Conversation, load_model
-    from framework.config.schema import ChatConfig, EvalConfig, LoggerConfig
+    from framework.config.commands import ChatConfig, EvalConfig
+    from framework.config.schema import LoggerConfig
     from framework.eval.job import run_eval
 
     cache, _ = real_model_cache

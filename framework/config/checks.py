@@ -7,14 +7,8 @@ from pathlib import Path
 
 import torch
 
-from framework.config.schema import (
-    ChatConfig,
-    ConfigError,
-    EvalConfig,
-    SourceConfig,
-    TrainConfig,
-    TrainerConfig,
-)
+from framework.config.commands import ChatConfig, EvalConfig
+from framework.config.schema import ConfigError, SourceConfig, TrainConfig, TrainerConfig
 
 _CHOICES = {
     "model.attention": (
@@ -33,7 +27,8 @@ _CHOICES = {
     "trainer.loss_positions": ("trained", "all"),
     "trainer.on_non_finite": ("stop", "skip"),
     "trainer.lr_schedule": ("cosine", "linear", "constant"),
-    "objective.name": ("sft",),
+    "objective.name": ("sft", "dpo", "ipo", "simpo", "orpo"),
+    "objective.reference": ("precomputed", "live"),
     "adapter.method": ("none", "lora", "dora", "qlora"),
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
@@ -57,6 +52,7 @@ _POSITIVE = (
     "cluster.gpus_per_worker",
     "adapter.rank",
     "adapter.alpha",
+    "objective.beta",
     "run.lease_stale_s",
 )
 
@@ -116,6 +112,38 @@ def check_train_config(cfg: TrainConfig) -> None:
         for index, source in enumerate(getattr(cfg.data, group)):
             _check_source(source, f"data.{group}[{index}]")
     _check_adapter(cfg)
+    _check_objective(cfg)
+
+
+def _check_objective(cfg: TrainConfig) -> None:
+    objective = cfg.objective
+    if not 0.0 <= objective.label_smoothing < 0.5:
+        raise ConfigError(
+            f"objective.label_smoothing={objective.label_smoothing} must be in [0, 0.5)"
+        )
+    if objective.orpo_lambda < 0 or objective.simpo_gamma < 0:
+        raise ConfigError("objective.orpo_lambda and objective.simpo_gamma must be >= 0")
+    if not objective.pairs:
+        return
+    name = f"objective={objective.name}"
+    if not cfg.data.sources:
+        raise ConfigError(
+            f"{name} trains on preference pairs, but data.sources is empty (the built-in "
+            "suite has none): use data=dpo_demo, or data.path=<file of prompt / chosen / "
+            "rejected records>"
+        )
+    if cfg.trainer.loss_average != "token":
+        raise ConfigError(
+            f"trainer.loss_average={cfg.trainer.loss_average} applies to sft; {name} "
+            "averages over pairs: leave trainer.loss_average=token"
+        )
+    live_copy = objective.reference == "live" and cfg.adapter.method == "none"
+    if live_copy and objective.needs_reference and cfg.parallelism.zero_stage == 3:
+        raise ConfigError(
+            "objective.reference=live with full fine-tuning holds a whole second model on "
+            "every rank, which ZeRO-3 is chosen to avoid: use objective.reference=precomputed "
+            "or an adapter"
+        )
 
 
 def _check_adapter(cfg: TrainConfig) -> None:

@@ -16,15 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config.checks import check_chat_config, check_eval_config, check_train_config
+from framework.config.commands import ChatConfig, EvalConfig, ExportConfig
 from framework.config.presets import CONF_DIR
-from framework.config.schema import (
-    ChatConfig,
-    ConfigError,
-    EvalConfig,
-    ExportConfig,
-    SourceConfig,
-    TrainConfig,
-)
+from framework.config.schema import ConfigError, SourceConfig, TrainConfig
 from framework.suite.build import check_family_names, check_suite
 
 SCHEMAS = {

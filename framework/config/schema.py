@@ -245,11 +245,45 @@ class AdapterConfig:
     modules_to_save: list[str] = field(default_factory=list)
 
 
+# Preference objectives and whether each needs a reference model's log-probabilities.
+PREFERENCE_OBJECTIVES = {"dpo": True, "ipo": True, "simpo": False, "orpo": False}
+
+
 @dataclass
 class ObjectiveConfig:
-    # What a training step minimises (framework/train/loss.py): sft, the weighted token
-    # cross-entropy of the trained tokens, normalised as trainer.loss_average says.
+    # What a training step minimises: sft, the weighted token cross-entropy of the trained
+    # tokens, normalised as trainer.loss_average says (framework/train/loss.py); or a
+    # preference loss over chosen / rejected pairs, the mean over the global batch's pairs
+    # (framework/train/preference.py; the README's table gives each formula):
+    # dpo (sigmoid), ipo, simpo (length-normalised, no reference), orpo (SFT plus an odds
+    # ratio, no reference).
     name: str = "sft"
+    # dpo, ipo, simpo: the strength of the preference (IPO's tau); orpo: see orpo_lambda.
+    beta: float = 0.1
+    # dpo, simpo: the share of pairs assumed mislabelled (conservative DPO).
+    label_smoothing: float = 0.0
+    # simpo: the target reward margin gamma.
+    simpo_gamma: float = 0.5
+    # orpo: the weight of the odds-ratio term beside the chosen replies' NLL.
+    orpo_lambda: float = 0.1
+    # dpo, ipo: the reference's log-probabilities, computed once before training by the
+    # workers and cached in the data artifact (precomputed), or by a reference model
+    # held beside the policy during training (live: for comparison). The reference is
+    # the starting model; with adapters, the base with the adapters disabled.
+    reference: str = "precomputed"
+    # dpo, ipo: before the first step, check that the policy's log-probs equal the
+    # reference's (so the loss is its zero-margin value, ln 2 for dpo, and the rewards 0)
+    # on the first micro batch, and stop if not.
+    verify_reference: bool = True
+
+    @property
+    def pairs(self) -> bool:
+        """Whether the objective trains on preference pairs."""
+        return self.name in PREFERENCE_OBJECTIVES
+
+    @property
+    def needs_reference(self) -> bool:
+        return PREFERENCE_OBJECTIVES.get(self.name, False)
 
 
 @dataclass
@@ -308,84 +342,3 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-# ------------------------------------------------------------------------------ commands
-
-
-@dataclass
-class ChatConfig:
-    """launch/chat.py (conf/chat/chat.yaml)."""
-
-    # Any MODEL_FORMS, e.g. outputs/tiny-sft/hf or smollm2_135m.
-    model: str = MISSING
-    # Answer this one message and exit (for scripts); None: interactive.
-    prompt: str | None = None
-    # A system message that opens every conversation (kept by /reset).
-    system: str | None = None
-    max_new_tokens: int = 256
-    # 0: greedy decoding; above 0: sampling at this temperature within top_p.
-    temperature: float = 0.0
-    top_p: float = 1.0
-    trust_remote_code: bool = False
-    cache_dir: str = DEFAULT_CACHE_DIR
-    # auto: cuda when available, else cpu; or a torch device such as cuda:1.
-    device: str = "auto"
-    # auto: as trainer.precision=auto chooses (framework/model/precision.py); or fp32,
-    # bf16, fp16.
-    dtype: str = "auto"
-
-
-@dataclass
-class EvalConfig:
-    """launch/eval.py (conf/eval/eval.yaml)."""
-
-    # Any MODEL_FORMS (a run's hf/, a checkpoint, smollm2_135m, ...). Not needed for a
-    # questions file whose every line carries its `prediction`.
-    model: str | None = None
-    # What to evaluate on (framework/eval/job.py):
-    #   suite: the built-in task families' split (split=, per_family=);
-    #   questions: the JSONL file path= names, one question per line: {"prompt": "..." or
-    #     "messages": [...], "reference": "...", "task": "optional group", "prediction":
-    #     "optional: an answer to score instead of generating one"};
-    #   ifeval: IFEval's 541 prompts scored by the official checkers: path= the JSONL of
-    #     the benchmark's repository, or no path for the hub's google/IFEval;
-    #   lm_eval: lm-evaluation-harness tasks (tasks=) on the model's Hugging Face export
-    #     with lm-eval's own `hf` backend; path= serves the ifeval task from that file.
-    eval: str = "suite"
-    path: str | None = None
-    tasks: list[str] = field(default_factory=lambda: ["ifeval"])
-    # The first `limit` prompts only (questions, ifeval, lm_eval), for a quick look.
-    limit: int | None = None
-    # The suite's split to answer: test (final numbers) or validation.
-    split: str = "test"
-    per_family: int = 50
-    # Which families count as held out, and the suite's seed. null: the training run's
-    # (its config.yaml, found beside the model), else the suite's defaults.
-    held_out: list[str] | None = None
-    seed: int | None = None
-    # null: the benchmark's own: 64 for suite and questions, 1280 for ifeval (lm-eval's
-    # protocol), the task's own for lm_eval.
-    max_new_tokens: int | None = None
-    batch_size: int = 32
-    # Where eval.json and the wandb run go; null: `<model>-eval` beside the model
-    # (`<model>-<eval>` for every eval but the suite).
-    out: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    cache_dir: str = DEFAULT_CACHE_DIR
-    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(project="instruct-eval"))
-
-
-@dataclass
-class ExportConfig:
-    """launch/export.py (conf/export/export.yaml)."""
-
-    # Any MODEL_FORMS: a step_* checkpoint or run.checkpoint_dir (its newest committed
-    # one), a .gguf file or preset to convert, a Hugging Face directory to copy.
-    model: str = MISSING
-    # The Hugging Face model directory to write.
-    out: str = MISSING
-    trust_remote_code: bool = False
-    cache_dir: str = DEFAULT_CACHE_DIR

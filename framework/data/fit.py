@@ -1,5 +1,6 @@
 """Rendered examples fitted to data.max_seq_len: cut or dropped as data.overlong says,
-those with nothing left to train removed, each counted per source."""
+those with nothing left to train removed, each counted per source. A preference pair is
+fitted as one unit: its two sequences share a row."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import Counter
 
 from framework.config.schema import DataConfig
 from framework.data.formats import ErrorPolicy, RecordError
+from framework.data.preference import RenderedPair, fitted_lengths
 from framework.data.render import RenderedExample
 from framework.data.sources import LoadedRecord
 
@@ -20,31 +22,50 @@ class Fitted:
     sources: list[str] = dataclasses.field(default_factory=list)  # per kept example
 
 
+Example = tuple[list[int], list[float]]
+
+
+def _sequences(result: RenderedExample | RenderedPair) -> list[Example]:
+    if isinstance(result, RenderedPair):
+        return [(r.input_ids, r.weights) for r in (result.chosen, result.rejected)]
+    return [(result.input_ids, result.weights)]
+
+
+def _limits(lengths: list[int], max_len: int) -> list[int]:
+    """The length each sequence is cut to: a pair's two share one row."""
+    if len(lengths) == 2:
+        return list(fitted_lengths(*lengths, max_len))
+    return [min(lengths[0], max_len)]
+
+
 def fit_to_length(
     records: list[LoadedRecord],
-    rendered: list[RenderedExample | RecordError],
+    rendered: list[RenderedExample | RenderedPair | RecordError],
     cfg: DataConfig,
     policy: ErrorPolicy,
 ) -> Fitted:
-    """Apply data.overlong and drop examples with nothing to train, counting per source."""
+    """Apply data.overlong and drop examples (pairs: either sequence) with nothing to
+    train, counting per source."""
     fitted = Fitted([], Counter(), Counter())
     for record, result in zip(records, rendered, strict=True):
         if isinstance(result, RecordError):
             policy(result, record.source)
             continue
-        ids, weights = result.input_ids, result.weights
-        if len(ids) > cfg.max_seq_len:
+        sequences = _sequences(result)
+        lengths = [len(ids) for ids, _ in sequences]
+        if sum(lengths) > cfg.max_seq_len:
             if cfg.overlong == "drop":
                 fitted.dropped[record.source] += 1
                 continue
             fitted.truncated[record.source] += 1
-            ids, weights = ids[: cfg.max_seq_len], weights[: cfg.max_seq_len]
-        if not any(w > 0 for w in weights[1:]):
+            limits = _limits(lengths, cfg.max_seq_len)
+            sequences = [(ids[:n], w[:n]) for (ids, w), n in zip(sequences, limits, strict=True)]
+        if not all(any(w > 0 for w in weights[1:]) for _, weights in sequences):
             policy(
                 RecordError(record.where, "no_target", "no trained token within data.max_seq_len"),
                 record.source,
             )
             continue
-        fitted.examples.append((ids, weights))
-        fitted.sources.append(record.source)
+        fitted.examples += sequences
+        fitted.sources += [record.source] * len(sequences)
     return fitted

@@ -28,6 +28,7 @@ REASONS = (
     "empty_reply",
     "template_mismatch",
     "no_target",
+    "same_replies",
 )
 
 # The data's role name -> ours, per format; a source's `roles:` extends and overrides these.
@@ -112,7 +113,7 @@ def to_conversation(record: dict, where: str, source: SourceConfig) -> Conversat
             "unknown_format",
             f"a record must be a JSON object, got {type(record).__name__}",
         )
-    record = _rename(record, source.columns)
+    record = rename_columns(record, source.columns)
     kind = _detect(record, where) if source.format == "auto" else source.format
     if kind not in _CONVERTERS:
         raise RecordError(
@@ -122,11 +123,11 @@ def to_conversation(record: dict, where: str, source: SourceConfig) -> Conversat
         )
     conversation = _CONVERTERS[kind](record, where, source.roles)
     if conversation.text is None:
-        _check_turns(conversation.messages, where)
+        check_turns(conversation.messages, where)
     return conversation
 
 
-def _rename(record: dict, columns: dict[str, str]) -> dict:
+def rename_columns(record: dict, columns: dict[str, str]) -> dict:
     """The record under our field names; null values count as absent (table rows carry
     nulls for columns a row does not have)."""
     theirs = set(columns.values())
@@ -184,7 +185,7 @@ def _list(value, where: str, what: str) -> list:
     return value
 
 
-def _message(item, where: str, index: int, keys: tuple[str, str], roles: dict) -> dict:
+def parse_message(item, where: str, index: int, keys: tuple[str, str], roles: dict) -> dict:
     """One turn -> {"role", "content"(, "weight")}, with the role mapped through `roles`."""
     role_key, content_key = keys
     if not isinstance(item, dict):
@@ -232,7 +233,7 @@ def _weight(value, where: str, index: int) -> float:
     return float(value)
 
 
-def _tools(value, where: str) -> list[dict] | None:
+def parse_tools(value, where: str) -> list[dict] | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -260,7 +261,7 @@ def _alpaca(record: dict, where: str, roles: dict) -> Conversation:
     instruction = _string(_field(record, "instruction", where, "alpaca"), where, "`instruction`")
     output = _string(_field(record, "output", where, "alpaca"), where, "`output`")
     extra = _string(record.get("input", ""), where, "`input`")
-    messages = _system(record, where)
+    messages = system_messages(record, where)
     for index, pair in enumerate(_list(record.get("history", []), where, "history")):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise RecordError(
@@ -274,7 +275,7 @@ def _alpaca(record: dict, where: str, roles: dict) -> Conversation:
     return Conversation(messages)
 
 
-def _system(record: dict, where: str) -> list[dict]:
+def system_messages(record: dict, where: str) -> list[dict]:
     """The record-level `system` prompt as a message list; an empty prompt means none."""
     system = _string(record.get("system", ""), where, "`system`")
     return [{"role": "system", "content": system}] if system.strip() else []
@@ -287,20 +288,20 @@ def _sharegpt(record: dict, where: str, roles: dict) -> Conversation:
     if "chosen" in record:  # a preference pair: train on the chosen reply, ignore the rejected
         chosen = record["chosen"]
         turns = [*turns, {"from": "gpt", "value": chosen} if isinstance(chosen, str) else chosen]
-    messages = _system(record, where)
+    messages = system_messages(record, where)
     for index, turn in enumerate(turns):
         keys = ("role", "content") if isinstance(turn, dict) and "from" not in turn else None
-        messages.append(_message(turn, where, index, keys or ("from", "value"), roles))
-    return Conversation(messages, tools=_tools(record.get("tools"), where))
+        messages.append(parse_message(turn, where, index, keys or ("from", "value"), roles))
+    return Conversation(messages, tools=parse_tools(record.get("tools"), where))
 
 
 def _messages(record: dict, where: str, roles: dict) -> Conversation:
     roles = {**MESSAGES_ROLES, **roles}
     items = _list(_field(record, "messages", where, "messages"), where, "messages")
     messages = [
-        _message(item, where, i, ("role", "content"), roles) for i, item in enumerate(items)
+        parse_message(item, where, i, ("role", "content"), roles) for i, item in enumerate(items)
     ]
-    return Conversation(messages, tools=_tools(record.get("tools"), where))
+    return Conversation(messages, tools=parse_tools(record.get("tools"), where))
 
 
 def _prompt_completion(record: dict, where: str, roles: dict) -> Conversation:
@@ -313,7 +314,7 @@ def _prompt_completion(record: dict, where: str, roles: dict) -> Conversation:
         elif isinstance(value, list):  # TRL's conversational form: a list of messages
             start = len(messages)
             messages += [
-                _message(item, where, start + i, ("role", "content"), roles)
+                parse_message(item, where, start + i, ("role", "content"), roles)
                 for i, item in enumerate(value)
             ]
         else:
@@ -322,7 +323,7 @@ def _prompt_completion(record: dict, where: str, roles: dict) -> Conversation:
                 "non_string_content",
                 f"`{key}` must be a string or a list of messages, got {type(value).__name__}",
             )
-    return Conversation(messages, tools=_tools(record.get("tools"), where))
+    return Conversation(messages, tools=parse_tools(record.get("tools"), where))
 
 
 def _text(record: dict, where: str, roles: dict) -> Conversation:
@@ -341,7 +342,7 @@ _CONVERTERS: dict[str, Callable[[dict, str, dict], Conversation]] = {
 }
 
 
-def _check_turns(messages: list[dict], where: str) -> None:
+def check_turns(messages: list[dict], where: str) -> None:
     """Contents are non-empty; system comes only first, then user; user -> assistant;
     assistant -> user or tool; tool -> tool or assistant; the last message is assistant."""
     for index, message in enumerate(messages):

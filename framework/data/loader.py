@@ -5,6 +5,10 @@ at a time: the world_size x micro_batch_size rows of a micro step go to ranks so
 rank gets exactly micro_batch_size rows and about the same work (longest-processing-time
 first on tokens plus attention cost), so no rank waits for another and none runs out early.
 The position (epoch, rows handed out) is the sampler state that checkpoints save.
+
+Preference pairs are planned as units (a pair's two sequences share a row) and their
+micro batches carry the pair fields of framework/data/preference.py, with the reference
+log-probabilities of their pairs when those were precomputed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan, best_fit_decreasing, collate_rows, length_grouped
+from framework.data.preference import pair_fields, pair_lengths, sequence_plan
 
 
 def epoch_plan(
@@ -82,6 +87,9 @@ class RankBatches:
     per_example: bool = False  # weights that make the loss a mean over examples
     # The artifact's stored plan for epoch 0, equal to what `plan(0)` computes.
     first_plan: PackingPlan | None = None
+    pairs: bool = False  # examples 2i, 2i + 1 are pair i's chosen and rejected sequences
+    # Pair i's reference log-probabilities (chosen, rejected), when precomputed.
+    reference: np.ndarray | None = None
     epoch: int = 0
     micro_step: int = 0  # micro steps of `epoch` already handed out
 
@@ -102,10 +110,16 @@ class RankBatches:
         self.epoch, self.micro_step = int(state["epoch"]), rows // group
 
     def plan(self, epoch: int) -> PackingPlan:
+        """The rows of `epoch`, of examples (pairs: of their sequences)."""
         if epoch == 0 and self.first_plan is not None and self.packing:
-            return self.first_plan
+            plan = self.first_plan
+        else:
+            plan = self._planned(epoch)
+        return sequence_plan(plan) if self.pairs else plan
+
+    def _planned(self, epoch: int) -> PackingPlan:
         return epoch_plan(
-            self.dataset.lengths(),
+            pair_lengths(self.dataset) if self.pairs else self.dataset.lengths(),
             packing=self.packing,
             max_seq_len=self.max_seq_len,
             rows_per_batch=self.micro_batch_size * self.world_size,
@@ -129,16 +143,19 @@ class RankBatches:
             while self.micro_step < steps:
                 rows = self.my_rows(plan, costs, self.micro_step)
                 self.micro_step += 1
-                yield collate_rows(
-                    self.dataset.tokens,
-                    self.dataset.weights,
-                    self.dataset.offsets,
-                    rows,
-                    row_len,
-                    self.pad_id,
-                    self.per_example,
-                )
+                yield self.collate(rows, row_len)
             self.epoch, self.micro_step = self.epoch + 1, 0
+
+    def collate(self, rows: list[np.ndarray], row_len: int | None) -> dict[str, torch.Tensor]:
+        data = self.dataset
+        batch = collate_rows(
+            data.tokens, data.weights, data.offsets, rows, row_len, self.pad_id, self.per_example
+        )
+        if self.pairs:
+            batch |= pair_fields(rows, data.offsets, batch["input_ids"].shape[1])
+            if self.reference is not None:
+                batch["reference_logps"] = torch.from_numpy(self.reference[batch["pair_ids"]])
+        return batch
 
 
 def run_batches(
@@ -156,4 +173,5 @@ def run_batches(
         pad_id=pad_id,
         per_example=cfg.trainer.loss_average == "example",
         first_plan=first_plan(artifact),
+        pairs=cfg.objective.pairs,
     )

@@ -28,6 +28,7 @@ from framework.data.formats import (
     RecordError,
     to_conversation,
 )
+from framework.data.preference import PreferencePair, to_pair
 from framework.suite.build import eval_items, trained_families, training_chats
 
 SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
@@ -52,7 +53,7 @@ Raw = tuple[str, object]
 class LoadedRecord:
     source: str
     where: str
-    conversation: Conversation
+    conversation: Conversation | PreferencePair
 
 
 @dataclass
@@ -71,8 +72,9 @@ class LoadedData:
     summaries: dict[str, SourceSummary]
 
 
-def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
-    """The training mix and the eval split for `cfg`. Guarantees: held-out records never
+def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy, pairs: bool = False) -> LoadedData:
+    """The training mix and the eval split for `cfg`, as conversations or (`pairs`, for
+    preference objectives) as preference pairs. Guarantees: held-out records never
     appear in train; each source contributes round(weight x kept) examples; train is
     shuffled; the result depends only on (cfg, seed). Raises DataError for an unreadable
     source or one with no usable record, and whatever `policy` raises for a bad record."""
@@ -89,7 +91,7 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
     evaluation: list[LoadedRecord] = []
     summaries: dict[str, SourceSummary] = {}
     for source, name in zip(sources, names[: len(sources)], strict=True):
-        kept, summary = _load_source(source, name, cfg, seed, policy)
+        kept, summary = _load_source(source, name, cfg, seed, policy, pairs)
         kept, held = _hold_out(kept, holdout, _rng(seed, name, "eval"))
         taken = _weighted(kept, source.weight, _rng(seed, name, "weight"))
         summary.held_out, summary.taken = len(held), len(taken)
@@ -97,7 +99,7 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
         evaluation += held
         summaries[name] = summary
     for source, name in zip(eval_sources, names[len(sources) :], strict=True):
-        kept, summary = _load_source(source, name, cfg, seed, policy)
+        kept, summary = _load_source(source, name, cfg, seed, policy, pairs)
         summary.taken = len(kept)
         evaluation += kept
         summaries[name] = summary
@@ -106,17 +108,18 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy) -> LoadedData:
 
 
 def _load_source(
-    source: SourceConfig, name: str, cfg: DataConfig, seed: int, policy: ErrorPolicy
+    source: SourceConfig, name: str, cfg: DataConfig, seed: int, policy: ErrorPolicy, pairs: bool
 ) -> tuple[list[LoadedRecord], SourceSummary]:
     """The source's converted records, in reading order, after the max_samples cap."""
     raw = list(_read(source, cfg.suite))
     raw = _cap(raw, source.max_samples, _rng(seed, name, "cap"))
     kept = []
+    convert = to_pair if pairs else to_conversation
     for where, record in raw:
         try:
             if isinstance(record, RecordError):
                 raise record
-            kept.append(LoadedRecord(name, where, to_conversation(record, where, source)))
+            kept.append(LoadedRecord(name, where, convert(record, where, source)))
         except RecordError as err:
             policy(err, name)
     if not kept:

@@ -41,6 +41,7 @@ def dataset_stats(
     policy: ErrorPolicy,
     cfg: DataConfig,
     plan: PackingPlan | None,
+    pairs: bool = False,
 ) -> dict:
     lengths = train.lengths()
     trained = int((np.asarray(train.weights) > 0).sum())
@@ -67,6 +68,8 @@ def dataset_stats(
         "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
         "length_histogram": length_histogram(lengths, cfg.max_seq_len),
     }
+    if pairs:  # examples are sequences, two per pair
+        stats["pairs"] = len(train) // 2
     if plan is not None:
         stats["packing"] = packing_summary(plan, lengths, cfg.max_seq_len)
     return stats
@@ -84,6 +87,8 @@ def format_stats(stats: dict) -> str:
             f"{s['held_out']:>9}{s['taken']:>9}{s['truncated']:>10}{s['dropped_too_long']:>9}"
         )
         lines += [f"    skipped {reason}: {n}" for reason, n in sorted(s["skipped"].items())]
+    if "pairs" in stats:
+        lines.append(f"{stats['pairs']} preference pairs (each two sequences, below)")
     lines.append(
         f"{stats['examples']} examples, {stats['tokens']} tokens, "
         f"{stats['trained_tokens']} trained ({stats['trained_fraction']:.1%}); "

@@ -1,5 +1,6 @@
-"""Evaluation during training, on every rank together: the eval split's loss and greedy
-samples, greedy answers to a sample of the suite's validation items, scored for the
+"""Evaluation during training, on every rank together: the eval split's loss (for a
+preference objective: its pairs' loss, rewards and log-probs) and greedy samples, greedy
+answers to a sample of the suite's validation items, scored for the
 trained and held-out families, and optionally replies to a sample of IFEval's prompts."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -24,6 +26,7 @@ from framework.eval.scoring import examples_worst_first, flat_metrics
 from framework.suite.build import eval_items, trained_families
 from framework.suite.families import FAMILIES
 from framework.train.loss import token_loss_fn
+from framework.train.preference import pair_eval
 
 
 def suite_sample(cfg: TrainConfig) -> list[Question]:
@@ -59,11 +62,15 @@ class TrainingEval:
     evalset: EvalSet | None
     questions: list[Question]
     ifeval_prompts: list[ifeval.IFEvalPrompt]
+    # Preference objectives with a reference: the eval pairs' reference log-probs.
+    reference: np.ndarray | None = None
 
     @classmethod
-    def load(cls, cfg: TrainConfig, artifact: Path) -> TrainingEval:
+    def load(
+        cls, cfg: TrainConfig, artifact: Path, reference: np.ndarray | None = None
+    ) -> TrainingEval:
         evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
-        return cls(evalset, suite_sample(cfg), ifeval_sample(cfg))
+        return cls(evalset, suite_sample(cfg), ifeval_sample(cfg), reference)
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +83,21 @@ def _timed(times: dict[str, float], part: str) -> Iterator[None]:
     began = time.perf_counter()
     yield
     times[f"eval_time/{part}_s"] = time.perf_counter() - began
+
+
+def _eval_split(engine, tokenizer, inputs: TrainingEval, cfg: TrainConfig, **where) -> dict:
+    """Collective: the eval split's loss, or its pairs' loss, rewards and log-probs."""
+    if cfg.objective.pairs:
+        return pair_eval(
+            engine, inputs.evalset, inputs.reference, cfg, pad_id=tokenizer.pad_token_id, **where
+        )
+    return eval_loss(
+        token_loss_fn(engine, cfg.trainer),
+        inputs.evalset,
+        micro_batch_size=cfg.trainer.micro_batch_size,
+        pad_id=tokenizer.pad_token_id,
+        **where,
+    )
 
 
 def evaluate(
@@ -97,16 +119,9 @@ def evaluate(
     evalset, questions = inputs.evalset, inputs.questions
     metrics, samples, answers, times = {}, [], [], {}
     if evalset is not None:
+        where = {"rank": rank, "world": world_size, "device": device}
         with _timed(times, "loss"):
-            metrics = eval_loss(
-                token_loss_fn(engine, cfg.trainer),
-                evalset,
-                micro_batch_size=cfg.trainer.micro_batch_size,
-                rank=rank,
-                world=world_size,
-                pad_id=tokenizer.pad_token_id,
-                device=device,
-            )
+            metrics = _eval_split(engine, tokenizer, inputs, cfg, **where)
         with _timed(times, "samples"):
             if synced or rank == 0:
                 samples = greedy_samples(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from framework.config.schema import ConfigError, EvalConfig
+from framework.config.commands import EvalConfig
+from framework.config.schema import ConfigError
 from framework.eval.ifeval import checkers
 from framework.model.local import inference_dtype, resolve_device
 from framework.model.resolve import resolve_model

@@ -13,8 +13,9 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.config.checks import NO_EVAL_MODEL
+from framework.config.commands import EvalConfig
 from framework.config.saved import load_train_config
-from framework.config.schema import ConfigError, EvalConfig, SuiteConfig
+from framework.config.schema import ConfigError, SuiteConfig
 from framework.data.sources import trains_on_suite
 from framework.eval import ifeval
 from framework.eval.questions import (

@@ -14,7 +14,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from framework.config.schema import ChatConfig, ConfigError, EvalConfig
+from framework.config.commands import ChatConfig, EvalConfig
+from framework.config.schema import ConfigError
 from framework.data.templates import apply_template_choice
 from framework.model.attention import DOCUMENT_SDPA
 from framework.model.build import TORCH_DTYPES

@@ -25,9 +25,10 @@ from framework.model.resolve import model_source
 from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path, write_stop_request
 from framework.tracking import Tracker
 from framework.train.engine import build_training_engine
-from framework.train.loss import build_objective
 from framework.train.metrics import peak_flops
-from framework.train.selfcheck import checked_first_batch
+from framework.train.objective import build_objective
+from framework.train.reference import prepare_reference
+from framework.train.selfcheck import checked_first_batch, checked_reference
 from framework.train.step import guarded_step
 
 
@@ -51,16 +52,14 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     out = Path(cfg.run.output_dir)
     artifact = artifact_path(out)
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
-    engine, zero3, sampler, progress = _start_or_resume(cfg, ctx, tokenizer, artifact)
+    engine, zero3, sampler, progress, reference = _start_or_resume(cfg, ctx, tokenizer, artifact)
     start = progress.get("step", 0)
-    batches = iter(sampler)
-    if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
-        batches = checked_first_batch(
-            engine, batches, cfg.trainer, rank=ctx.rank, device=ctx.device
-        )
-    evaluation = TrainingEval.load(cfg, artifact)
+    objective = build_objective(cfg, reference.live if reference else None)
+    batches = _checked(iter(sampler), cfg, engine, objective, reference, start=start, ctx=ctx)
+    evaluation = TrainingEval.load(
+        cfg, artifact, reference.logps.get("eval") if reference else None
+    )
     where = {"rank": ctx.rank, "device": ctx.device}
-    objective = build_objective(cfg)
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
     stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
     totals = progress.get("totals")
@@ -113,6 +112,18 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     return metrics
 
 
+def _checked(batches, cfg: TrainConfig, engine, objective, reference, *, start: int, ctx):
+    """`batches`, once the start-up self-checks passed on their first micro batch: packing
+    (examples do not see each other), and for a fresh dpo / ipo run the reference (the
+    policy starts equal to it)."""
+    where = {"rank": ctx.rank, "device": ctx.device}
+    if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
+        batches = checked_first_batch(engine, batches, cfg.trainer, **where)
+    if reference and cfg.objective.verify_reference and start == 0:
+        batches = checked_reference(engine, batches, objective, **where)
+    return batches
+
+
 def _announce_stop(out: Path, reason: str, step: int, rank: int) -> None:
     if rank == 0:
         write_stop_request(out, reason)  # the reason, for the driver
@@ -132,8 +143,9 @@ ZERO3_OTHER_LAYOUT_WARNING = (
 
 
 def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: Path):
-    """Engine, its ZeRO-3 build context, sampler and progress: restored from the checkpoint
-    to resume from (converted first when written by another number of ranks), if any."""
+    """Engine, its ZeRO-3 build context, sampler, progress and the reference (dpo, ipo):
+    restored from the checkpoint to resume from (converted first when written by another
+    number of ranks), if any. The reference is the engine as built, before any load."""
     resume_from = checkpoint.resume_point(cfg)
     universal = resume_from is not None and checkpoint.needs_universal(resume_from, ctx.world_size)
     if universal and ctx.rank == 0:
@@ -149,6 +161,13 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
     sampler = run_batches(
         artifact, cfg, rank=ctx.rank, world_size=ctx.world_size, pad_id=tokenizer.pad_token_id
     )
+    reference = None
+    if cfg.objective.needs_reference:
+        reference = prepare_reference(
+            cfg, engine, tokenizer, artifact, rank=ctx.rank, world=ctx.world_size,
+            device=ctx.device,
+        )  # fmt: skip
+        sampler.reference = reference.logps.get("train")
     progress = {}
     if resume_from is not None:
         progress = checkpoint.load(
@@ -157,4 +176,4 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
         sampler.load_state_dict(progress["sampler"])
         if ctx.rank == 0:
             print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
-    return engine, zero3, sampler, progress
+    return engine, zero3, sampler, progress, reference

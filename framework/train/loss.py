@@ -1,8 +1,8 @@
-"""What a training step minimises: the objective chosen by `objective.name`, its loss on a
-micro batch, and the normalisation that makes a step's loss independent of how the global
-batch is split into ranks and accumulation steps.
+"""The token losses every objective is built on, the `sft` objective, and the normalisation
+that makes a step's loss independent of how the global batch is split into ranks and
+accumulation steps (train/objective.py chooses the objective).
 
-One objective today, `sft`: the weighted token cross-entropy over trained positions
+`sft`: the weighted token cross-entropy over trained positions
 (labels != IGNORE_INDEX), divided by the global sum of loss weights (the trained-token
 count when every weight is 1; with trainer.loss_average=example the collator scales each
 example's weights to sum to 1, giving the mean over examples).
@@ -18,14 +18,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from framework.config.schema import TrainConfig, TrainerConfig
+from framework.config.schema import TrainerConfig
 from framework.data.pack import IGNORE_INDEX
 from framework.model.attention import packed_hidden_states, packed_logits
 
@@ -115,16 +114,6 @@ def summed_loss(losses: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
     return (losses * shifted).sum(), shifted.sum()
 
 
-class Objective(Protocol):
-    def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
-        """Collective: what the step's summed loss is divided by, over every rank's micro
-        batches of the step."""
-
-    def summed_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The micro batch's loss through `model` before normalisation (a sum over its
-        units)."""
-
-
 class TokenCrossEntropy:
     """sft: the weighted cross-entropy of every trained token."""
 
@@ -143,12 +132,8 @@ class TokenCrossEntropy:
         )
         return summed_loss(losses, batch["loss_weights"])[0]
 
-
-OBJECTIVES: dict[str, Callable[[TrainerConfig], Objective]] = {"sft": TokenCrossEntropy}
-
-
-def build_objective(cfg: TrainConfig) -> Objective:
-    return OBJECTIVES[cfg.objective.name](cfg.trainer)
+    def step_metrics(self, device: torch.device) -> dict[str, float]:
+        return {}
 
 
 def backward_scale(global_weight: float, *, world_size: int, grad_accum_steps: int) -> float:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from framework.config.schema import TrainerConfig
 from framework.data.pack import IGNORE_INDEX, example_bounds
 from framework.train.loss import TokenLosses, token_loss_fn
+from framework.train.preference import PreferenceObjective, loss_at_zero_margin, pair_terms
 
 # (relative, absolute in nats) bounds on an example's mean loss, per weight dtype. With
 # unchanged shapes rounding is the same: the neighbour bound is for kernels that are not
@@ -207,4 +208,66 @@ def checked_first_batch(
     check = verify_packing(token_loss_fn(engine, cfg), on_device, dtype=dtype)
     if rank == 0:
         print(f"packing self-check passed ({check.summary()})", flush=True)
+    return itertools.chain([first], batches)
+
+
+class ReferenceCheckFailed(RuntimeError):
+    """At step 0 the policy's log-probs differ from the reference's."""
+
+
+@torch.no_grad()
+def verify_reference(
+    objective: PreferenceObjective, engine, batch: dict[str, torch.Tensor], *, dtype: torch.dtype
+) -> tuple[float, float, float]:
+    """Collective. (the loss over the batch's pairs on every rank, the largest |reward|,
+    the largest gap of a sequence's log-prob from its reference as a share of the bound).
+    Before any step the policy is the reference, so the rewards are 0 and the loss is its
+    zero-margin value up to rounding, bounded as a per-token mean like the packing check's
+    alone comparison (the reference ran in other rows). Raises ReferenceCheckFailed."""
+    found = objective.logps(engine, batch)
+    terms = pair_terms(objective.cfg, found.policy, found.counts, found.reference)
+    tokens = found.counts.clamp_min(1)
+    rtol, atol = ALONE_TOLERANCE[dtype]
+    bound = atol + rtol * (found.reference / tokens).abs()
+    gap = _reduced(
+        (((found.policy - found.reference) / tokens).abs() / bound).max().item(),
+        device=tokens.device,
+    )
+    loss = torch.stack(
+        [
+            terms.losses.sum(),
+            torch.tensor(float(len(terms.losses)), dtype=torch.float64, device=tokens.device),
+        ]
+    )
+    dist.all_reduce(loss)
+    largest = _reduced(terms.rewards.abs().max().item(), tokens.device)
+    mean_loss = (loss[0] / loss[1]).item()
+    if gap > 1:
+        name, zero = objective.cfg.name, loss_at_zero_margin(objective.cfg)
+        raise ReferenceCheckFailed(
+            f"reference self-check failed: before the first step the policy's log-probs are "
+            f"{gap:.1f}x the {dtype} bound away from the reference's (step-0 {name} loss "
+            f"{mean_loss:.4f}, expected {zero:.4f}; rewards up to {largest:.3g}, expected 0). "
+            "The reference log-probs do not belong to this model or data: delete the "
+            "artifact's reference/ cache, or objective.verify_reference=false skips this check"
+        )
+    return mean_loss, largest, gap
+
+
+def checked_reference(
+    engine, batches: Iterator[dict[str, torch.Tensor]], objective, *, rank: int, device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Collective. `batches`, unchanged, once its first micro batch passed verify_reference."""
+    first = next(batches)
+    on_device = {k: v.to(device) for k, v in first.items()}
+    dtype = next(engine.module.parameters()).dtype
+    loss, largest, gap = verify_reference(objective, engine, on_device, dtype=dtype)
+    if rank == 0:
+        zero = loss_at_zero_margin(objective.cfg)
+        print(
+            f"reference self-check passed: step-0 {objective.cfg.name} loss {loss:.6f} "
+            f"(expected {zero:.6f}), rewards at most {largest:.2g} from 0, log-probs "
+            f"{gap:.1e} of the bound",
+            flush=True,
+        )
     return itertools.chain([first], batches)

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 
 from framework.config.schema import TrainConfig
-from framework.train.loss import Objective, backward_scale
+from framework.train.loss import backward_scale
 from framework.train.metrics import ModelShape, clock, gather, peak_memory_gb, summarize
+from framework.train.objective import Objective
 
 
 class NonFiniteLoss(RuntimeError):
@@ -113,6 +114,7 @@ def train_step(
         "skipped": int(skipped),
         "lr": lr,
         "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+        **objective.step_metrics(device),
         **summarize(gather(local, device), ModelShape.of(engine.module) if peak else None, peak),
     }
 

@@ -8,8 +8,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from framework.config.commands import EvalConfig
 from framework.config.compose import eval_config
-from framework.config.schema import ConfigError, EvalConfig, LoggerConfig
+from framework.config.schema import ConfigError, LoggerConfig
 from framework.data.formats import DataError
 from framework.eval.job import run_eval
 from framework.eval.questions import file_questions

@@ -1,0 +1,32 @@
+"""What a training step minimises, as `objective.name` chooses: `sft` (train/loss.py) or a
+preference loss (train/preference.py). train/step.py sees only the Objective protocol."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from framework.config.schema import TrainConfig
+from framework.train.loss import TokenCrossEntropy
+from framework.train.preference import LiveReference, PreferenceObjective
+
+
+class Objective(Protocol):
+    def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+        """Collective: what the step's summed loss is divided by, over every rank's micro
+        batches of the step (trained tokens, or pairs)."""
+
+    def summed_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The micro batch's loss through `model` before normalisation (a sum over its
+        units)."""
+
+    def step_metrics(self, device: torch.device) -> dict[str, float]:
+        """Collective: the objective's own metrics of the micro batches since the last call."""
+
+
+def build_objective(cfg: TrainConfig, live: LiveReference | None = None) -> Objective:
+    """The run's objective; `live` gives reference log-probs when objective.reference=live."""
+    if cfg.objective.pairs:
+        return PreferenceObjective(cfg.objective, cfg.trainer, live)
+    return TokenCrossEntropy(cfg.trainer)
