@@ -274,3 +274,26 @@ def log_evaluation(
         run.log(logged)
     run.summary.update(metrics)
     run.finish()
+
+
+def log_rounds(logger: LoggerConfig, out: Path, config: dict, rows: list[dict]) -> None:
+    """Improvement rounds (launch/improve.py) as a wandb run of their own: each round's
+    accuracies per group of families and its pair count, with the round as the step."""
+    if logger.backend != "wandb":
+        return
+    import wandb
+
+    run = _init_wandb(
+        project=logger.project,
+        entity=logger.entity,
+        name=f"improve-{out.name}",
+        job_type="improve",
+        dir=str(out),
+        config=config,
+        mode=wandb_mode(logger),
+        settings=wandb.Settings(console="off"),
+    )
+    for row in rows:
+        metrics = {f"improve/{group}": value for group, value in row["accuracy"].items()}
+        run.log({**metrics, "improve/pairs": row.get("pairs", 0)}, step=row["round"])
+    run.finish()

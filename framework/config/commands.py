@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from framework.config.schema import DEFAULT_CACHE_DIR, LoggerConfig
+from framework.config.schema import DEFAULT_CACHE_DIR, DEFAULT_HELD_OUT, LoggerConfig
 
 
 @dataclass
@@ -86,3 +86,35 @@ class ExportConfig:
     out: str = MISSING
     trust_remote_code: bool = False
     cache_dir: str = DEFAULT_CACHE_DIR
+
+
+@dataclass
+class ImproveConfig:
+    """launch/improve.py (conf/improve/improve.yaml): rounds of preference tuning on the
+    model's own answers to the suite's training prompts, checked by the suite's checkers."""
+
+    # The model to improve: any MODEL_FORMS, e.g. outputs/smollm2-sft/hf.
+    model: str = MISSING
+    # Where each round's pairs, training run and evaluation go, and rounds.jsonl.
+    out: str = "outputs/improve"
+    rounds: int = 2
+    # Prompts per trained family each round (train split; new ones every round), and the
+    # answers sampled for each.
+    prompts_per_family: int = 16
+    samples: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    # Families never trained on, so their accuracy after each round measures transfer.
+    held_out: list[str] = field(default_factory=lambda: list(DEFAULT_HELD_OUT))
+    # Each round's evaluation: this many validation items of every family, greedy.
+    eval_per_family: int = 20
+    # Overrides of each round's training run (launch/train.py), after model and data.
+    train: list[str] = field(default_factory=lambda: ["objective=dpo"])
+    # Ray tasks that sample, and their CPUs; the cluster to sample on (None: a local Ray).
+    workers: int = 2
+    cpus_per_worker: int = 1
+    address: str | None = None
+    seed: int = 0
+    cache_dir: str = DEFAULT_CACHE_DIR
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(project="instruct-improve"))

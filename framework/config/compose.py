@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config.checks import check_chat_config, check_eval_config, check_train_config
-from framework.config.commands import ChatConfig, EvalConfig, ExportConfig
+from framework.config.commands import ChatConfig, EvalConfig, ExportConfig, ImproveConfig
 from framework.config.presets import CONF_DIR
 from framework.config.schema import ConfigError, SourceConfig, TrainConfig
 from framework.suite.build import check_family_names, check_suite
@@ -26,6 +26,7 @@ SCHEMAS = {
     "chat_schema": ChatConfig,
     "eval_schema": EvalConfig,
     "export_schema": ExportConfig,
+    "improve_schema": ImproveConfig,
 }
 
 
@@ -105,13 +106,21 @@ def _absolute(path: str) -> str:
     return str(Path(os.path.expanduser(path)).resolve())
 
 
+def _require_model(raw: DictConfig, what: str, example: str) -> None:
+    if OmegaConf.is_missing(raw, "model"):
+        raise ConfigError(f"model: give the model to {what}, e.g. {example}")
+
+
+def _check_families(names: list[str], key: str) -> None:
+    try:
+        check_family_names(names, key)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def chat_config(raw: DictConfig) -> ChatConfig:
     """The composed Hydra config of launch/chat.py as a checked ChatConfig."""
-    if OmegaConf.is_missing(raw, "model"):
-        raise ConfigError(
-            "model: give the model to chat with, e.g. model=outputs/smollm2-sft/hf or "
-            "model=smollm2_135m"
-        )
+    _require_model(raw, "chat with", "model=outputs/smollm2-sft/hf or model=smollm2_135m")
     cfg: ChatConfig = OmegaConf.to_object(raw)
     check_chat_config(cfg)
     return cfg
@@ -122,10 +131,7 @@ def eval_config(raw: DictConfig) -> EvalConfig:
     cfg: EvalConfig = OmegaConf.to_object(raw)
     check_eval_config(cfg)
     if cfg.held_out is not None:
-        try:
-            check_family_names(cfg.held_out, "held_out")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        _check_families(cfg.held_out, "held_out")
     return cfg
 
 
@@ -139,3 +145,24 @@ def export_config(raw: DictConfig) -> ExportConfig:
             "out=<directory>"
         )
     return OmegaConf.to_object(raw)
+
+
+def improve_config(raw: DictConfig) -> ImproveConfig:
+    """The composed Hydra config of launch/improve.py as a checked ImproveConfig."""
+    _require_model(
+        raw, "improve", "model=outputs/smollm2-sft/hf (python launch/train.py writes it)"
+    )
+    cfg: ImproveConfig = OmegaConf.to_object(raw)
+    cfg.out = _absolute(cfg.out)
+    if Path(cfg.model).expanduser().exists():
+        cfg.model = _absolute(cfg.model)
+    for key in ("rounds", "prompts_per_family", "samples", "max_new_tokens", "workers"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be > 0")
+    if cfg.samples < 2 or cfg.temperature <= 0:
+        raise ConfigError(
+            f"samples={cfg.samples}, temperature={cfg.temperature}: a pair needs two different "
+            "answers to one prompt, so sample at least 2 at a temperature above 0"
+        )
+    _check_families(cfg.held_out, "held_out")
+    return cfg

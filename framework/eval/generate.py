@@ -1,5 +1,5 @@
-"""Batched greedy replies to chats: rendered with the tokenizer's chat template, padded on
-the left, decoded until an end-of-turn token or a token budget."""
+"""Batched greedy (or sampled) replies to chats: rendered with the tokenizer's chat
+template, padded on the left, decoded until an end-of-turn token or a token budget."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SEGMENT = 128
 
 
 @torch.no_grad()
-def greedy_replies(
+def generate_replies(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     chats: list[list[Message]],
@@ -34,12 +34,15 @@ def greedy_replies(
     synced: bool = False,
     segment: int = SEGMENT,
     progress: bool = False,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> list[str]:
     """The model's greedy reply to each chat (ending with a user turn), in order, without
-    special tokens. Chats of similar length are batched together. `synced` (ZeRO-3, where
-    every forward is a collective): every rank makes the same number of generate calls,
-    padding with dummy batches, and generate runs until every rank has finished.
-    `progress`: a progress bar over the batches on stderr."""
+    special tokens; with `temperature` > 0, a reply sampled at that temperature within
+    `top_p` (torch's generator: seed it for reproducible samples). Chats of similar length
+    are batched together. `synced` (ZeRO-3, where every forward is a collective): every rank
+    makes the same number of generate calls, padding with dummy batches, and generate runs
+    until every rank has finished. `progress`: a progress bar over the batches on stderr."""
     texts = [
         tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         for chat in chats
@@ -51,9 +54,10 @@ def greedy_replies(
     calls = _calls_everywhere(len(batches), model.device) if synced else len(batches)
     stop = stop_token_ids(tokenizer, model.generation_config.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     generate = functools.partial(
         model.generate,
-        do_sample=False,
+        **(sampling if temperature > 0 else {"do_sample": False}),
         eos_token_id=stop,
         pad_token_id=pad,
         # Configs saved during training may say use_cache=False: without a cache every new
@@ -126,7 +130,7 @@ def shared_greedy_replies(
     """Collective when world > 1: rank r answers chats r, r + world, ... greedily; rank 0
     gets every reply in chat order, the other ranks None."""
     mine = list(range(rank, len(chats), world))
-    replies = greedy_replies(
+    replies = generate_replies(
         model,
         tokenizer,
         [chats[i] for i in mine],

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from framework.config.schema import ObjectiveConfig, TrainerConfig
 from framework.data.dataset import TokenizedDataset
@@ -184,11 +185,13 @@ def split_logps(
     world: int,
     pad_id: int,
     device: torch.device,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Collective. (summed log-probs, reply tokens) of every pair of `dataset`, [pairs, 2]
     each, on every rank: the pairs packed into rows (a fixed plan), `rows_per_batch` rows
     per forward, the batches shared out over the ranks. Every rank runs the same number
-    of forwards (ZeRO-3 gathers weights in each)."""
+    of forwards (ZeRO-3 gathers weights in each). `progress`: a progress bar so labelled
+    on rank 0."""
     pairs = len(dataset) // 2
     plan = sequence_plan(best_fit_decreasing(pair_lengths(dataset), max_seq_len, seed=0))
     rows = [plan.row(i) for i in range(len(plan))]
@@ -196,7 +199,7 @@ def split_logps(
     calls = -(-len(batches) // world)
     found = torch.zeros(2, pairs + 1, 2, dtype=torch.float64, device=device)
     with torch.no_grad():
-        for call in range(calls):
+        for call in tqdm(range(calls), desc=progress, unit="batch", disable=not progress or rank):
             index = rank + call * world
             mine = batches[index] if index < len(batches) else batches[0][:1]
             batch = collate_rows(

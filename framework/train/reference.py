@@ -113,13 +113,15 @@ def live_reference(losses: TokenLosses) -> LiveReference:
     return reference
 
 
-def pair_logps(losses: TokenLosses, dataset: TokenizedDataset, cfg: TrainConfig, **where):
-    """Collective: summed reference log-probs of every pair of `dataset`, [pairs, 2]."""
+def pair_logps(losses: TokenLosses, split: str, artifact: Path, cfg: TrainConfig, **where):
+    """Collective: summed reference log-probs of every pair of the artifact's `split`,
+    [pairs, 2]."""
     return split_logps(
         losses,
-        dataset,
+        TokenizedDataset.load(artifact, split),
         rows_per_batch=cfg.trainer.micro_batch_size,
         max_seq_len=cfg.data.max_seq_len,
+        progress=f"reference log-probs ({split})",
         **where,
     )[0]
 
@@ -137,10 +139,7 @@ def precomputed_reference(
         losses = reference_losses(cfg, engine, None)
         where = {"rank": rank, "world": world, "pad_id": pad_id, "device": device}
         with _evaluating(engine.module):
-            found = {
-                split: pair_logps(losses, TokenizedDataset.load(artifact, split), cfg, **where)
-                for split in SPLITS
-            }
+            found = {split: pair_logps(losses, split, artifact, cfg, **where) for split in SPLITS}
         if rank == 0:
             _save(path, found)
             print(f"reference log-probs computed and cached in {path}", flush=True)
@@ -175,5 +174,5 @@ def prepare_reference(
     frozen = None if adapters else frozen_copy(cfg, engine, tokenizer, device)
     losses = reference_losses(cfg, engine, frozen)
     with _evaluating(engine.module):
-        evaluation = pair_logps(losses, TokenizedDataset.load(artifact, "eval"), cfg, **where)
+        evaluation = pair_logps(losses, "eval", artifact, cfg, **where)
     return Reference(live_reference(losses), {"eval": evaluation})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from framework.data.templates import stop_token_ids
-from framework.eval.generate import SEGMENT, greedy_replies
+from framework.eval.generate import SEGMENT, generate_replies
 
 CHATS = [
     [{"role": "user", "content": "Reverse the word apple."}],
@@ -48,7 +48,7 @@ def _one_at_a_time(model, tokenizer, chat, max_new_tokens) -> str:
 @pytest.mark.parametrize("segment", [SEGMENT, 2])
 def test_batched_left_padded_replies_equal_each_chat_decoded_alone(tiny_model, tokenizer, segment):
     """Also when generate runs 2 tokens at a time, rows that stopped leaving the batch."""
-    replies = greedy_replies(
+    replies = generate_replies(
         tiny_model, tokenizer, CHATS, max_new_tokens=6, batch_size=3, segment=segment
     )
     expected = [_one_at_a_time(tiny_model, tokenizer, chat, 6) for chat in CHATS]
@@ -65,7 +65,7 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_decode_on(
     free = [_ids_alone(tiny_model, tokenizer, chat, 8) for chat in CHATS]
     stop = next(t for t in free[0][1:] if any(t not in other for other in free[1:]))
     monkeypatch.setattr(tiny_model.generation_config, "eos_token_id", stop)
-    replies = greedy_replies(
+    replies = generate_replies(
         tiny_model, tokenizer, CHATS, max_new_tokens=8, batch_size=5, segment=1
     )
     expected = [_one_at_a_time(tiny_model, tokenizer, chat, 8) for chat in CHATS]
@@ -81,7 +81,7 @@ def test_bf16_batched_replies_of_the_real_model_match_each_chat_decoded_alone(
     """In bf16 a padded, cached batch rounds differently from a lone chat recomputed
     token by token, and greedy decoding can flip at a near tie. Measured on an AMD EPYC
     (AVX512-BF16): 4 of these 5 replies identical (in fp32: 5 of 5, the test above)."""
-    replies = greedy_replies(
+    replies = generate_replies(
         real_model_bf16, real_tokenizer, CHATS, max_new_tokens=16, batch_size=3
     )
     expected = [_one_at_a_time(real_model_bf16, real_tokenizer, chat, 16) for chat in CHATS]
