@@ -132,6 +132,7 @@ def evaluate(
                     max_new_tokens=cfg.trainer.eval_max_new_tokens,
                     synced=synced,
                     device=device,
+                    every=2 if cfg.objective.pairs else 1,
                 )
     # How the suite's questions and IFEval's prompts are shared out and generated.
     shared = {"rank": rank, "world": world_size, "batch_size": cfg.trainer.eval_batch_size}

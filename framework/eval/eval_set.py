@@ -104,11 +104,13 @@ def greedy_samples(
     max_new_tokens: int,
     synced: bool,
     device: torch.device,
+    every: int = 1,
 ) -> list[dict[str, str]]:
-    """Collective when `synced` (ZeRO-3). The first `count` eval examples: their prompt up
-    to the last reply, the reference reply and the model's greedy reply."""
+    """Collective when `synced` (ZeRO-3). The first `count` eval examples (every `every`th:
+    2 for preference pairs, whose chosen sequences are the even ones): their prompt up to
+    the last reply, the reference reply and the model's greedy reply."""
     samples = []
-    for index in range(min(count, len(evalset.dataset))):
+    for index in range(0, min(count * every, len(evalset.dataset)), every):
         tokens, weights = evalset.dataset.example(index)
         start, end = _last_reply(np.asarray(tokens), np.asarray(weights))
         prompt = torch.as_tensor(np.asarray(tokens[:start]), dtype=torch.long, device=device)[None]
