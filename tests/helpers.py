@@ -158,6 +158,22 @@ def pair_dataset(tokenizer, count: int) -> TokenizedDataset:
     return TokenizedDataset.from_examples(sequences)
 
 
+@torch.no_grad()
+def alone(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(summed reply log-probs, reply tokens) [pairs, 2]: each sequence run by itself,
+    every position's logits, log_softmax in float64."""
+    found = []
+    for index in range(len(dataset)):
+        ids, weights = dataset.example(index)
+        ids = torch.tensor(np.asarray(ids), dtype=torch.long)[None]
+        logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+        picked = logp.gather(-1, ids[0, 1:, None])[:, 0]
+        trained = torch.from_numpy(np.asarray(weights[1:]) > 0)
+        found.append((picked[trained].sum().item(), trained.sum().item()))
+    found = np.array(found).reshape(-1, 2, 2)
+    return found[..., 0], found[..., 1]
+
+
 @functools.cache  # the knowledge families have ~200 templates each: compile them once
 def template_pattern(template: str) -> re.Pattern:
     """A regex matching exactly the texts `template.format(...)` can produce."""

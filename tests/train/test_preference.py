@@ -23,6 +23,7 @@ from framework.train.selfcheck import ReferenceCheckFailed, verify_reference
 from framework.train.step import train_step
 from tests.helpers import (
     TINY,
+    alone,
     assert_same,
     join_group,
     leave_group,
@@ -66,22 +67,6 @@ def published(cfg: ObjectiveConfig, pc, pr, rc, rr, nc, nr) -> float:
 
     mc, mr = pc / nc, pr / nr
     return -mc - cfg.orpo_lambda * math.log(_sigmoid(log_odds(mc) - log_odds(mr)))
-
-
-@torch.no_grad()
-def alone(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(summed reply log-probs, reply tokens) [pairs, 2]: each sequence run by itself,
-    every position's logits, log_softmax in float64."""
-    found = []
-    for index in range(len(dataset)):
-        ids, weights = dataset.example(index)
-        ids = torch.tensor(np.asarray(ids), dtype=torch.long)[None]
-        logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
-        picked = logp.gather(-1, ids[0, 1:, None])[:, 0]
-        trained = torch.from_numpy(np.asarray(weights[1:]) > 0)
-        found.append((picked[trained].sum().item(), trained.sum().item()))
-    found = np.array(found).reshape(-1, 2, 2)
-    return found[..., 0], found[..., 1]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from framework.train.reference import precomputed_reference, reference_key
 from tests.helpers import (
     TINY,
     adapter_run,
+    alone,
     logged,
     losses,
     pair_dataset,
@@ -26,20 +27,6 @@ from tests.helpers import (
 
 PAIRS, ROW_LEN = 24, 256
 RUN_STEPS = 4
-
-
-@torch.no_grad()
-def _alone(model, dataset) -> np.ndarray:
-    """Each sequence's summed reply log-probs, run by itself with every position's logits."""
-    found = []
-    for index in range(len(dataset)):
-        ids, weights = dataset.example(index)
-        ids = torch.tensor(np.asarray(ids), dtype=torch.long)[None]
-        logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
-        picked = logp.gather(-1, ids[0, 1:, None])[:, 0]
-        picked = picked[torch.from_numpy(np.asarray(weights[1:]) > 0)]
-        found.append(picked.sum().item())
-    return np.array(found).reshape(-1, 2)
 
 
 class _Engine(torch.nn.Module):
@@ -69,7 +56,7 @@ def test_reference_log_probs_are_cached_per_model_and_read_back(tokenizer, tiny_
     assert cached.stat().st_mtime_ns == written  # read back, not recomputed
     assert np.array_equal(first["train"], again["train"]) and first["train"].shape == (PAIRS, 2)
     # Equal to each pair run alone (another layout), within fp32 rounding.
-    assert np.allclose(first["eval"], _alone(tiny_model, data), rtol=1e-5)
+    assert np.allclose(first["eval"], alone(tiny_model, data)[0], rtol=1e-5)
     # Another dtype, or another starting model (seed of a model built from config): another key.
     assert reference_key(cfg, _Engine(copy.deepcopy(tiny_model).bfloat16())) != cached.stem
     cfg.trainer.seed += 1
