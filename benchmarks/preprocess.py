@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from framework.config.schema import DataConfig, SourceConfig  # noqa: E402
 from framework.data.cache import render_all  # noqa: E402
 from framework.data.formats import ErrorPolicy  # noqa: E402
+from framework.data.parallel import LocalMapper  # noqa: E402
 from framework.data.render import RenderedExample  # noqa: E402
 from framework.data.sources import LoadedRecord, load_data  # noqa: E402
 from framework.model.tokenizer import train_bpe  # noqa: E402
@@ -103,7 +104,7 @@ def messages_dataset(records: list[LoadedRecord]):
 
 def ours(records: list[LoadedRecord], tokenizer, num_proc: int) -> list[RenderedExample]:
     """framework.data.cache.render_all: chat template, exact loss mask, tokenization."""
-    out = render_all(records, tokenizer, "assistant", num_proc=num_proc)
+    out = render_all(records, tokenizer, "assistant", LocalMapper(num_proc))
     errors = [r for r in out if not isinstance(r, RenderedExample)]
     if errors:
         raise errors[0]
@@ -272,7 +273,8 @@ def notes(facts: dict) -> list[str]:
         "are checked equal to plain ChatML's below; the newline after {% endgeneration %} is "
         "written as {{ '\\n' }}, since transformers' Jinja runs with trim_blocks and drops a "
         "literal newline after a block tag).",
-        "- ours: framework.data.cache.render_all(records, tokenizer, 'assistant', num_proc) "
+        "- ours: framework.data.cache.render_all(records, tokenizer, 'assistant', "
+        "LocalMapper(num_proc)) "
         "(processes 1 = in process; 2 = a ProcessPoolExecutor of 2), timed as a whole. It "
         "renders the full conversation plus, per assistant turn, the prefix before it (with "
         "the generation prompt) and the prefix through it, so 1 + 2 x (assistant turns) "

@@ -4,8 +4,11 @@ the artifact is, so every worker (on any node sharing the paths) reads the same 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
+import os
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -17,6 +20,7 @@ from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
 from framework.data.loader import micro_steps_per_epoch
 from framework.data.pack import PackingPlan
+from framework.data.parallel import LocalMapper
 from framework.data.preference import PreferencePair
 from framework.data.sources import LoadedData, LoadedRecord, load_data
 from framework.data.templates import apply_template_choice
@@ -38,6 +42,7 @@ class Prepared:
     artifact: Path
     stats: dict
     inspected: list[dict]
+    removed: list[dict]  # data.curate.show records per reason (cache.removed_records)
 
 
 def _corpus(data: LoadedData):
@@ -59,20 +64,43 @@ def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizer
     return tokenizer
 
 
+def reference_files(cfg: TrainConfig) -> tuple[str, ...]:
+    """Evaluation files of the run besides data.curate.decontaminate_files: IFEval's,
+    when the run scores it from a file (the hub's copy is not read at preparation)."""
+    trainer = cfg.trainer
+    scored = trainer.eval_ifeval_prompts != 0 and trainer.eval_ifeval_path
+    return (trainer.eval_ifeval_path,) if scored else ()
+
+
+def mapper_for(cfg: TrainConfig):
+    """A context giving the Mapper that data.preprocess names (auto: Ray tasks when the
+    run joins a cluster, local processes otherwise)."""
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    mode = cfg.data.preprocess
+    if mode == "ray" or (mode == "auto" and address):
+        from framework.cluster.ray_preprocess import ray_mapper
+
+        return ray_mapper(address)
+    return contextlib.nullcontext(LocalMapper(cfg.data.num_proc or os.cpu_count() or 1))
+
+
 def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, LoadedData | None]:
     """The tokenizer and the artifact directory, built unless an identical one exists.
     Sources are read only when needed: to build, or to train the built-in tokenizer."""
     policy = ErrorPolicy(cfg.data.on_error)
     built_in = cfg.model.name_or_path is None
-    seed, pairs = cfg.trainer.seed, cfg.objective.pairs
-    data = load_data(cfg.data, seed, policy, pairs) if built_in else None
-    tokenizer = _tokenizer(cfg, data)
-    key = cache.fingerprint(cfg.data, tokenizer, seed, pairs)
-    artifact = Path(cfg.run.cache_dir) / "datasets" / key[:20]
-    if not artifact.is_dir():
-        if data is None:
-            data = load_data(cfg.data, seed, policy, pairs)
-        cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, seed, pairs)
+    seed, pairs, files = cfg.trainer.seed, cfg.objective.pairs, reference_files(cfg)
+    with mapper_for(cfg) as mapper:
+        load = functools.partial(
+            load_data, cfg.data, seed, policy, pairs, mapper=mapper, reference_files=files
+        )
+        data = load() if built_in else None
+        tokenizer = _tokenizer(cfg, data)
+        key = cache.fingerprint(cfg.data, tokenizer, seed, pairs, files)
+        artifact = Path(cfg.run.cache_dir) / "datasets" / key[:20]
+        if not artifact.is_dir():
+            data = data or load()
+            cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, seed, pairs, mapper)
     return tokenizer, artifact, data
 
 
@@ -92,14 +120,31 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     inspected = []
     if cfg.data.inspect:
         if data is None:
-            data = load_data(cfg.data, cfg.trainer.seed, ErrorPolicy("skip"), cfg.objective.pairs)
+            data = load_data(
+                cfg.data,
+                cfg.trainer.seed,
+                ErrorPolicy("skip"),
+                cfg.objective.pairs,
+                reference_files=reference_files(cfg),
+            )
         inspected = [
             shown
             for record in data.train[: cfg.data.inspect]
             for shown in _inspected(tokenizer, record, cfg.data.train_on)
         ]
         write_json(out / INSPECT_FILE, inspected)
-    return Prepared(artifact, stats, inspected)
+    return Prepared(artifact, stats, inspected, shown_removals(artifact, cfg.data.curate.show))
+
+
+def shown_removals(artifact: Path, per_reason: int) -> list[dict]:
+    """The first `per_reason` removals of each reason, in priority order."""
+    shown: list[dict] = []
+    counts: dict[str, int] = {}
+    for removal in cache.removed_records(artifact) if per_reason else []:
+        counts[removal["reason"]] = counts.get(removal["reason"], 0) + 1
+        if counts[removal["reason"]] <= per_reason:
+            shown.append(removal)
+    return shown
 
 
 def _inspected(tokenizer, record: LoadedRecord, train_on: str) -> list[dict]:

@@ -2,6 +2,7 @@
 
     python launch/prepare.py data=glaive_toolcall              # build the cache, print stats
     python launch/prepare.py data=glaive_toolcall data.inspect=3  # and 3 rendered examples
+    python launch/prepare.py data=curate_demo data.curate.show=2  # 2 removals per reason
 
 Takes the same Hydra config and overrides as launch/train.py; the cache it builds is the
 one training then reuses.
@@ -32,6 +33,14 @@ def show_inspected(inspected: list[dict]) -> None:
             print(f"WARNING: {warning}")
 
 
+def show_removed(removed: list[dict]) -> None:
+    for item in removed:
+        match = f" {item['match']}" if item["match"] else ""
+        print(f"\n--- removed ({item['reason']}): {item['source']} {item['where']}")
+        print(f"    {item['detail']}{match}")
+        print("    " + item["text"].replace("\n", "\n    "))
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
@@ -39,6 +48,7 @@ def main(raw: DictConfig) -> None:
         prepared = prepare_run(cfg)
     print(format_stats(prepared.stats))
     show_inspected(prepared.inspected)
+    show_removed(prepared.removed)
     print(f"\ncache: {prepared.artifact}\nstats: {cfg.run.output_dir}/{STATS_FILE}")
 
 

@@ -22,6 +22,7 @@ _CHOICES = {
     "data.train_on": ("assistant", "last_turn", "all"),
     "data.overlong": ("truncate", "drop"),
     "data.on_error": ("raise", "skip"),
+    "data.preprocess": ("auto", "local", "ray"),
     "trainer.precision": ("auto", "fp32", "bf16"),
     "trainer.loss_average": ("token", "example"),
     "trainer.loss_positions": ("trained", "all"),
@@ -111,8 +112,29 @@ def check_train_config(cfg: TrainConfig) -> None:
     for group in ("sources", "eval_sources"):
         for index, source in enumerate(getattr(cfg.data, group)):
             _check_source(source, f"data.{group}[{index}]")
+    _check_curate(cfg.data.curate)
     _check_adapter(cfg)
     _check_objective(cfg)
+
+
+def _check_curate(curate) -> None:
+    for key in ("near_threshold", "max_repetition"):
+        if not 0.0 < getattr(curate, key) <= 1.0:
+            raise ConfigError(f"data.curate.{key}={getattr(curate, key)} must be in (0, 1]")
+    for key in ("near_ngram", "near_num_perm", "decontaminate_ngram", "decontaminate_min_words"):
+        if getattr(curate, key) < 1:
+            raise ConfigError(f"data.curate.{key}={getattr(curate, key)} must be >= 1")
+    low, high = curate.min_reply_ratio, curate.max_reply_ratio
+    if (low is not None and low < 0) or (high is not None and high <= (low or 0)):
+        raise ConfigError(
+            f"data.curate.min_reply_ratio={low} and max_reply_ratio={high}: need "
+            "0 <= min < max (null turns either off)"
+        )
+    if curate.show < 0 or curate.suite_items_per_family < 0 or curate.repetition_min_words < 1:
+        raise ConfigError(
+            "data.curate.show and suite_items_per_family must be >= 0, "
+            "repetition_min_words >= 1"
+        )
 
 
 def _check_objective(cfg: TrainConfig) -> None:

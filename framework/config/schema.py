@@ -121,6 +121,43 @@ class SuiteConfig:
 
 
 @dataclass
+class CurateConfig:
+    """Curation after mixing, before rendering (framework/data/curate): every removal is
+    counted per source and reason (data_stats.json) and listed in the artifact's
+    removed.jsonl; `prepare.py data.curate.show=N` prints N per reason. Defaults were
+    measured on ../shared/data (README, "Curation")."""
+
+    enabled: bool = True
+    exact: bool = True  # the same conversation twice (normalised: case, spaces, NFKC)
+    exact_prompt: bool = False  # the same prompt (user and tool turns) with another answer
+    # MinHash LSH over word shingles, a candidate kept out only if its true Jaccard is
+    # above the threshold. Off by default: it costs the most (benchmarks/curation.py).
+    near: bool = False
+    near_threshold: float = 0.8
+    near_ngram: int = 5
+    near_num_perm: int = 128
+    # Training prompts and replies sharing a word n-gram with an evaluation text: the
+    # suite's validation and test items, the run's eval sources, these files (any
+    # supported format, every string field). Shorter eval texts match whole when they
+    # have at least decontaminate_min_words words.
+    decontaminate: bool = True
+    decontaminate_ngram: int = 13
+    decontaminate_min_words: int = 6
+    decontaminate_files: list[str] = field(default_factory=list)
+    suite_items_per_family: int = 50  # of each split, as launch/eval.py's per_family
+    # Replies with no word; equal to the prompt; whose word 3-grams repeat more than
+    # max_repetition (only replies of repetition_min_words or more); and, when set,
+    # reply/prompt word ratios outside [min_reply_ratio, max_reply_ratio] (the shared
+    # files span 0.005-84 with good records at both ends, so both are off by default).
+    quality: bool = True
+    max_repetition: float = 0.5
+    repetition_min_words: int = 20
+    min_reply_ratio: float | None = None
+    max_reply_ratio: float | None = None
+    show: int = 0  # prepare.py: print this many removed records per reason
+
+
+@dataclass
 class DataConfig:
     # The training mix. Empty (and no `path`) trains on the built-in suite (data.suite).
     sources: list[SourceConfig] = field(default_factory=list)
@@ -145,6 +182,11 @@ class DataConfig:
     inspect: int = 0
     # Processes for preprocessing; 0 uses every core.
     num_proc: int = 0
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    # Where converting, curating and tokenizing run: local (num_proc processes), ray (tasks
+    # on the cluster, the same artifact), auto (ray when cluster.address or RAY_ADDRESS
+    # is set).
+    preprocess: str = "auto"
 
 
 @dataclass

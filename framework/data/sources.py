@@ -12,15 +12,17 @@ seeded by the seed, the source's name and what the choice is for.
 
 from __future__ import annotations
 
-import csv
-import json
+import os
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
+from framework.data.curate.decontam import EvalIndex
+from framework.data.curate.references import eval_texts
+from framework.data.curate.stage import Removal, curate, removal_counts
 from framework.data.formats import (
     Conversation,
     DataError,
@@ -28,12 +30,11 @@ from framework.data.formats import (
     RecordError,
     to_conversation,
 )
+from framework.data.parallel import LocalMapper, Mapper
 from framework.data.preference import PreferencePair, to_pair
+from framework.data.readers import Raw, read_source
 from framework.suite.build import eval_items, trained_families, training_chats
 
-SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
-# Files that `datasets.save_to_disk` writes (a Dataset, or a DatasetDict at the top level).
-_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # The built-in suite's sources: its training chats, and validation items of the trained
 # and of the held-out families (for eval loss per group). Also paths a user may give, to
 # mix the suite with other data (conf/data/suite_alpaca_mix.yaml).
@@ -44,9 +45,6 @@ _SUITE_NAMES = {
     SUITE_HELD_OUT: "suite-held-out",
 }
 _EVAL_LOSS_ITEMS_PER_FAMILY = 8
-
-# (where, record), or (where, RecordError) for a record that could not even be parsed.
-Raw = tuple[str, object]
 
 
 @dataclass
@@ -60,9 +58,10 @@ class LoadedRecord:
 class SourceSummary:
     name: str
     records: int = 0  # read, after the max_samples cap
-    kept: int = 0  # converted without error, before weighting
+    kept: int = 0  # converted without error and kept by curation, before weighting
     taken: int = 0  # in the training mix after weighting (for an eval source: in eval)
     held_out: int = 0  # moved to eval by eval_fraction
+    removed: dict[str, int] = field(default_factory=dict)  # by curation, per reason
 
 
 @dataclass
@@ -70,14 +69,26 @@ class LoadedData:
     train: list[LoadedRecord]
     eval: list[LoadedRecord]
     summaries: dict[str, SourceSummary]
+    removals: list[Removal] = field(default_factory=list)
 
 
-def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy, pairs: bool = False) -> LoadedData:
+def load_data(
+    cfg: DataConfig,
+    seed: int,
+    policy: ErrorPolicy,
+    pairs: bool = False,
+    *,
+    mapper: Mapper | None = None,
+    reference_files: tuple[str, ...] = (),
+) -> LoadedData:
     """The training mix and the eval split for `cfg`, as conversations or (`pairs`, for
-    preference objectives) as preference pairs. Guarantees: held-out records never
-    appear in train; each source contributes round(weight x kept) examples; train is
-    shuffled; the result depends only on (cfg, seed). Raises DataError for an unreadable
-    source or one with no usable record, and whatever `policy` raises for a bad record."""
+    preference objectives) as preference pairs, curated (data.curate; `reference_files`
+    are decontaminated against as well). Guarantees: held-out records never appear in
+    train; each source contributes round(weight x kept) examples; train is shuffled; the
+    result depends only on (cfg, seed), not on `mapper` (where conversion and curation
+    run). Raises DataError for an unreadable source or one with no usable record, and
+    whatever `policy` raises for a bad record."""
+    mapper = mapper or LocalMapper(cfg.num_proc or os.cpu_count() or 1)
     sources, eval_sources = cfg.sources, cfg.eval_sources
     if not sources:
         sources = [_suite_source(SUITE_TRAIN)]
@@ -87,41 +98,96 @@ def load_data(cfg: DataConfig, seed: int, policy: ErrorPolicy, pairs: bool = Fal
                 eval_sources.append(_suite_source(SUITE_HELD_OUT))
     names = _names([*sources, *eval_sources])
     holdout = 0.0 if eval_sources else cfg.eval_fraction
+    train_names = names[: len(sources)]
+    loaded = [
+        _load_source(s, n, cfg, seed, policy, pairs, mapper)
+        for s, n in zip(sources, train_names, strict=True)
+    ]
+    given = [
+        _load_source(s, n, cfg, seed, policy, pairs, mapper)
+        for s, n in zip(eval_sources, names[len(sources) :], strict=True)
+    ]
+    weighted = [
+        (n, s.weight, records)
+        for s, n, (records, _) in zip(sources, train_names, loaded, strict=True)
+    ]
+    references = [r for records, _ in given for r in records]
+    kept, removals = _curated(cfg, weighted, references, mapper, pairs, reference_files)
+    counts = removal_counts(removals)
     train: list[LoadedRecord] = []
     evaluation: list[LoadedRecord] = []
     summaries: dict[str, SourceSummary] = {}
-    for source, name in zip(sources, names[: len(sources)], strict=True):
-        kept, summary = _load_source(source, name, cfg, seed, policy, pairs)
-        kept, held = _hold_out(kept, holdout, _rng(seed, name, "eval"))
-        taken = _weighted(kept, source.weight, _rng(seed, name, "weight"))
+    for source, (_, summary) in zip(sources, loaded, strict=True):
+        name = summary.name
+        mine, held = _hold_out(kept[name], holdout, _rng(seed, name, "eval"))
+        taken = _weighted(mine, source.weight, _rng(seed, name, "weight"))
+        summary.kept, summary.removed = len(kept[name]), counts.get(name, {})
         summary.held_out, summary.taken = len(held), len(taken)
         train += taken
         evaluation += held
         summaries[name] = summary
-    for source, name in zip(eval_sources, names[len(sources) :], strict=True):
-        kept, summary = _load_source(source, name, cfg, seed, policy, pairs)
-        summary.taken = len(kept)
-        evaluation += kept
-        summaries[name] = summary
+    for records, summary in given:
+        summary.taken = len(records)
+        evaluation += records
+        summaries[summary.name] = summary
     _rng(seed, "", "shuffle").shuffle(train)
-    return LoadedData(train=train, eval=evaluation, summaries=summaries)
+    return LoadedData(train=train, eval=evaluation, summaries=summaries, removals=removals)
+
+
+def _curated(
+    cfg: DataConfig,
+    weighted: list[tuple[str, float, list[LoadedRecord]]],
+    references: list[LoadedRecord],
+    mapper: Mapper,
+    pairs: bool,
+    reference_files: tuple[str, ...],
+) -> tuple[dict[str, list[LoadedRecord]], list[Removal]]:
+    """Each source's records after data.curate, and what it removed."""
+    if not cfg.curate.enabled:
+        return {name: records for name, _, records in weighted}, []
+    index = None
+    if cfg.curate.decontaminate:
+        texts = eval_texts(cfg.curate, cfg.suite, references, list(reference_files))
+        index = EvalIndex.build(
+            texts, cfg.curate.decontaminate_ngram, cfg.curate.decontaminate_min_words
+        )
+    return curate(weighted, index, cfg.curate, mapper, pairs)
+
+
+def _convert_chunk(raw: list[Raw], shared: tuple[SourceConfig, bool]) -> list:
+    """Each raw record converted, or the RecordError it raised (applied later, in order)."""
+    source, pairs = shared
+    convert = to_pair if pairs else to_conversation
+    out = []
+    for where, record in raw:
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            out.append(convert(record, where, source))
+        except RecordError as err:
+            out.append(err)
+    return out
 
 
 def _load_source(
-    source: SourceConfig, name: str, cfg: DataConfig, seed: int, policy: ErrorPolicy, pairs: bool
+    source: SourceConfig,
+    name: str,
+    cfg: DataConfig,
+    seed: int,
+    policy: ErrorPolicy,
+    pairs: bool,
+    mapper: Mapper,
 ) -> tuple[list[LoadedRecord], SourceSummary]:
     """The source's converted records, in reading order, after the max_samples cap."""
     raw = list(_read(source, cfg.suite))
     raw = _cap(raw, source.max_samples, _rng(seed, name, "cap"))
     kept = []
-    convert = to_pair if pairs else to_conversation
-    for where, record in raw:
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            kept.append(LoadedRecord(name, where, convert(record, where, source)))
-        except RecordError as err:
-            policy(err, name)
+    converted = mapper(_convert_chunk, raw, (source, pairs), f"reading {name}")
+    for (where, _), found in zip(raw, converted, strict=True):
+        if isinstance(found, RecordError):
+            policy(found, name)
+        else:
+            kept.append(LoadedRecord(name, where, found))
     if not kept:
         found = (
             f"all {len(raw)} records were bad {policy.skipped.get(name)}" if raw else "it is empty"
@@ -217,144 +283,5 @@ def _read(source: SourceConfig, suite: SuiteConfig) -> Iterator[Raw]:
     """Every record of the source with its location string."""
     if source.path.startswith("<suite"):
         yield from _read_suite(source.path, suite)
-        return
-    path = Path(source.path).expanduser()
-    if path.is_dir() and any((path / marker).exists() for marker in _SAVED_MARKERS):
-        yield from _read_saved(path, source.split)
-    elif path.is_dir():
-        for file in _files_in(path):
-            yield from _read_file(file)
-    elif path.is_file():
-        yield from _read_file(path)
-    elif source.path.startswith(("/", ".", "~")) or path.suffix.lower() in SUPPORTED:
-        raise DataError(f"{source.path}: no such file or folder")
     else:
-        yield from _read_hub(source)
-
-
-def _files_in(folder: Path) -> list[Path]:
-    """Supported files under `folder`, recursively, sorted; hidden ones left out."""
-    files = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in SUPPORTED
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-    if not files:
-        raise DataError(f"{folder}: no {'/'.join(SUPPORTED)} files in this folder")
-    return files
-
-
-def _read_file(path: Path) -> Iterator[Raw]:
-    readers = {
-        ".json": _read_json,
-        ".jsonl": _read_json,
-        ".parquet": _read_parquet,
-        ".csv": _read_csv,
-    }
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix!r}; use {'/'.join(SUPPORTED)}, a "
-            "folder of them, a saved `datasets` directory or a hub data set name"
-        )
-    yield from reader(path)
-
-
-def _read_json(path: Path) -> Iterator[Raw]:
-    """A JSON list (`file[index]`) or JSONL (`file:line`, 1-based); a bad JSONL line is
-    yielded as a RecordError so that skip mode can count it and go on."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{path}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno}); the file "
-                "starts with `[` so it is read as one JSON list: fix the JSON there, or write "
-                "one object per line (JSONL)"
-            ) from None
-        for index, record in enumerate(records):
-            yield f"{path}[{index}]", record
-        return
-    # split("\n"), not splitlines(): JSON strings may hold a raw U+2028, which is no newline.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as err:
-            detail = f"invalid JSON ({err.msg}, column {err.colno}); each line must be one object"
-            yield where, RecordError(where, "invalid_json", detail)
-
-
-def _read_parquet(path: Path) -> Iterator[Raw]:
-    import pyarrow
-    import pyarrow.parquet
-
-    try:
-        rows = pyarrow.parquet.read_table(path).to_pylist()
-    except (pyarrow.ArrowException, OSError) as err:
-        raise DataError(f"{path}: cannot read it as Parquet ({err})") from None
-    for index, row in enumerate(rows):
-        yield f"{path} row {index}", row
-
-
-def _read_csv(path: Path) -> Iterator[Raw]:
-    """Rows as strings (no type guessing: an answer column of digits stays text), located
-    by the file line where the row starts."""
-    # Long replies exceed the csv module's default 128 KiB field limit.
-    csv.field_size_limit(2**31 - 1)
-    with path.open(newline="", encoding="utf-8-sig") as file:
-        reader = csv.DictReader(file)
-        try:
-            columns, last_line = reader.fieldnames, reader.line_num
-            for row in reader:
-                where = f"{path}:{last_line + 1}"
-                last_line = reader.line_num
-                if None in row:
-                    detail = f"{len(columns or [])} columns in the header but more in this row"
-                    yield where, RecordError(where, "unknown_format", detail + "; quote fields")
-                else:
-                    yield where, row
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise DataError(f"{path}:{reader.line_num}: cannot read it as CSV ({err})") from None
-
-
-def _read_saved(path: Path, split: str) -> Iterator[Raw]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as err:  # datasets raises many kinds; all mean "not readable"
-        raise DataError(f"{path}: cannot load this saved `datasets` directory ({err})") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DataError(
-                f"{path}: no split {split!r} (it has {sorted(loaded)}); set `split:` in the "
-                "source config"
-            )
-        loaded = loaded[split]
-    for index, row in enumerate(loaded):
-        yield f"{path}[{split}] row {index}", row
-
-
-def _read_hub(source: SourceConfig) -> Iterator[Raw]:
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(source.path, source.subset, split=source.split)
-    except Exception as err:  # network, auth, unknown name / split / subset, offline mode
-        raise DataError(
-            f"{source.path}: not a local file or folder, and loading it as a hub data set "
-            f"failed ({type(err).__name__}: {err}). Check the path or hub name, the network "
-            f"(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), the split ({source.split!r}) and the "
-            f"subset ({source.subset!r}) in the source config"
-        ) from None
-    for index, row in enumerate(loaded):
-        yield f"{source.path}[{source.split}] row {index}", row
+        yield from read_source(source)

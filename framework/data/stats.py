@@ -34,6 +34,17 @@ def length_histogram(lengths: np.ndarray, max_len: int) -> dict[str, int]:
     }
 
 
+def curation_summary(data: LoadedData, cfg: DataConfig) -> dict:
+    """Removals by reason over all sources, and which filters ran."""
+    by_reason: dict[str, int] = {}
+    for removal in data.removals:
+        by_reason[removal.reason] = by_reason.get(removal.reason, 0) + 1
+    curate = cfg.curate
+    filters = ("exact", "exact_prompt", "near", "decontaminate", "quality")
+    on = [name for name in filters if curate.enabled and getattr(curate, name)]
+    return {"removed": len(data.removals), "by_reason": by_reason, "filters": on}
+
+
 def dataset_stats(
     train: TokenizedDataset,
     data: LoadedData,
@@ -52,6 +63,7 @@ def dataset_stats(
             "held_out": s.held_out,
             "taken": s.taken,
             "skipped": dict(policy.skipped.get(name, {})),
+            "removed": dict(s.removed),
             "truncated": fitted.truncated[name],
             "dropped_too_long": fitted.dropped[name],
         }
@@ -64,6 +76,7 @@ def dataset_stats(
         "trained_tokens": trained,
         "trained_fraction": trained / max(int(lengths.sum()), 1),
         "skipped": policy.total(),
+        "curation": curation_summary(data, cfg),
         "max_length": int(lengths.max()) if len(lengths) else 0,
         "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
         "length_histogram": length_histogram(lengths, cfg.max_seq_len),
@@ -78,15 +91,22 @@ def dataset_stats(
 def format_stats(stats: dict) -> str:
     """A human-readable summary of `dataset_stats` for the console and logs."""
     lines = [
-        f"{'source':<28}{'records':>9}{'kept':>9}{'skipped':>9}{'held out':>9}"
+        f"{'source':<28}{'records':>9}{'skipped':>9}{'removed':>9}{'kept':>9}{'held out':>9}"
         f"{'taken':>9}{'truncated':>10}{'dropped':>9}"
     ]
     for name, s in stats["sources"].items():
+        removed = s.get("removed", {})
         lines.append(
-            f"{name[:27]:<28}{s['records']:>9}{s['kept']:>9}{sum(s['skipped'].values()):>9}"
-            f"{s['held_out']:>9}{s['taken']:>9}{s['truncated']:>10}{s['dropped_too_long']:>9}"
+            f"{name[:27]:<28}{s['records']:>9}{sum(s['skipped'].values()):>9}"
+            f"{sum(removed.values()):>9}{s['kept']:>9}{s['held_out']:>9}{s['taken']:>9}"
+            f"{s['truncated']:>10}{s['dropped_too_long']:>9}"
         )
         lines += [f"    skipped {reason}: {n}" for reason, n in sorted(s["skipped"].items())]
+        lines += [f"    removed {reason}: {n}" for reason, n in removed.items()]
+    curation = stats.get("curation")
+    if curation:
+        filters = ", ".join(curation["filters"]) or "off"
+        lines.append(f"curation ({filters}): {curation['removed']} records removed")
     if "pairs" in stats:
         lines.append(f"{stats['pairs']} preference pairs (each two sequences, below)")
     lines.append(

@@ -6,6 +6,7 @@ import pytest
 from framework.data import cache
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import Conversation, RecordError
+from framework.data.parallel import LocalMapper
 from framework.data.sources import LoadedRecord
 from framework.prepare import prepare_run
 from framework.run_dir import STATS_FILE, artifact_path
@@ -99,8 +100,8 @@ def test_overlong_examples_are_truncated_or_dropped_and_counted(tmp_path, data_f
 
 def test_parallel_rendering_equals_serial(tokenizer):
     records = [LoadedRecord("s", f"s:{i}", Conversation(_chat(i)["messages"])) for i in range(700)]
-    serial = cache.render_all(records, tokenizer, "assistant", num_proc=1)
-    parallel = cache.render_all(records, tokenizer, "assistant", num_proc=2)
+    serial = cache.render_all(records, tokenizer, "assistant", LocalMapper(1))
+    parallel = cache.render_all(records, tokenizer, "assistant", LocalMapper(2))
     assert [r.input_ids for r in serial] == [r.input_ids for r in parallel]
     assert [r.weights for r in serial] == [r.weights for r in parallel]
     assert np.mean([len(r.input_ids) for r in serial]) > 5

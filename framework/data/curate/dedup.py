@@ -1,0 +1,65 @@
+"""Duplicates: exact (normalised text) and near (MinHash LSH over word shingles, each
+candidate confirmed by its true Jaccard similarity). Records arrive in priority order and
+the first of each group is kept, so the rule a user reads in the stats is the rule run:
+the higher-weighted source, then the earlier source in the config, then the earlier
+record."""
+
+from __future__ import annotations
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from framework.data.curate.text import ngrams, words
+
+# Fixed, not the run's seed: which records are near duplicates is a property of the data.
+_MINHASH = {"seed": 1, "scheme": "affine32"}
+
+
+def shingles(text: str, n: int) -> set[tuple[str, ...]]:
+    return ngrams(words(text), n)
+
+
+def signature(text: str, n: int, num_perm: int) -> np.ndarray:
+    """The MinHash of `text`'s word n-gram set (datasketch, SHA-1 of each shingle)."""
+    minhash = MinHash(num_perm=num_perm, **_MINHASH)
+    minhash.update_batch([" ".join(gram).encode() for gram in shingles(text, n)])
+    return minhash.hashvalues
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class ExactIndex:
+    """The first record seen with each key."""
+
+    def __init__(self):
+        self.first: dict[str, int] = {}
+
+    def add(self, key: str, index: int) -> int | None:
+        """The earlier record with this key (this one is then a duplicate), else None."""
+        earlier = self.first.setdefault(key, index)
+        return None if earlier == index else earlier
+
+
+class NearIndex:
+    """Kept records' MinHashes in an LSH index; `add` returns the kept record a new one
+    nearly duplicates (Jaccard of shingle sets >= threshold), or None and keeps it."""
+
+    def __init__(self, threshold: float, n: int, num_perm: int):
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.threshold, self.n, self.num_perm = threshold, n, num_perm
+        self.texts: dict[int, str] = {}
+
+    def add(self, index: int, text: str, hashvalues: np.ndarray) -> tuple[int, float] | None:
+        minhash = MinHash(num_perm=self.num_perm, hashvalues=hashvalues, **_MINHASH)
+        candidates = sorted(self.lsh.query(minhash))
+        if candidates:
+            mine = shingles(text, self.n)
+            for candidate in candidates:
+                similarity = jaccard(mine, shingles(self.texts[candidate], self.n))
+                if similarity >= self.threshold:
+                    return candidate, similarity
+        self.lsh.insert(index, minhash)
+        self.texts[index] = text
+        return None
