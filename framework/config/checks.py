@@ -132,8 +132,7 @@ def _check_curate(curate) -> None:
         )
     if curate.show < 0 or curate.suite_items_per_family < 0 or curate.repetition_min_words < 1:
         raise ConfigError(
-            "data.curate.show and suite_items_per_family must be >= 0, "
-            "repetition_min_words >= 1"
+            "data.curate.show and suite_items_per_family must be >= 0, repetition_min_words >= 1"
         )
 
 

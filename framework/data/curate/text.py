@@ -53,9 +53,20 @@ def _prompt_and_replies(messages: list[dict]) -> tuple[list[dict], list[dict]]:
     return prompt, [m for m in messages if m["role"] == "assistant"]
 
 
+def _normalised(value):
+    """`value` with every string in it normalised (before JSON escapes hide newlines)."""
+    if isinstance(value, str):
+        return normalise(value)
+    if isinstance(value, dict):
+        return {key: _normalised(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_normalised(item) for item in value]
+    return value
+
+
 def _digest(value) -> str:
-    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(normalise(canonical).encode()).hexdigest()
+    canonical = json.dumps(_normalised(value), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def record_text(found: Conversation | PreferencePair) -> RecordText:
