@@ -42,7 +42,7 @@ class Item:
         return {"messages": [dict(message) for message in self.prompt] + [reply]}
 
 
-def _user_text(prompt: list[Message]) -> str:
+def user_text(prompt: list[Message]) -> str:
     return "\n".join(m["content"] for m in prompt if m["role"] == "user")
 
 
@@ -50,7 +50,7 @@ def split_of(prompt: list[Message]) -> str:
     """The prompt's split: test (~10%), validation (~10%) or train, from a SHA-256 of its
     user turns (system and assistant turns ignored), the same in every process (unlike
     hash())."""
-    digest = hashlib.sha256(_user_text(prompt).encode("utf-8")).digest()
+    digest = hashlib.sha256(user_text(prompt).encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") % 100
     if bucket < _TEST_PERCENT:
         return "test"
@@ -92,7 +92,7 @@ def family_items(family: str, split: str, count: int, seed: int) -> list[Item]:
             )
         draws_left -= 1
         prompt, reference = generate(rng)
-        key = _user_text(prompt)
+        key = user_text(prompt)
         if key not in seen and split_of(prompt) == split:
             seen.add(key)
             items.append(Item(family, prompt, reference))

@@ -12,7 +12,7 @@ from framework.data.curate.decontam import EvalText
 from framework.data.curate.text import record_text
 from framework.data.formats import DataError, RecordError
 from framework.data.readers import read_file
-from framework.suite.build import eval_items
+from framework.suite.build import eval_items, user_text
 from framework.suite.families import FAMILIES
 
 
@@ -23,7 +23,7 @@ def suite_texts(suite: SuiteConfig, per_family: int) -> list[EvalText]:
     for split in ("validation", "test"):
         for number, item in enumerate(eval_items(list(FAMILIES), split, per_family, suite.seed)):
             label = f"suite {split} {item.family}[{number % per_family}]"
-            prompt = "\n".join(m["content"] for m in item.prompt if m["role"] == "user")
+            prompt = user_text(item.prompt)
             texts += [
                 EvalText(label, prompt),
                 EvalText(f"{label} reference", item.reference, question=False),
