@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,8 +24,19 @@ Message = dict[str, str]
 SEGMENT = 128
 
 
-@torch.no_grad()
 def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    chats: list[list[Message]],
+    **options: Any,
+) -> list[str]:
+    """generate_reply_ids' replies as text, without special tokens or outer whitespace."""
+    replies = generate_reply_ids(model, tokenizer, chats, **options)
+    return [tokenizer.decode(new, skip_special_tokens=True).strip() for new in replies]
+
+
+@torch.no_grad()
+def generate_reply_ids(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     chats: list[list[Message]],
@@ -36,13 +48,14 @@ def generate_replies(
     progress: bool = False,
     temperature: float = 0.0,
     top_p: float = 1.0,
-) -> list[str]:
-    """The model's greedy reply to each chat (ending with a user turn), in order, without
-    special tokens; with `temperature` > 0, a reply sampled at that temperature within
-    `top_p` (torch's generator: seed it for reproducible samples). Chats of similar length
-    are batched together. `synced` (ZeRO-3, where every forward is a collective): every rank
-    makes the same number of generate calls, padding with dummy batches, and generate runs
-    until every rank has finished. `progress`: a progress bar over the batches on stderr."""
+) -> list[list[int]]:
+    """The token ids of the model's greedy reply to each chat (ending with a user turn), in
+    order, up to the first stop token; with `temperature` > 0, a reply sampled at that
+    temperature within `top_p` (torch's generator: seed it for reproducible samples). Chats
+    of similar length are batched together. `synced` (ZeRO-3, where every forward is a
+    collective): every rank makes the same number of generate calls, padding with dummy
+    batches, and generate runs until every rank has finished. `progress`: a progress bar
+    over the batches on stderr."""
     texts = [
         tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         for chat in chats
@@ -67,7 +80,7 @@ def generate_replies(
     )
     # Under ZeRO-3 every rank must make the same calls: one whole call per batch.
     segment = max_new_tokens if synced else segment
-    replies: dict[int, str] = {}
+    replies: dict[int, list[int]] = {}
     for call in tqdm(range(calls), desc="generating", unit="batch", disable=not progress):
         batch = batches[call] if call < len(batches) else []
         rows = [ids[i] for i in batch] or [[pad]]  # a dummy batch keeps the ranks in step
@@ -75,7 +88,7 @@ def generate_replies(
         cache = preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
         tokens = _decoded(generate, input_ids, mask, cache, stop, max_new_tokens, segment)
         for index, new in zip(batch, tokens, strict=False):
-            replies[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            replies[index] = new
     return [replies[i] for i in range(len(chats))]
 
 

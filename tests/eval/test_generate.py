@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from framework.data.templates import stop_token_ids
-from framework.eval.generate import SEGMENT, generate_replies
+from framework.eval.generate import SEGMENT, generate_replies, generate_reply_ids
 
 CHATS = [
     [{"role": "user", "content": "Reverse the word apple."}],
@@ -22,6 +22,13 @@ CHATS = [
     ],
     [{"role": "user", "content": "hi"}],
 ]
+
+
+# bf16 keeps 8 significant bits: a logit rounds by up to 2^-8 of its size, and 30 layers
+# of such rounding move it several times that. Two tokens within 2% of the largest logit
+# (about 4 bf16 steps at that size) are a tie bf16 cannot split reliably. Measured: a
+# lawful flip parted at 0.24%; ignoring the padding mask parted at 3.8% and 22%.
+BF16_TIE = 0.02
 
 
 def _ids_alone(model, tokenizer, chat, max_new_tokens) -> list[int]:
@@ -75,17 +82,42 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_decode_on(
 
 
 @pytest.mark.slow
-def test_bf16_batched_replies_of_the_real_model_match_each_chat_decoded_alone(
+def test_bf16_batched_replies_of_the_real_model_part_from_each_chat_alone_only_at_a_tie(
     real_model_bf16, real_tokenizer
 ):
     """In bf16 a padded, cached batch rounds differently from a lone chat recomputed
-    token by token, and greedy decoding can flip at a near tie. Measured on an AMD EPYC
-    (AVX512-BF16): 4 of these 5 replies identical (in fp32: 5 of 5, the test above)."""
-    replies = generate_replies(
-        real_model_bf16, real_tokenizer, CHATS, max_new_tokens=16, batch_size=3
+    token by token, so greedy decoding may flip where two tokens nearly tie, and how often
+    depends on the CPU's bf16 kernels (4 of 5 replies identical on one AMD EPYC, 3 on
+    another). What must hold everywhere: where a batched reply first parts from its chat
+    decoded alone, the alone model rated the two tokens within bf16 rounding of each other.
+    A batching fault (wrong padding, positions or cache) parts at a clear winner."""
+    model, tokenizer = real_model_bf16, real_tokenizer
+    batched = generate_reply_ids(model, tokenizer, CHATS, max_new_tokens=16, batch_size=3)
+    stop = stop_token_ids(tokenizer, model.generation_config.eos_token_id)
+    gaps = []
+    for chat, got in zip(CHATS, batched, strict=True):
+        alone = _ids_alone(model, tokenizer, chat, 16)
+        if got == alone:
+            continue
+        # Where they part; a reply that is a prefix of the other parts by stopping.
+        k = next(
+            i for i, (a, b) in enumerate(zip([*alone, -1], [*got, -1], strict=False)) if a != b
+        )
+        logits = _next_logits(model, tokenizer, chat, alone[:k]).float()
+        best = logits[alone[k]] if k < len(alone) else logits[stop].max()
+        taken = logits[got[k]] if k < len(got) else logits[stop].max()
+        gaps.append((k, round(float(best - taken), 3), round(float(logits.abs().max()), 1)))
+    print(
+        f"bf16 batched vs alone: {len(CHATS) - len(gaps)} of {len(CHATS)} identical; "
+        f"(first differing token, logit gap, largest |logit|): {gaps}"
     )
-    expected = [_one_at_a_time(real_model_bf16, real_tokenizer, chat, 16) for chat in CHATS]
-    same = sum(r == e for r, e in zip(replies, expected, strict=True))
-    print(f"bf16 batched vs alone: {same} of {len(CHATS)} replies identical")
-    assert same >= len(CHATS) - 1, list(zip(replies, expected, strict=True))
-    assert len(set(replies)) > 1
+    assert all(gap <= BF16_TIE * largest for _, gap, largest in gaps), gaps
+    assert len(set(map(tuple, batched))) > 1
+
+
+def _next_logits(model, tokenizer, chat, reply_prefix: list[int]) -> torch.Tensor:
+    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
+    ids = torch.cat([ids, torch.tensor([reply_prefix], dtype=ids.dtype)], dim=1)
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, -1]
