@@ -30,6 +30,9 @@ class EvalIndex:
     min_words: int
     grams: dict[tuple[str, ...], str] = field(default_factory=dict)
     lengths: set[int] = field(default_factory=set)  # the gram lengths present (<= n)
+    # first word -> the lengths of the grams it starts: most positions of a text start
+    # none, and are passed over with one lookup
+    starts: dict[str, set[int]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, texts: list[EvalText], n: int, min_words: int) -> EvalIndex:
@@ -45,16 +48,19 @@ class EvalIndex:
             for span in spans:
                 index.grams.setdefault(span, item.label)
                 index.lengths.add(len(span))
+                index.starts.setdefault(span[0], set()).add(len(span))
         return index
 
     def match(self, text: str) -> str | None:
         """The label of the first evaluation text `text` overlaps, or None."""
         tokens = words(text)
+        starts = [(i, found) for i, t in enumerate(tokens) if (found := self.starts.get(t))]
         for length in sorted(self.lengths, reverse=True):
-            for i in range(len(tokens) - length + 1):
-                found = self.grams.get(tuple(tokens[i : i + length]))
-                if found is not None:
-                    return found
+            for i, lengths in starts:
+                if length in lengths and i + length <= len(tokens):
+                    found = self.grams.get(tuple(tokens[i : i + length]))
+                    if found is not None:
+                        return found
         return None
 
 
