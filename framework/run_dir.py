@@ -12,6 +12,7 @@
       samples.jsonl          greedy replies at each evaluation (tracking.py)
       suite_answers.jsonl    scored suite answers at each evaluation (tracking.py)
       summary.json           the run's totals (tracking.py)
+      report.html            the run's report, at each checkpoint and at the end (report/)
       wandb_run_id, wandb/   the wandb run this directory continues (tracking.py)
       STOP_REQUESTED         the driver asks the workers to stop (cluster/stopping.py)
       checkpoints/step_N/    run.checkpoint_dir's default (checkpoint.py, names below)
@@ -41,6 +42,7 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 SUITE_ANSWERS_FILE = "suite_answers.jsonl"
 SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
 WANDB_ID_FILE = "wandb_run_id"
 STOP_FILE = "STOP_REQUESTED"
 HF_DIR = "hf"

@@ -1,4 +1,5 @@
-"""Run tracking on rank 0: metrics.jsonl, wandb and a progress bar. Other ranks get a no-op."""
+"""Run tracking on rank 0: metrics.jsonl, wandb, a progress bar and report.html at each
+checkpoint. Other ranks get a no-op."""
 
 from __future__ import annotations
 
@@ -124,6 +125,10 @@ class Tracker:
         for name in (SAMPLES_FILE, SUITE_ANSWERS_FILE, METRICS_FILE):
             _keep_lines_up_to(out / name, start_step)
         self.metrics_file = (out / METRICS_FILE).open("a", encoding="utf-8")
+        from framework.report.page import CheckpointReports  # late: matplotlib takes a second
+
+        self.reports = CheckpointReports(out)
+        self.report = cfg.run.report
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
         if cfg.logger.backend == "wandb":
             import wandb
@@ -208,6 +213,11 @@ class Tracker:
                     metrics = {**metrics, key: _table(rows, columns)}
             self.run.log(metrics, step=step)
 
+    def checkpointed(self) -> None:
+        """A checkpoint was saved: report.html is redrawn, in the background (run.report)."""
+        if self.enabled and self.report:
+            self.reports.refresh()
+
     def summary(self) -> dict[str, float]:
         """The whole run: totals, mean throughput over training time, last loss."""
         seconds = self.totals.get("step_time_s", 0.0)
@@ -228,6 +238,7 @@ class Tracker:
         """Write summary.json and finish the wandb run (marked failed when `failed`)."""
         if not self.enabled:
             return
+        self.reports.wait()  # the driver writes the final report: one writer at a time
         summary = self.summary()
         write_json(self.out / SUMMARY_FILE, summary)
         print("run summary: " + ", ".join(f"{k}={v:,.4g}" for k, v in summary.items()), flush=True)

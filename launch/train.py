@@ -1,5 +1,5 @@
 """Train: compose the Hydra config, take the run directory's lease, prepare the run
-directory, run the Ray Train workers.
+directory, run the Ray Train workers, write the run's report.html.
 
 python launch/train.py                          # the embedded default run
 python launch/train.py parallelism=zero3 trainer.max_steps=50 logger=none
@@ -60,7 +60,13 @@ def _train(cfg: TrainConfig) -> None:
     from framework.cluster import ray_train  # imported late: Ray and DeepSpeed take seconds to load
 
     with exit_on_user_error(ray_train.RunFailed):
-        stopped = ray_train.run(cfg)
+        try:
+            stopped = ray_train.run(cfg)
+        finally:  # finished, stopped or failed: the report of what the run got to
+            if cfg.run.report:
+                from framework.report.page import run_report
+
+                print(run_report(cfg.run.output_dir), flush=True)
     if stopped:
         print(f"stopped early ({stopped}); run the same command to resume", flush=True)
         sys.exit(EXIT_RESUMABLE)

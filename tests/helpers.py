@@ -44,6 +44,8 @@ TINY_RUN = [
     "trainer.eval_every=0",
     "trainer.eval_suite_per_family=0",
     "logger=none",
+    # report.html costs seconds a run: the report tests ask for it.
+    "run.report=false",
     # The exactness tests compare in fp32 (auto picks bf16 on CPUs with bf16 units); the
     # bf16 tests ask for it.
     "trainer.precision=fp32",

@@ -104,7 +104,7 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     out = tmp_path / "run"
     result = train(
         out, "logger.mode=offline", "trainer.eval_every=20", "trainer.eval_suite_per_family=2",
-        *IFEVAL_SAMPLE, *SHORT_RUN,
+        *IFEVAL_SAMPLE, *SHORT_RUN, "run.report=true",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -147,6 +147,10 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
     assert "zero_stage: 2" in (out / "config.yaml").read_text()
     assert list((out / "wandb").glob("offline-run-*"))
     assert_no_secret(out)
+    # The driver's report of the whole run, the export included (tests/report/ reads one).
+    assert f"report: {out / 'report.html'}" in result.stdout
+    report = (out / "report.html").read_text()
+    assert f"{out}: finished" in report and 'data-key="ifeval/prompt_strict"' in report
 
     _evaluate_the_export_and_the_checkpoint_alike(out)
 

@@ -371,6 +371,9 @@ class RunConfig:
     # this and taken over once its heartbeat is older: longer than a file system stall
     # and the clock skew between hosts, short enough to wait out after a crash.
     lease_stale_s: float = 120.0
+    # report.html in run.output_dir (framework/report/): redrawn in the background after
+    # each checkpoint (about 3 s of a CPU core), and at the end by the driver.
+    report: bool = True
 
 
 @dataclass

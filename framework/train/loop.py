@@ -95,6 +95,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
                     engine, cfg, step, sampler_state=sampler.state_dict(),
                     totals=tracker.totals, tokenizer=tokenizer,
                 )  # fmt: skip
+                tracker.checkpointed()
                 ctx.report({"step": step, **metrics})
             stop.observe(time.monotonic() - began)
             if stopped:
