@@ -12,6 +12,7 @@ from framework.config.saved import load_train_config
 from framework.config.schema import ConfigError, TrainConfig
 from framework.lease import read_holder, takeover_reason, this_process
 from framework.run_dir import (
+    COMMIT_MARKER,
     CONFIG_FILE,
     HF_DIR,
     LEASE_FILE,
@@ -82,19 +83,24 @@ def read_run(path: str | Path) -> Run:
 
 
 def _state(path: Path, config: TrainConfig, steps: list[dict]) -> str:
-    last = steps[-1]["step"] if steps else 0
-    holder = read_holder(path / LEASE_FILE)
-    if (
-        holder is not None
-        and takeover_reason(holder, this_process(), config.run.lease_stale_s) is None
-    ):
-        return f"running (step {last} of {config.trainer.max_steps})"
-    if (path / HF_DIR).is_dir() and last >= config.trainer.max_steps:
+    """How far the run got. The driver writes the final report while it still holds the
+    lease: a lease counts as a live run only when another process holds it."""
+    last, planned = (steps[-1]["step"] if steps else 0), config.trainer.max_steps
+    if (path / HF_DIR).is_dir() and last >= planned:
         return "finished"
+    holder, me = read_holder(path / LEASE_FILE), this_process()
+    ours = holder is not None and (holder.host, holder.pid) == (me.host, me.pid)
+    if holder and not ours and takeover_reason(holder, me, config.run.lease_stale_s) is None:
+        return f"running (step {last} of {planned})"
     stop = path / STOP_FILE
     if stop.is_file():
         return f"stopped early at step {last}: {stop.read_text().strip()}"
-    return f"ended at step {last} of {config.trainer.max_steps}, before the export"
+    # Not imported from checkpoint.py, which loads DeepSpeed (seconds) for its other work.
+    saved = sorted(
+        p.parent.name for p in Path(config.run.checkpoint_dir).glob(f"step_*/{COMMIT_MARKER}")
+    )
+    newest = f"; newest checkpoint {saved[-1]}, to resume from" if saved else ""
+    return f"ended at step {last} of {planned}, before the export{newest}"
 
 
 def _json_lines(file: Path, unreadable: list[str]) -> list[dict]:

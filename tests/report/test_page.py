@@ -12,12 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
-from framework.lease import RunLease
 from framework.report.page import write_report
 from framework.report.sections import number
 from framework.run_dir import METRICS_FILE, REPORT_FILE, STOP_FILE, SUITE_ANSWERS_FILE
@@ -164,7 +165,7 @@ def test_a_run_still_going_stopped_early_or_not_evaluated_gives_what_exists(eval
     # Three steps, no evaluation, and a fourth line being written as the report reads it.
     (partial / METRICS_FILE).write_text("\n".join(steps) + '\n{"step": 4, "lo')
     (partial / SUITE_ANSWERS_FILE).unlink()
-    with RunLease(partial, stale_after_s=60).acquire():
+    with _leased_by_another_process(partial):
         page = write_report([partial]).read_text()
     assert "running (step 3 of 6)" in page
     assert "could not read metrics.jsonl:4" in page
@@ -172,9 +173,29 @@ def test_a_run_still_going_stopped_early_or_not_evaluated_gives_what_exists(eval
     (partial / STOP_FILE).write_text("SIGTERM\n")
     page = write_report([partial]).read_text()
     assert "stopped early at step 3: SIGTERM" in page
+    (partial / STOP_FILE).unlink()
+    page = write_report([partial]).read_text()
+    assert "ended at step 3 of 6, before the export; newest checkpoint step_00000006" in page
     (partial / METRICS_FILE).unlink()
     page = write_report([partial]).read_text()
     assert "Setup" in page and "Data" in page and "Training" not in page
+
+
+@contextmanager
+def _leased_by_another_process(path: Path) -> Iterator[None]:
+    """`path`'s lease held by a live process other than this one (as a training driver)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from framework.lease import RunLease; "
+         f"lease = RunLease({str(path)!r}, 60).acquire(); print('held', flush=True); "
+         "time.sleep(120)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("what", ["missing", "empty"])
