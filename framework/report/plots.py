@@ -36,7 +36,9 @@ def _figure(height: float = 3.0, *, fitted: bool = False) -> tuple[Figure, objec
 def lines(
     title: str, ylabel: str, series: list[tuple[str, list, list]], *, log_y: bool = False
 ) -> str:
-    """One line per (label, steps, values); a single point is drawn as a marker."""
+    """One line per (label, steps, values); a single point is drawn as a marker. Every
+    point is drawn: matplotlib's path simplification keeps a 100k-step line small
+    (benchmarks/report.py)."""
     figure, axes = _figure()
     for label, xs, ys in series:
         axes.plot(xs, ys, label=label, marker="o" if len(xs) < 2 else None, markersize=3)

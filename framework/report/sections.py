@@ -27,6 +27,7 @@ FINAL_FIGURES = [
 SUITE_GROUPS = ("trained", "held_out_knowledge", "held_out_twists")
 STEP_PARTS = {"data wait": "data_wait_s", "compute": "compute_s", "optimizer": "optimizer_s"}
 ANSWERS_SHOWN = 8
+HEATMAP_COLUMNS = 12  # evaluations shown per family
 
 
 def number(value) -> str:
@@ -163,10 +164,12 @@ def suite(runs: list[Run], labels: list[str]) -> str:
 
 
 def _families(run: Run, label: str) -> str:
-    """Each family's accuracy at each evaluation, worst first at the last one."""
+    """Each family's accuracy at each evaluation (HEATMAP_COLUMNS at most, the first and
+    the last among them), worst first at the last one."""
     evals = [e for e in run.evals if any(k.startswith("suite/family/") for k in e)]
     if not evals:
         return ""
+    evals = spread(evals, HEATMAP_COLUMNS)
     families = [k.removeprefix("suite/family/") for k in evals[-1] if k.startswith("suite/family/")]
     families.sort(key=lambda name: evals[-1][f"suite/family/{name}"])
     held_out = set(run.config.data.suite.held_out)
@@ -175,6 +178,14 @@ def _families(run: Run, label: str) -> str:
     columns = [str(e["step"]) for e in evals]
     figure = plots.heatmap(f"{label}: accuracy per family (* held out)", rows, columns, values)
     return f"<figure class=wide>{figure}</figure>"
+
+
+def spread(items: list, count: int) -> list:
+    """`count` of `items` evenly spaced, the first and the last among them (all if fewer)."""
+    if len(items) <= count:
+        return items
+    last = len(items) - 1
+    return [items[round(i * last / (count - 1))] for i in range(count)]
 
 
 def _answers(run: Run, label: str) -> str:

@@ -34,16 +34,6 @@ CHROMIUM_FLAGS = [
 SECTIONS = ["Final figures", "Setup", "Training", "Instruction suite", "Data", "Performance"]
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> Path:
-    """6 steps on 2 ranks with the suite evaluated every 2 steps and a checkpoint every 2:
-    the run directory."""
-    root = tmp_path_factory.mktemp("report")
-    more = ["run.report=true", "trainer.eval_every=2", "trainer.eval_suite_per_family=1"]
-    run(root / "run", root / "cache", *more)
-    return root / "run"
-
-
 def _lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
 
@@ -89,17 +79,17 @@ def _install_chromium() -> None:
 
 
 def test_a_real_runs_report_renders_in_chromium_with_the_logged_figures(
-    evaluated, browser, tmp_path
+    evaluated_run, browser, tmp_path
 ):
     from selenium.webdriver.common.by import By
 
-    assert (evaluated / REPORT_FILE).is_file()  # drawn by training, at a checkpoint
+    assert (evaluated_run / REPORT_FILE).is_file()  # drawn by training, at a checkpoint
     redrawn = subprocess.run(
-        [sys.executable, "launch/report.py", str(evaluated)],
+        [sys.executable, "launch/report.py", str(evaluated_run)],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert redrawn.stdout.strip() == str(evaluated / REPORT_FILE)
-    browser.get((evaluated / REPORT_FILE).as_uri())
+    assert redrawn.stdout.strip() == str(evaluated_run / REPORT_FILE)
+    browser.get((evaluated_run / REPORT_FILE).as_uri())
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
     assert all(section in headings for section in SECTIONS), headings
@@ -117,21 +107,21 @@ def test_a_real_runs_report_renders_in_chromium_with_the_logged_figures(
     assert {"loss", "eval_loss", "suite/trained/normalized", "tokens_per_s"} <= keys
     for figure in figures:
         key = figure.get_attribute("data-key")
-        want = 6 if key == "step" else _last(evaluated, key)
+        want = 6 if key == "step" else _last(evaluated_run, key)
         assert float(figure.get_attribute("data-value")) == want, key
         assert figure.text == number(want), key
 
 
-def test_answers_and_every_family_are_shown_at_the_last_evaluation(evaluated):
-    html = (evaluated / REPORT_FILE).read_text()
+def test_answers_and_every_family_are_shown_at_the_last_evaluation(evaluated_run):
+    html = (evaluated_run / REPORT_FILE).read_text()
     answers = [
-        json.loads(line) for line in (evaluated / SUITE_ANSWERS_FILE).read_text().splitlines()
+        json.loads(line) for line in (evaluated_run / SUITE_ANSWERS_FILE).read_text().splitlines()
     ]
     assert {a["step"] for a in answers} == {0, 2, 4, 6}
     assert "answers at step 6, worst families first" in html
     first = next(a for a in answers if a["step"] == 6)
     assert first["reference"].replace("&", "&amp;").replace("<", "&lt;") in html
-    for key in _lines(evaluated)[-1]:
+    for key in _lines(evaluated_run)[-1]:
         if key.startswith("suite/family/"):
             assert key.removeprefix("suite/family/") in html, key
 
@@ -148,18 +138,20 @@ def test_a_preference_runs_report_shows_its_rewards(tmp_path):
     assert "dpo (beta 0.1)" in page and "preference pairs" in page
 
 
-def test_several_runs_overlay_their_curves_and_share_one_table(evaluated, tmp_path):
+def test_several_runs_overlay_their_curves_and_share_one_table(evaluated_run, tmp_path):
     other = tmp_path / "longer-warmup"
-    shutil.copytree(evaluated, other, ignore=shutil.ignore_patterns("checkpoints", "hf"))
-    page = write_report([evaluated, other], tmp_path / "both.html").read_text()
+    shutil.copytree(evaluated_run, other, ignore=shutil.ignore_patterns("checkpoints", "hf"))
+    page = write_report([evaluated_run, other], tmp_path / "both.html").read_text()
     loss_plot = page[page.index("training loss") :].split("</svg>")[0]
     assert "run" in loss_plot and "longer-warmup" in loss_plot  # one legend entry each
     assert page.count('data-key="loss"') == 2
 
 
-def test_a_run_still_going_stopped_early_or_not_evaluated_gives_what_exists(evaluated, tmp_path):
+def test_a_run_still_going_stopped_early_or_not_evaluated_gives_what_exists(
+    evaluated_run, tmp_path
+):
     partial = tmp_path / "partial"
-    shutil.copytree(evaluated, partial, ignore=shutil.ignore_patterns("checkpoints", "hf"))
+    shutil.copytree(evaluated_run, partial, ignore=shutil.ignore_patterns("checkpoints", "hf"))
     lines = (partial / METRICS_FILE).read_text().splitlines()
     steps = [line for line in lines if '"loss"' in line][:3]
     # Three steps, no evaluation, and a fourth line being written as the report reads it.
