@@ -49,9 +49,12 @@ def _environment() -> dict[str, str]:
 
 
 def _command(output_dir, overrides) -> list[str]:
-    # The tiny model unless a test names another: the real default is tested apart.
+    # The tiny model unless a test names another: the real default is tested apart. No
+    # report.html (seconds a run) unless a test asks.
     model = [] if any(o.startswith("model=") for o in overrides) else ["model=tiny_llama"]
-    return [sys.executable, "launch/train.py", *model, f"run.output_dir={output_dir}", *overrides]
+    report = [] if any(o.startswith("run.report=") for o in overrides) else ["run.report=false"]
+    return [sys.executable, "launch/train.py", *model, *report, f"run.output_dir={output_dir}",
+            *overrides]  # fmt: skip
 
 
 def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -368,7 +371,7 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
     quiet = ["trainer.eval_every=0", "trainer.eval_suite_per_family=0", "logger=none"]
     result = train(
         out, "model=smollm2_135m", f"run.cache_dir={cache}", "data.suite.train_examples=64",
-        *short, *quiet, timeout=600,
+        *short, *quiet, "run.report=true", timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "hyper-parameters (model=smollm2_135m" in result.stdout
@@ -376,6 +379,7 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
     assert "converting" not in result.stdout  # the session's conversion is reused
     assert [m["step"] for m in logged(out)] == [1, 2]
     assert "name_or_path: smollm2_135m" in (out / "config.yaml").read_text()
+    assert f"{out}: finished" in (out / "report.html").read_text()  # the driver's report
 
     evaluated = run_eval(
         EvalConfig(

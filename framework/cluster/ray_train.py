@@ -3,9 +3,7 @@ each. With ray_jobs.py (job submission), the only place that imports Ray."""
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -14,23 +12,28 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
+from framework.cluster.ray_console import (
+    TRAIN_LOG_ENV,
+    UserError,
+    append_to_train_log,
+    keep_off_console,
+)
 from framework.cluster.stopping import slurm_deadline, stop_on_signals
 from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
 from framework.data.formats import DataError
 from framework.run_dir import RAY_DIR, TRAIN_LOG, clear_stop_request
-from framework.train.loop import WorkerContext, train
 
 
 class RunFailed(RuntimeError):
     """Training failed on a worker; the message carries the worker's error."""
 
 
-class UserError(RuntimeError):
-    """A worker's error that names the problem and the fix (a config value, data, a
-    damaged checkpoint, no space): the driver shows its message alone, as one line."""
-
-
 def _worker_main(config: dict) -> None:
+    # Imported here, in the workers only: Ray Train's controller loads this module too (to
+    # unpickle this function), and DeepSpeed, transformers and peft would cost it about 7 s
+    # of CPU and 170 MB.
+    from framework.train.loop import WorkerContext, train
+
     # DeepSpeed calls torch.distributed APIs that torch has deprecated: noise on every step.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     cfg: TrainConfig = config["cfg"]
@@ -45,69 +48,11 @@ def _worker_main(config: dict) -> None:
     try:
         train(cfg, ctx)
     except (ConfigError, DataError) as err:
-        _append(Path(cfg.run.output_dir) / TRAIN_LOG, traceback.format_exc())
+        append_to_train_log(Path(cfg.run.output_dir) / TRAIN_LOG, traceback.format_exc())
         raise UserError(str(err)) from None
 
 
-# Where Ray Train logs a worker's error (on the worker, in the controller) and the
-# tracebacks it calls harmless (a resource request or its placement-group cleaner timing
-# out on a busy machine or at shutdown); the records go to the console unless
-# keep_off_console drops them.
-_RAY_TRAIN_LOGGERS = (
-    "ray.train.v2._internal.util",
-    "ray.train.v2._internal.execution.failure_handling.default",
-    "ray.train.v2._internal.callbacks.placement_group_callback",
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
-    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
-)
-_OFF_CONSOLE = (
-    f"{UserError.__module__}.{UserError.__name__}: ",
-    "Failed to stop PlacementGroupCleaner gracefully",
-    "Monitor thread did not exit",
-    "Failed to send resource request",
-)
-# The cleaner's monitor thread dies with a traceback when the cluster shuts down first.
-_CLEANER_THREAD = "PlacementGroupCleanerMonitor"
-_TRAIN_LOG_ENV = "INSTRUCT_SFT_TRAIN_LOG"
-
-
-def keep_off_console() -> None:
-    """Ray's worker_process_setup_hook, in every process of the job (workers, the
-    controller): Ray Train's records of a UserError (their tracebacks; the driver prints
-    the message as one line) and of its shutdown go to train.log, not the console."""
-    log = Path(os.environ[_TRAIN_LOG_ENV])
-    for name in _RAY_TRAIN_LOGGERS:
-        logging.getLogger(name).addFilter(_ToTrainLog(log))
-    console_hook = threading.excepthook
-
-    def cleaner_to_train_log(args: threading.ExceptHookArgs) -> None:
-        if args.thread is not None and args.thread.name == _CLEANER_THREAD:
-            trace = traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
-            _append(log, f"thread {_CLEANER_THREAD}:\n{''.join(trace)}")
-        else:
-            console_hook(args)
-
-    threading.excepthook = cleaner_to_train_log
-
-
-class _ToTrainLog(logging.Filter):
-    def __init__(self, log: Path):
-        super().__init__()
-        self.log = log
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        if not any(marker in text for marker in _OFF_CONSOLE):
-            return True
-        _append(self.log, text)
-        return False
-
-
-def _append(log: Path, text: str) -> None:
-    with log.open("a", encoding="utf-8") as handle:
-        handle.write(f"[pid {os.getpid()}] {text.rstrip()}\n")
+_SETUP_HOOK = f"{keep_off_console.__module__}.{keep_off_console.__name__}"
 
 
 def connect(cfg: TrainConfig) -> None:
@@ -118,8 +63,8 @@ def connect(cfg: TrainConfig) -> None:
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or "local"
     if not ray.is_initialized():
         runtime_env = {
-            "worker_process_setup_hook": f"{__name__}.{keep_off_console.__name__}",
-            "env_vars": {_TRAIN_LOG_ENV: str(Path(cfg.run.output_dir, TRAIN_LOG).resolve())},
+            "worker_process_setup_hook": _SETUP_HOOK,
+            "env_vars": {TRAIN_LOG_ENV: str(Path(cfg.run.output_dir, TRAIN_LOG).resolve())},
         }
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     # The nodes alive now: an autoscaling cluster is judged by what it has started, not by

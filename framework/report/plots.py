@@ -44,6 +44,8 @@ def lines(
         axes.plot(xs, ys, label=label, marker="o" if len(xs) < 2 else None, markersize=3)
     if log_y and all(y > 0 for _, _, ys in series for y in ys):
         axes.set_yscale("log")
+    else:  # values near 1 (rank skew) read as themselves, not as an offset
+        axes.ticklabel_format(axis="y", useOffset=False)
     axes.set(title=title, xlabel="step", ylabel=ylabel)
     axes.grid(alpha=0.3)
     if len(series) > 1:

@@ -1,0 +1,77 @@
+"""What the console shows of a Ray job: Ray's worker_process_setup_hook, which runs in
+every process of the job (the controller and its helper actors too), so it imports nothing
+heavy. Records of a UserError and of Ray Train's shutdown go to train.log instead."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from pathlib import Path
+
+
+class UserError(RuntimeError):
+    """A worker's error that names the problem and the fix (a config value, data, a
+    damaged checkpoint, no space): the driver shows its message alone, as one line."""
+
+
+# Where Ray Train logs a worker's error (on the worker, in the controller) and the
+# tracebacks it calls harmless (a resource request or its placement-group cleaner timing
+# out on a busy machine or at shutdown); the records go to the console unless
+# keep_off_console drops them.
+_RAY_TRAIN_LOGGERS = (
+    "ray.train.v2._internal.util",
+    "ray.train.v2._internal.execution.failure_handling.default",
+    "ray.train.v2._internal.callbacks.placement_group_callback",
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
+)
+_OFF_CONSOLE = (
+    f"{UserError.__module__}.{UserError.__name__}: ",
+    "Failed to stop PlacementGroupCleaner gracefully",
+    "Monitor thread did not exit",
+    "Failed to send resource request",
+)
+# The cleaner's monitor thread dies with a traceback when the cluster shuts down first.
+_CLEANER_THREAD = "PlacementGroupCleanerMonitor"
+TRAIN_LOG_ENV = "INSTRUCT_SFT_TRAIN_LOG"
+
+
+def keep_off_console() -> None:
+    """Ray's worker_process_setup_hook, in every process of the job (workers, the
+    controller): Ray Train's records of a UserError (their tracebacks; the driver prints
+    the message as one line) and of its shutdown go to train.log, not the console."""
+    log = Path(os.environ[TRAIN_LOG_ENV])
+    for name in _RAY_TRAIN_LOGGERS:
+        logging.getLogger(name).addFilter(_ToTrainLog(log))
+    console_hook = threading.excepthook
+
+    def cleaner_to_train_log(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name == _CLEANER_THREAD:
+            trace = traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+            append_to_train_log(log, f"thread {_CLEANER_THREAD}:\n{''.join(trace)}")
+        else:
+            console_hook(args)
+
+    threading.excepthook = cleaner_to_train_log
+
+
+class _ToTrainLog(logging.Filter):
+    def __init__(self, log: Path):
+        super().__init__()
+        self.log = log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        if not any(marker in text for marker in _OFF_CONSOLE):
+            return True
+        append_to_train_log(self.log, text)
+        return False
+
+
+def append_to_train_log(log: Path, text: str) -> None:
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"[pid {os.getpid()}] {text.rstrip()}\n")
