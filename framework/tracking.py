@@ -125,10 +125,11 @@ class Tracker:
         for name in (SAMPLES_FILE, SUITE_ANSWERS_FILE, METRICS_FILE):
             _keep_lines_up_to(out / name, start_step)
         self.metrics_file = (out / METRICS_FILE).open("a", encoding="utf-8")
-        from framework.report.page import CheckpointReports  # late: matplotlib takes a second
+        self.reports = None
+        if cfg.run.report:
+            from framework.report.page import CheckpointReports  # late: matplotlib, a second
 
-        self.reports = CheckpointReports(out)
-        self.report = cfg.run.report
+            self.reports = CheckpointReports(out)
         self.progress = tqdm(total=cfg.trainer.max_steps, initial=start_step, mininterval=2.0)
         if cfg.logger.backend == "wandb":
             import wandb
@@ -215,7 +216,7 @@ class Tracker:
 
     def checkpointed(self) -> None:
         """A checkpoint was saved: report.html is redrawn, in the background (run.report)."""
-        if self.enabled and self.report:
+        if self.enabled and self.reports is not None:
             self.reports.refresh()
 
     def summary(self) -> dict[str, float]:
@@ -238,7 +239,8 @@ class Tracker:
         """Write summary.json and finish the wandb run (marked failed when `failed`)."""
         if not self.enabled:
             return
-        self.reports.wait()  # the driver writes the final report: one writer at a time
+        if self.reports is not None:  # the driver writes the final report: one writer at a time
+            self.reports.wait()
         summary = self.summary()
         write_json(self.out / SUMMARY_FILE, summary)
         print("run summary: " + ", ".join(f"{k}={v:,.4g}" for k, v in summary.items()), flush=True)
