@@ -1,6 +1,7 @@
 # Everything a fresh machine needs, behind two commands:
-#   make train    set up, then the embedded default training run (ARGS="..." adds Hydra overrides)
-#   make test     set up, then lint and the test suite
+#   make train      set up, then the embedded default training run (ARGS="..." adds Hydra overrides)
+#   make test       set up, then lint and the whole test suite (CI; 15 minutes on 2 cores at most)
+#   make test-fast  the unit tier, for the edit-test loop (3 minutes at most; see tests/README.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 TORCH_INDEX ?=
 
-.PHONY: setup train test
+.PHONY: setup train test test-fast
 
 setup: $(VENV)/.installed
 
@@ -30,3 +31,6 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

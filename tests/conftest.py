@@ -3,6 +3,7 @@ Plain helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,20 @@ import pytest
 from framework.model.tokenizer import train_bpe
 from framework.suite.build import training_chats
 from framework.suite.families import FAMILIES
-from tests.helpers import TINY, run, single_process_group
+from tests.helpers import TINY, ZERO3_RUN, run, single_process_group
+
+# `make test` on the 2-core machine, from a fresh clone with the venv built (tests/README.md).
+SUITE_BUDGET_S = 15 * 60
+_STARTED = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The suite's wall time, collection and session fixtures included, against its budget."""
+    wall = time.monotonic() - _STARTED
+    terminalreporter.write_line(
+        f"suite wall time: {wall // 60:.0f}:{wall % 60:02.0f} (make test's budget on 2 cores: "
+        f"{SUITE_BUDGET_S // 60}:00; the slowest tests are listed above)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +60,18 @@ def tiny_model_dir(tokenizer, tmp_path_factory):
     build_model(TINY, tokenizer, torch.float32).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray head for the whole session, with a dashboard and token authentication:
+    launch/train.py runs join it (RayCluster.driver_env) and launch/submit.py submits jobs
+    to it, instead of each starting a Ray of its own."""
+    from tests.helpers.cluster import start_ray_cluster, stop_ray_cluster
+
+    cluster = start_ray_cluster()
+    yield cluster
+    stop_ray_cluster(cluster)
 
 
 # ------------------------------------------------------------ the real model (marked slow)
@@ -93,16 +119,26 @@ def real_slice(real_model_cache):
 
 
 @pytest.fixture(scope="session")
-def real_model_bf16(real_model_cache):
-    """All of SmolLM2-135M-Instruct in bf16, in eval mode: bf16 rounding and the
-    context-sensitivity of a whole pretrained model (a 2-layer slice barely uses context)."""
+def real_slice_bf16(real_slice):
+    """real_slice in bf16: bf16 rounding on the real architecture and vocabulary."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(real_slice).to(torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
+def real_model(real_model_cache):
+    """All of SmolLM2-135M-Instruct in fp32, in eval mode: the context-sensitivity of a
+    whole pretrained model (a 2-layer slice barely uses context, and copies nothing)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from framework.model.attention import DOCUMENT_SDPA
 
     return AutoModelForCausalLM.from_pretrained(
-        real_model_cache[1], dtype=torch.bfloat16, attn_implementation=DOCUMENT_SDPA
+        real_model_cache[1], dtype=torch.float32, attn_implementation=DOCUMENT_SDPA
     ).eval()
 
 
@@ -136,6 +172,17 @@ def straight(tmp_path_factory):
     of the resume and checkpoint tests."""
     root = tmp_path_factory.mktemp("straight")
     run(root / "run", root / "cache")
+    return root
+
+
+@pytest.fixture(scope="session")
+def zero3_run(tmp_path_factory):
+    """4 steps on 2 ranks under ZeRO-3, a checkpoint every 2 steps (helpers.RUN), the
+    suite answered at the end (one item a family: every rank generates, in step): the
+    reference of the two-node, checkpoint-layout and export tests. The root holds run/
+    and cache/."""
+    root = tmp_path_factory.mktemp("zero3")
+    run(root / "run", root / "cache", *ZERO3_RUN)
     return root
 
 

@@ -97,12 +97,13 @@ def test_resume_on_one_rank_then_back_on_two(straight, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_zero3_checkpoint_of_two_ranks_resumes_on_one_with_its_weights(tmp_path, capfd):
+def test_a_zero3_checkpoint_of_two_ranks_resumes_on_one_with_its_weights(
+    zero3_run, tmp_path, capfd
+):
     """Weights come back exactly (step 3's loss, computed from them, is the same); DeepSpeed
     restores the optimizer state only approximately, which the run says (see the note)."""
-    cache, straight_dir, one = tmp_path / "cache", tmp_path / "straight", tmp_path / "one"
-    straight_run = run(straight_dir, cache, "parallelism=zero3", "trainer.max_steps=4")
-    checkpoints = Path(straight_run.run.checkpoint_dir)
+    cache, straight_dir, one = zero3_run / "cache", zero3_run / "run", tmp_path / "one"
+    checkpoints = straight_dir / "checkpoints"
     zero3_on_one_rank = ["parallelism=zero3", "trainer.max_steps=4", "trainer.grad_accum_steps=2"]
     run(one, cache, f"trainer.resume={step_dir(checkpoints, 2)}", *zero3_on_one_rank, world=1)
     assert ZERO3_OTHER_LAYOUT_WARNING in capfd.readouterr().out

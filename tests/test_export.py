@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from framework import export
-from framework.checkpoint import step_dir
+from framework.checkpoint import committed, step_dir
 from framework.config.commands import ExportConfig
 from framework.config.schema import ConfigError
 from framework.data.templates import stop_token_ids
@@ -209,15 +209,26 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["zero0", "zero2", "zero3"])
 def trained(request, tmp_path_factory, cache):
-    """A 2-rank run: checkpoints at steps 2 and 4, then its own export in hf/."""
+    """A 2-rank run: checkpoints every 2 steps, then its own export in hf/. ZeRO-2 and
+    ZeRO-3 are the session's runs (`straight`: 6 steps, `zero3_run`: 4 steps)."""
+    if request.param == "zero2":
+        return request.getfixturevalue("straight") / "run"
+    if request.param == "zero3":
+        return request.getfixturevalue("zero3_run") / "run"
     out = tmp_path_factory.mktemp(request.param) / "run"
     run(out, cache, f"parallelism={request.param}", "trainer.max_steps=4", "trainer.save_every=2")
     return out
 
 
+def last_two_checkpoints(trained: Path) -> tuple[Path, Path]:
+    """(the final checkpoint, the one before it) of a `trained` run."""
+    *_, earlier, final = committed(trained / "checkpoints")
+    return final, earlier
+
+
 @pytest.mark.slow
 def test_a_checkpoint_exports_the_weights_the_run_exported(trained, tmp_path):
-    final = step_dir(trained / "checkpoints", 4)
+    final, earlier = last_two_checkpoints(trained)
     out = export_checkpoint(final, tmp_path / "hf")
     got, want = export_weights(out), export_weights(trained / "hf")
     assert got.keys() == want.keys()
@@ -225,15 +236,13 @@ def test_a_checkpoint_exports_the_weights_the_run_exported(trained, tmp_path):
         assert got[name].dtype == torch.float32
         assert torch.equal(got[name], want[name]), name
     # The earlier checkpoint holds other weights: the comparison above can fail.
-    earlier = export_weights(
-        export_checkpoint(step_dir(trained / "checkpoints", 2), tmp_path / "2")
-    )
+    earlier = export_weights(export_checkpoint(earlier, tmp_path / "earlier"))
     assert not all(torch.equal(earlier[name], want[name]) for name in want)
 
 
 @pytest.mark.slow
 def test_the_export_chats_with_its_template(trained, tmp_path):
-    out = export_checkpoint(step_dir(trained / "checkpoints", 4), tmp_path / "hf")
+    out = export_checkpoint(last_two_checkpoints(trained)[0], tmp_path / "hf")
     model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     prompt = chat_prompt(tokenizer, "Reverse the words: one two three")
@@ -252,7 +261,7 @@ def test_launch_export_takes_the_newest_checkpoint_of_a_run(trained, tmp_path):
     result = export_cli(f"model={trained / 'checkpoints'}", f"out={out}")
     assert result.returncode == 0, result.stderr
     assert f"done: {out} holds the model" in result.stdout
-    assert step_dir(trained / "checkpoints", 4).name in result.stdout
+    assert last_two_checkpoints(trained)[0].name in result.stdout
     for name in ["model.safetensors", "config.json", "generation_config.json"]:
         assert (out / name).exists(), name
     assert "document_sdpa" not in (out / "config.json").read_text()  # loads without us
@@ -263,7 +272,7 @@ def test_launch_export_takes_the_newest_checkpoint_of_a_run(trained, tmp_path):
 
 @pytest.mark.slow
 def test_a_damaged_or_incomplete_checkpoint_is_named(trained, tmp_path):
-    source = step_dir(trained / "checkpoints", 4)
+    source = last_two_checkpoints(trained)[0]
     shards = sorted(source.glob("*optim_states.pt")) or [source / "mp_rank_00_model_states.pt"]
     damaged = tmp_path / "damaged" / source.name
     shutil.copytree(source, damaged)
@@ -287,7 +296,7 @@ def test_a_checkpoint_named_as_a_model_resolves_to_its_exported_weights(trained,
     assert resolved.parent == tmp_path / "cache" / "models"
     got, want = export_weights(resolved), export_weights(trained / "hf")
     assert all(torch.equal(got[name], want[name]) for name in want)
-    assert resolve_model(str(step_dir(trained / "checkpoints", 4)), cache) == str(resolved)
+    assert resolve_model(str(last_two_checkpoints(trained)[0]), cache) == str(resolved)
 
 
 def test_export_of_a_model_directory_writes_a_verified_copy(tmp_path, tiny_model, tokenizer):

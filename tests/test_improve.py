@@ -40,13 +40,17 @@ def test_each_round_asks_new_prompts_of_the_trained_families_only():
 
 
 @pytest.mark.slow
-def test_a_round_samples_on_ray_trains_on_its_pairs_and_logs(tmp_path, tiny_model_dir):
+def test_a_round_samples_on_ray_trains_on_its_pairs_and_logs(
+    tmp_path, tiny_model_dir, ray_cluster, monkeypatch
+):
     """One round from the random-init tiny model. Its sampled answers (real, on Ray
     workers) are never right, so half of the prompts also get the reference among their
     answers, as a stand-in for a model that is sometimes right; everything else is the
     real path."""
     from framework.cluster.ray_sampling import sample_answers
 
+    for name, value in ray_cluster.joining().items():  # the sampling and the round's run
+        monkeypatch.setenv(name, value)
     cfg = ImproveConfig(
         model=str(tiny_model_dir), out=str(tmp_path / "improve"), rounds=1,
         prompts_per_family=2, samples=2, max_new_tokens=8, eval_per_family=1,

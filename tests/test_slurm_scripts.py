@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from framework.suite.families import FAMILIES
-from tests.helpers import ROOT, RUN, losses, run
+from tests.helpers import ROOT, RUN, ZERO3_RUN, losses
 
 SLURM = ROOT / "slurm"
 STANDINS = ROOT / "tests" / "slurm_standins"
@@ -170,14 +170,12 @@ def _assert_ray_is_gone(tmp_path: Path, port: int) -> None:
 
 
 @pytest.mark.slow
-def test_two_nodes_train_as_one_node_and_leave_no_ray(tmp_path, ray_port):
-    """ZeRO-3 on two Ray nodes of 1 CPU each, so one worker per node; the losses equal
-    those of the same run on 2 gloo ranks in one process group without Ray."""
-    cache = tmp_path / "cache"
+def test_two_nodes_train_as_one_node_and_leave_no_ray(tmp_path, ray_port, zero3_run):
+    """ZeRO-3 on two Ray nodes of 1 CPU each, so one worker per node; the losses and the
+    suite's answers equal those of the same run on 2 gloo ranks in one process group
+    without Ray (the session's zero3_run)."""
     env = _multi_node_environment(tmp_path, ray_port, ["node1", "node2"])
-    # One suite item per family: every rank generates under ZeRO-3, in step.
-    suite = "trainer.eval_suite_per_family=1"
-    overrides = [*RUN, "parallelism=zero3", suite, f"run.cache_dir={cache}"]
+    overrides = [*RUN, *ZERO3_RUN, f"run.cache_dir={zero3_run / 'cache'}"]
 
     status, output = _run_job(
         tmp_path / "job.out", "train_multi_node.sbatch", env, *overrides, timeout=240
@@ -188,13 +186,12 @@ def test_two_nodes_train_as_one_node_and_leave_no_ray(tmp_path, ray_port):
     assert (tmp_path / "run" / "hf" / "model.safetensors").exists()
     _assert_ray_is_gone(tmp_path, ray_port)
 
-    run(tmp_path / "one_node", cache, "parallelism=zero3", suite)
-    got, want = losses(tmp_path / "run"), losses(tmp_path / "one_node")
-    assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5, 6]
+    got, want = losses(tmp_path / "run"), losses(zero3_run / "run")
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
     answers = [
         [json.loads(line) for line in (out / "suite_answers.jsonl").read_text().splitlines()]
-        for out in (tmp_path / "run", tmp_path / "one_node")
+        for out in (tmp_path / "run", zero3_run / "run")
     ]
     assert len(answers[0]) == len(FAMILIES) and answers[0] == answers[1]
 

@@ -22,6 +22,7 @@ from framework.config.schema import DEFAULT_HELD_OUT
 from framework.run_dir import LEASE_FILE
 from framework.suite.families import FAMILIES
 from tests.helpers import ROOT, SHARED_DATA, logged
+from tests.helpers.cluster import RayCluster
 
 # 3 IFEval prompts shared over the 2 workers at each evaluation, 8 tokens each.
 IFEVAL_SAMPLE = [
@@ -41,11 +42,14 @@ SHORT_RUN = [
 SECRET = "sentinel-secret-5f1c9e"
 
 
-def _environment() -> dict[str, str]:
-    # A key in the environment must reach no file of the run (offline mode keeps wandb local).
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_API_KEY=SECRET, HF_TOKEN=SECRET)
-    env.pop("RAY_ADDRESS", None)
-    return env
+def _environment(cluster: RayCluster | None) -> dict[str, str]:
+    """Joining the session's Ray `cluster` (else no cluster: the run stops before Ray).
+    A key in the environment must reach no file of the run (offline mode keeps wandb
+    local)."""
+    env = cluster.driver_env() if cluster else dict(os.environ)
+    if not cluster:
+        env.pop("RAY_ADDRESS", None)
+    return dict(env, PYTHONUNBUFFERED="1", WANDB_API_KEY=SECRET, HF_TOKEN=SECRET)
 
 
 def _command(output_dir, overrides) -> list[str]:
@@ -57,22 +61,24 @@ def _command(output_dir, overrides) -> list[str]:
             *overrides]  # fmt: skip
 
 
-def train(output_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def train(
+    output_dir, *overrides: str, cluster: RayCluster | None = None, timeout: int = 400
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         _command(output_dir, overrides),
         cwd=ROOT,
-        env=_environment(),
+        env=_environment(cluster),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def start_training(output_dir, log, *overrides: str) -> subprocess.Popen:
+def start_training(output_dir, log, *overrides: str, cluster: RayCluster) -> subprocess.Popen:
     return subprocess.Popen(
         _command(output_dir, overrides),
         cwd=ROOT,
-        env=_environment(),
+        env=_environment(cluster),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
@@ -102,12 +108,12 @@ def _ifeval_curves_hold(evaluation: dict) -> bool:
 
 
 @pytest.mark.slow
-def test_two_worker_run_learns_checkpoints_and_exports(tmp_path):
+def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, ray_cluster):
     # ZeRO-3 through Ray, to its export, runs in tests/test_slurm_scripts.py (two nodes).
     out = tmp_path / "run"
     result = train(
         out, "logger.mode=offline", "trainer.eval_every=20", "trainer.eval_suite_per_family=2",
-        *IFEVAL_SAMPLE, *SHORT_RUN, "run.report=true",
+        *IFEVAL_SAMPLE, *SHORT_RUN, "run.report=true", cluster=ray_cluster,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -186,7 +192,7 @@ def _evaluate_the_export_and_the_checkpoint_alike(out):
                 f"cache_dir={out.parent / 'cache'}",  # the checkpoint's export goes here
             ],
             cwd=ROOT,
-            env=_environment(),
+            env=_environment(None),
             capture_output=True,
             text=True,
             timeout=300,
@@ -205,11 +211,11 @@ def _evaluate_the_export_and_the_checkpoint_alike(out):
 LEASED = "is in use by another run"
 
 
-def one_of_two_started_together(out, tmp_path, overrides) -> subprocess.Popen:
+def one_of_two_started_together(out, tmp_path, overrides, cluster) -> subprocess.Popen:
     """Two runs started at once on `out`: one refuses within seconds, with one line; the
     other, returned, runs (logging to tmp_path/train.log)."""
     logs = [tmp_path / "train.log", tmp_path / "twin.log"]
-    both = [start_training(out, log, *overrides) for log in logs]
+    both = [start_training(out, log, *overrides, cluster=cluster) for log in logs]
     deadline = time.monotonic() + 60
     while all(p.poll() is None for p in both):
         assert time.monotonic() < deadline, "neither run refused the other"
@@ -223,9 +229,9 @@ def one_of_two_started_together(out, tmp_path, overrides) -> subprocess.Popen:
     return survivor
 
 
-def refused_mid_run(out, log, overrides) -> None:
+def refused_mid_run(out, log, overrides, cluster) -> None:
     began = time.monotonic()
-    late = start_training(out, log, *overrides)
+    late = start_training(out, log, *overrides, cluster=cluster)
     assert late.wait(timeout=60) == 1
     assert time.monotonic() - began < 30  # imports and Hydra; no Ray, no data
     assert_refused(log.read_text(), out)
@@ -237,7 +243,7 @@ def assert_refused(text: str, out) -> None:
 
 
 @pytest.mark.slow
-def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path):
+def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path, ray_cluster):
     """Two runs started together on one directory: one refuses; a third started mid-run
     refuses in seconds. SIGTERM to the driver: checkpoint, exit 75. The same command
     resumes; a worker killed with SIGKILL is restarted by Ray (cluster.max_failures=1)
@@ -253,9 +259,9 @@ def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path):
         "data.suite.train_examples=400",
         "cluster.max_failures=1",
     ]
-    first = one_of_two_started_together(out, tmp_path, overrides)
+    first = one_of_two_started_together(out, tmp_path, overrides, ray_cluster)
     wait_for_step(first, out, 3, log)
-    refused_mid_run(out, tmp_path / "late.log", overrides)
+    refused_mid_run(out, tmp_path / "late.log", overrides, ray_cluster)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == EXIT_RESUMABLE, log.read_text()[-3000:]
     assert "stopped early (stop requested (signal))" in log.read_text()
@@ -266,13 +272,17 @@ def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path):
     # kill a worker just after the next checkpoint the second run writes.
     restart_from = (stopped_at // 5 + 1) * 5
     assert restart_from < 30, f"the first run reached step {stopped_at} before SIGTERM"
-    second = start_training(out, log, *overrides)
+    second = start_training(out, log, *overrides, cluster=ray_cluster)
+    started = time.time()
     wait_for_step(second, out, restart_from + 1, log)
     killed_at = time.time()
+    # The session's Ray runs the workers (not children of the driver): this run's two
+    # are the Ray Train workers started since it was.
     workers = [
         p
-        for p in psutil.Process(second.pid).children(recursive=True)
-        if "RayTrainWorker" in " ".join(p.cmdline())
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        and p.info["create_time"] >= started
     ]
     assert len(workers) == 2
     workers[1].kill()
@@ -291,7 +301,9 @@ def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_log(tmp_path):
+def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_log(
+    tmp_path, ray_cluster
+):
     """A checkpoint directory that cannot be made (a file is in the way): the workers stop
     together with our error line; Ray's worker and controller tracebacks stay off the
     console, the full ones are in train.log."""
@@ -299,7 +311,9 @@ def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_l
     blocked.write_text("")
     out = tmp_path / "run"
     overrides = ["trainer.max_steps=2", "trainer.eval_every=0", "logger=none"]
-    result = train(out, *overrides, f"run.checkpoint_dir={blocked}/checkpoints", timeout=300)
+    result = train(
+        out, *overrides, f"run.checkpoint_dir={blocked}/checkpoints", cluster=ray_cluster
+    )
     assert result.returncode == 1
     step = step_dir(blocked / "checkpoints", 2)
     assert f"error: checkpoint {step} could not be written (rank 0: " in result.stderr
@@ -310,8 +324,8 @@ def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_l
 
 
 @pytest.mark.slow
-def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path):
-    result = train(tmp_path / "run", "cluster.num_workers=16", "logger=none", timeout=200)
+def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path, ray_cluster):
+    result = train(tmp_path / "run", "cluster.num_workers=16", "logger=none", cluster=ray_cluster)
     assert result.returncode != 0
     assert "error: cluster.num_workers=16 needs 16 CPUs" in result.stderr
     assert "Traceback" not in result.stderr
@@ -354,7 +368,7 @@ def test_malformed_record_is_named_by_file_and_line(tmp_path):
 
 @pytest.mark.slow
 def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
-    tmp_path, real_model_cache
+    tmp_path, real_model_cache, ray_cluster
 ):
     """SmolLM2-135M-Instruct (the default run's model) for 2 short steps through Ray and
     DeepSpeed ZeRO-2 on 2 workers; its export answers through launch/eval.py's code and the
@@ -371,7 +385,7 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
     quiet = ["trainer.eval_every=0", "trainer.eval_suite_per_family=0", "logger=none"]
     result = train(
         out, "model=smollm2_135m", f"run.cache_dir={cache}", "data.suite.train_examples=64",
-        *short, *quiet, "run.report=true", timeout=600,
+        *short, *quiet, "run.report=true", cluster=ray_cluster, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "hyper-parameters (model=smollm2_135m" in result.stdout

@@ -2,35 +2,25 @@
 (Ray's Job Submission API), their logs streamed, their statuses as exit codes; list,
 logs, stop; and submissions refused before they reach the cluster.
 
-The module starts its own one-node cluster (2 CPUs; its own ports, temp dir and
-authentication token; the venv's bin first on PATH, so the job's `python` is the venv's)
-and stops that cluster alone, by its processes: `ray stop` would stop every cluster on
-the machine."""
+The jobs run on the session's one-node cluster (conftest's ray_cluster: 2 CPUs; its own
+ports, temp dir and authentication token; the venv's bin first on PATH, so the job's
+`python` is the venv's), which the end-to-end training runs join too."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from framework.cluster.ray_jobs import EXIT_STOPPED
-from tests.helpers import ROOT, TINY_RUN
+from tests.helpers import ROOT, TINY_RUN, free_port
+from tests.helpers.cluster import RayCluster
 
-VENV_BIN = Path(sys.executable).parent
 SECRET = "sentinel-secret-3b7e1d"
 SMALL_RUN = [
     "trainer.max_steps=4",
@@ -42,109 +32,16 @@ SMALL_RUN = [
 ]
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-@dataclass
-class Cluster:
-    address: str  # the dashboard
-    token: str  # Ray's token authentication, on as on a default `ray start` cluster
-
-    def client_env(self) -> dict[str, str]:
-        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
-        for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-            env.pop(name, None)
-        return env
-
-    def get(self, path: str):
-        """The dashboard's REST API, as anyone with the token sees it."""
-        request = urllib.request.Request(
-            self.address + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-
-def _wait_for_dashboard(cluster: Cluster, ray_start: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert ray_start.poll() is None, "ray start exited"
-        try:
-            cluster.get("/api/version")
-            return
-        except OSError:  # not listening yet
-            time.sleep(1)
-    raise AssertionError(f"the dashboard at {cluster.address} never answered")
-
-
-def _stop(ray_start: subprocess.Popen) -> None:
-    """Stop the processes `ray start --block` started (and what they started: workers,
-    job drivers) by pid, as `ray stop` does: SIGTERM, then SIGKILL for what remains."""
-    family = [psutil.Process(ray_start.pid), *psutil.Process(ray_start.pid).children(True)]
-    for process in family:
-        with contextlib.suppress(psutil.NoSuchProcess):  # ended with its parent
-            process.terminate()
-    _, alive = psutil.wait_procs(family, timeout=5)
-    for process in alive:
-        process.kill()
-    psutil.wait_procs(alive, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    # Short: Ray's socket paths under the temp dir must fit in 107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="rayjobs-", dir="/tmp")
-    gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node, objects = _free_ports(9)
-    cluster = Cluster(address=f"http://127.0.0.1:{dash}", token=secrets.token_hex(32))
-    env = cluster.client_env()
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"
-    # --block: the cluster's processes stay children of this one, to be stopped by pid.
-    ray_start = subprocess.Popen(
-        [
-            VENV_BIN / "ray",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            f"--temp-dir={temp_dir}",
-            f"--ray-client-server-port={client}",
-            f"--dashboard-agent-listen-port={agent}",
-            f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}",
-            f"--runtime-env-agent-port={runtime_env}",
-            f"--node-manager-port={node}",
-            f"--object-manager-port={objects}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_dashboard(cluster, ray_start)
-        yield cluster
-    finally:
-        _stop(ray_start)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+@pytest.fixture
+def cluster(ray_cluster):
+    return ray_cluster
 
 
 def _command(address: str, args) -> list[str]:
     return [sys.executable, "launch/submit.py", "--address", address, *args]
 
 
-def submit_py(cluster: Cluster, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def submit_py(cluster: RayCluster, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     # Secrets in the submitter's environment must not travel with the job.
     env = dict(cluster.client_env(), WANDB_API_KEY=SECRET, HF_TOKEN=SECRET)
     return subprocess.run(
@@ -164,7 +61,7 @@ def job_id(result: subprocess.CompletedProcess) -> str:
 
 
 def test_submission_without_an_absolute_output_dir_is_refused_before_the_cluster():
-    nobody = Cluster(f"http://127.0.0.1:{_free_ports(1)[0]}", token="")  # nothing listens
+    nobody = RayCluster(f"http://127.0.0.1:{free_port()}", "", "", None, "")  # nothing listens
     for overrides in ([], ["run.output_dir=outputs/relative"]):
         result = submit_py(nobody, "--", *SMALL_RUN, *overrides, timeout=60)
         assert result.returncode == 2, result.stderr
