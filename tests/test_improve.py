@@ -49,8 +49,6 @@ def test_a_round_samples_on_ray_trains_on_its_pairs_and_logs(
     real path."""
     from framework.cluster.ray_sampling import sample_answers
 
-    for name, value in ray_cluster.joining().items():  # the sampling and the round's run
-        monkeypatch.setenv(name, value)
     cfg = ImproveConfig(
         model=str(tiny_model_dir), out=str(tmp_path / "improve"), rounds=1,
         prompts_per_family=2, samples=2, max_new_tokens=8, eval_per_family=1,
@@ -65,6 +63,10 @@ def test_a_round_samples_on_ray_trains_on_its_pairs_and_logs(
                                cache_dir=cfg.cache_dir, seed=0, samples=2, temperature=1.0,
                                top_p=1.0, max_new_tokens=8, batch_size=8)  # fmt: skip
         assert [len(answers) for answers in found] == [2] * len(chats)
+        # The round's training run joins the session's Ray. (The sampling above ran on a
+        # Ray of this process's own: Ray reads its authentication token once per process.)
+        for name, value in ray_cluster.joining().items():
+            monkeypatch.setenv(name, value)
         return [
             [item.reference, answers[1]] if i % 2 else answers
             for i, (item, answers) in enumerate(zip(items, found, strict=True))

@@ -134,19 +134,9 @@ def test_two_worker_run_learns_checkpoints_and_exports(tmp_path, ray_cluster):
     assert [s["step"] for s in samples] == [0] * 3 + [20] * 3 + [30] * 3  # eval_samples=3
     assert all(s["reference"] for s in samples)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30]
-    assert {
-        "loss",
-        "lr",
-        "grad_norm",
-        "tokens_per_s",
-        "trained_tokens_per_s",
-        "packing_efficiency",
-        "data_wait_s",
-        "compute_s",
-        "optimizer_s",
-        "step_time_skew",
-        "peak_memory_gb",
-    } <= set(metrics[0])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens_per_s",
+            "packing_efficiency", "data_wait_s", "compute_s", "optimizer_s", "step_time_skew",
+            "peak_memory_gb"} <= set(metrics[0])  # fmt: skip
     assert 0.9 < metrics[-1]["packing_efficiency"] <= 1.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["final_loss"] == metrics[-1]["loss"]
@@ -301,15 +291,18 @@ def test_one_run_per_directory_sigterm_resume_and_a_killed_worker(tmp_path, ray_
 
 
 @pytest.mark.slow
-def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_log(
-    tmp_path, ray_cluster
-):
-    """A checkpoint directory that cannot be made (a file is in the way): the workers stop
-    together with our error line; Ray's worker and controller tracebacks stay off the
-    console, the full ones are in train.log."""
-    blocked = tmp_path / "a-file"
+def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster):
+    """More workers than the cluster's CPUs: refused before any worker starts. A checkpoint
+    directory that cannot be made (a file is in the way): the workers stop together with
+    our error line; Ray's worker and controller tracebacks stay off the console, the full
+    ones are in train.log."""
+    result = train(tmp_path / "big", "cluster.num_workers=16", "logger=none", cluster=ray_cluster)
+    assert result.returncode != 0
+    assert "error: cluster.num_workers=16 needs 16 CPUs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    blocked, out = tmp_path / "a-file", tmp_path / "run"
     blocked.write_text("")
-    out = tmp_path / "run"
     overrides = ["trainer.max_steps=2", "trainer.eval_every=0", "logger=none"]
     result = train(
         out, *overrides, f"run.checkpoint_dir={blocked}/checkpoints", cluster=ray_cluster
@@ -321,14 +314,6 @@ def test_a_worker_error_of_ours_is_one_line_on_the_console_and_traced_in_train_l
     assert "Traceback" not in result.stdout + result.stderr
     log = (out / "train.log").read_text()
     assert "Traceback" in log and "framework.checkpoint.CheckpointError" in log
-
-
-@pytest.mark.slow
-def test_more_workers_than_cpus_fails_with_a_clear_message(tmp_path, ray_cluster):
-    result = train(tmp_path / "run", "cluster.num_workers=16", "logger=none", cluster=ray_cluster)
-    assert result.returncode != 0
-    assert "error: cluster.num_workers=16 needs 16 CPUs" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import socket
 import string
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -236,22 +237,32 @@ multiprocessing.set_forkserver_preload(FORK_SERVER_PRELOAD)
 def spawn(fn, world: int, *args) -> None:
     """Run fn(rank, world, port, *args) in `world` processes and wait for all. Each rank
     sees this process's environment and working directory as they are now (the fork
-    server kept those of its own start)."""
+    server kept those of its own start), and what it prints is printed here afterwards,
+    rank by rank (where pytest's capture sees it)."""
     here = (dict(os.environ), os.getcwd())
-    mp.start_processes(
-        _run_then_exit,
-        args=(fn, world, free_port(), here, *args),
-        nprocs=world,
-        join=True,
-        start_method="forkserver",
-    )
+    with tempfile.TemporaryDirectory(prefix="ranks-") as printed:
+        try:
+            mp.start_processes(
+                _run_then_exit,
+                args=(fn, world, free_port(), here, printed, *args),
+                nprocs=world,
+                join=True,
+                start_method="forkserver",
+            )
+        finally:
+            for rank in range(world):
+                for stream, name in ((sys.stdout, "out"), (sys.stderr, "err")):
+                    path = Path(printed, f"{rank}.{name}")
+                    stream.write(path.read_text(errors="replace") if path.exists() else "")
 
 
-def _run_then_exit(rank: int, fn, world: int, port: int, here, *args) -> None:
+def _run_then_exit(rank: int, fn, world: int, port: int, here, printed: str, *args) -> None:
     environment, cwd = here
     os.environ.clear()
     os.environ.update(environment)
     os.chdir(cwd)
+    for fd, name in ((1, "out"), (2, "err")):  # the fork server's are not the test's
+        os.dup2(os.open(f"{printed}/{rank}.{name}", os.O_WRONLY | os.O_CREAT), fd)
     fn(rank, world, port, *args)
     # Skip the interpreter's teardown once fn has returned: there, rarely (1 exit in about
     # 230 here), a C++ destructor of torch or DeepSpeed aborted a rank ("terminate called

@@ -64,8 +64,10 @@ def start_ray_cluster() -> RayCluster:
     # Short: Ray's socket paths under the temp dir must fit in 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="raytest-", dir="/tmp")
     gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node, objects = free_ports(9)
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    # The cluster's own processes find it by RAY_ADDRESS, not by /tmp/ray/ray_current_cluster,
+    # which names the last cluster started with the default temp dir, maybe long dead: Ray
+    # Train's placement-group cleaner looked there and held every run's end 12-15 s.
+    env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{gcs}")
     token = secrets.token_hex(32)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"
