@@ -29,8 +29,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 train: setup
 	$(BIN)/python launch/train.py $(ARGS)
 
+# Both cores: the tests that run clusters (Ray, Slurm) on one, one at a time; the rest on the
+# other (tests/conftest.py). PYTEST_ARGS="-n 0" runs everything in one process.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)

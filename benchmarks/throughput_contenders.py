@@ -137,7 +137,7 @@ def forward_counts(inputs: dict) -> dict[str, int]:
 
 @contextlib.contextmanager
 def one_rank_group(device: torch.device) -> Iterator[None]:
-    """A one-rank process group in this process (as tests/helpers.py makes), with the
+    """A one-rank process group in this process (as tests/helpers/ makes), with the
     environment a launcher gives a rank (DeepSpeed reads LOCAL_RANK) set only inside: the
     HF and TRL contenders must not see it, or accelerate wraps their model in DDP."""
     import torch.distributed as dist

@@ -1,5 +1,5 @@
 """Shared fixtures: small real components (a trained BPE tokenizer, a tiny Llama).
-Plain helpers are in tests/helpers.py."""
+Plain helpers are in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -25,6 +25,20 @@ def pytest_terminal_summary(terminalreporter):
         f"suite wall time: {wall // 60:.0f}:{wall % 60:02.0f} (make test's budget on 2 cores: "
         f"{SUITE_BUDGET_S // 60}:00; the slowest tests are listed above)"
     )
+
+
+# Fixtures of tests that start or join a Ray cluster or a Slurm job.
+CLUSTER_FIXTURES = {"ray_cluster", "slurm_cluster", "ray_port"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Under `-n 2 --dist loadgroup` (make test), the tests that start or join a Ray cluster
+    or a Slurm job run one after another on one worker, while the other worker takes the
+    rest: two such runs at once would fight for the 2 CPUs their clusters claim."""
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("clusters"))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from framework.cluster.ray_jobs import EXIT_STOPPED
-from tests.helpers import ROOT, TINY_RUN, free_port
+from tests.helpers import ROOT, TINY_RUN, free_port, logged
 from tests.helpers.cluster import RayCluster
 
 SECRET = "sentinel-secret-3b7e1d"
@@ -84,11 +84,13 @@ def test_runs_stream_their_logs_and_exit_with_the_job_status(cluster, tmp_path):
     assert failed_in_s < 60
 
     out = tmp_path / "run"
-    run = submit_py(cluster, "--", f"run.output_dir={out}", *SMALL_RUN)
+    # Every third step logged, and the last one (the only check of trainer.log_every > 1).
+    run = submit_py(cluster, "--", f"run.output_dir={out}", *SMALL_RUN, "trainer.log_every=3")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"done: {out}/hf holds the trained model" in run.stdout
     assert f"{job_id(run)} SUCCEEDED (exit code 0)" in run.stdout
     assert (out / "hf" / "config.json").exists()
+    assert [m["step"] for m in logged(out)] == [3, 4]
 
     listing = submit_py(cluster, "list", timeout=60)
     assert listing.returncode == 0, listing.stderr
