@@ -21,7 +21,7 @@ from framework.cluster.stopping import EXIT_RESUMABLE
 from framework.config.schema import DEFAULT_HELD_OUT
 from framework.run_dir import LEASE_FILE
 from framework.suite.families import FAMILIES
-from tests.helpers import ROOT, SHARED_DATA, logged
+from tests.helpers import ROOT, SHARED_DATA, chat_prompt, logged
 from tests.helpers.cluster import RayCluster
 
 # 3 IFEval prompts shared over the 2 workers at each evaluation, 8 tokens each.
@@ -92,14 +92,29 @@ def start_training(output_dir, log, *overrides: str, cluster: RayCluster) -> sub
     )
 
 
-def wait_for_step(process: subprocess.Popen, output_dir, step: int, log) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the run ended early:\n{log.read_text()[-3000:]}"
-        if [m for m in logged(output_dir) if m["step"] >= step]:
-            return
+def ray_train_workers() -> list[psutil.Process]:
+    """The live Ray Train workers on this machine."""
+    return [
+        p
+        for p in psutil.process_iter(["cmdline", "status"])
+        if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+
+
+def _wait_for(condition, what: str, log, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never came:\n{log.read_text()[-3000:]}"
         time.sleep(0.1)
-    raise AssertionError(f"step {step} never came:\n{log.read_text()[-3000:]}")
+
+
+def wait_for_step(process: subprocess.Popen, output_dir, step: int, log) -> None:
+    def reached() -> bool:
+        assert process.poll() is None, f"the run ended early:\n{log.read_text()[-3000:]}"
+        return any(m["step"] >= step for m in logged(output_dir))
+
+    _wait_for(reached, f"step {step}", log, timeout_s=300)
 
 
 def assert_no_secret(output_dir) -> None:
@@ -152,12 +167,7 @@ def _assert_it_learned_evaluated_and_reported(out, text: str) -> None:
 def _assert_the_export_answers(out) -> None:
     tokenizer = AutoTokenizer.from_pretrained(out / "hf")
     model = AutoModelForCausalLM.from_pretrained(out / "hf")
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Reverse the word apple."}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
+    prompt = chat_prompt(tokenizer, "Reverse the word apple.")
     with torch.no_grad():
         generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
@@ -253,18 +263,13 @@ def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     # kill a worker just after the next checkpoint the second run writes.
     restart_from = (stopped_at // 10 + 1) * 10
     assert restart_from < 20, f"the first run reached step {stopped_at} before SIGTERM"
+    # The session's Ray runs the workers (not children of the driver): the first run's
+    # go with its job, then the second run's two are the only ones.
+    _wait_for(lambda: not ray_train_workers(), "the first run's workers to end", log)
     second = start_training(out, log, *LIFE, cluster=ray_cluster)
-    started = time.time()
     wait_for_step(second, out, restart_from + 1, log)
     killed_at = time.time()
-    # The session's Ray runs the workers (not children of the driver): this run's two
-    # are the Ray Train workers started since it was.
-    workers = [
-        p
-        for p in psutil.process_iter(["cmdline", "create_time"])
-        if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-        and p.info["create_time"] >= started
-    ]
+    workers = ray_train_workers()
     assert len(workers) == 2
     workers[1].kill()
     assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
