@@ -16,6 +16,7 @@ Two comparisons, because rounding differs between them:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,6 +192,19 @@ def _fail(what: str):
     )
 
 
+@contextlib.contextmanager
+def without_dropout(module: torch.nn.Module) -> Iterator[None]:
+    """`module` in eval mode, then back in the mode it was in. The checks compare forwards
+    that must be deterministic: with dropout on (LoRA's default 0.05) every forward draws
+    other masks, and the packing check failed every such run at its first batch."""
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)
+
+
 def checked_first_batch(
     engine,
     batches: Iterator[dict[str, torch.Tensor]],
@@ -205,7 +219,8 @@ def checked_first_batch(
     first = next(batches)
     on_device = {k: v.to(device) for k, v in first.items()}
     dtype = next(engine.module.parameters()).dtype
-    check = verify_packing(token_loss_fn(engine, cfg), on_device, dtype=dtype)
+    with without_dropout(engine.module):
+        check = verify_packing(token_loss_fn(engine, cfg), on_device, dtype=dtype)
     if rank == 0:
         print(f"packing self-check passed ({check.summary()})", flush=True)
     return itertools.chain([first], batches)
@@ -261,7 +276,8 @@ def checked_reference(
     first = next(batches)
     on_device = {k: v.to(device) for k, v in first.items()}
     dtype = next(engine.module.parameters()).dtype
-    loss, largest, gap = verify_reference(objective, engine, on_device, dtype=dtype)
+    with without_dropout(engine.module):
+        loss, largest, gap = verify_reference(objective, engine, on_device, dtype=dtype)
     if rank == 0:
         zero = loss_at_zero_margin(objective.cfg)
         print(
