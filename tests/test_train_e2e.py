@@ -242,17 +242,16 @@ def assert_refused(text: str, out) -> None:
 @pytest.mark.slow
 def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     """One run of LIFE through Ray (2 workers, ZeRO-2), from start to export. Two runs
-    started together on its directory: one refuses; a third started mid-run refuses in
-    seconds. SIGTERM to the driver: checkpoint, exit 75. The same command resumes; a worker
-    killed with SIGKILL is restarted by Ray (cluster.max_failures=1) from the newest
-    checkpoint, and the run finishes with every step logged once and its lease given
+    started together on its directory: one refuses. SIGTERM to the driver: checkpoint,
+    exit 75. The same command resumes; a worker killed with SIGKILL is restarted by Ray
+    (cluster.max_failures=1) from the newest checkpoint, a run started meanwhile refuses
+    in seconds, and the run finishes with every step logged once and its lease given
     back. Then what it learned, evaluated, logged and reported, and its export answering
     through launch/eval.py (as its checkpoint does) and generate. (ZeRO-3 through Ray, to
     its export, runs in tests/test_slurm_scripts.py, on two nodes.)"""
     out, log = tmp_path / "run", tmp_path / "train.log"
     first = one_of_two_started_together(out, tmp_path, LIFE, ray_cluster)
     wait_for_step(first, out, 3, log)
-    refused_mid_run(out, tmp_path / "late.log", LIFE, ray_cluster)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == EXIT_RESUMABLE, log.read_text()[-3000:]
     assert "stopped early (stop requested (signal))" in log.read_text()
@@ -272,6 +271,7 @@ def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     workers = ray_train_workers()
     assert len(workers) == 2
     workers[1].kill()
+    refused_mid_run(out, tmp_path / "late.log", LIFE, ray_cluster)  # while Ray restarts
     assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert f"resuming from {step_dir(out / 'checkpoints', stopped_at)}" in text
