@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,16 +89,6 @@ def start_training(output_dir, log, *overrides: str, cluster: RayCluster) -> sub
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-
-
-def ray_train_workers() -> list[psutil.Process]:
-    """The live Ray Train workers on this machine."""
-    return [
-        p
-        for p in psutil.process_iter(["cmdline", "status"])
-        if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-        and p.info["status"] != psutil.STATUS_ZOMBIE
-    ]
 
 
 def _wait_for(condition, what: str, log, timeout_s: float = 60) -> None:
@@ -264,11 +253,11 @@ def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     assert restart_from < 20, f"the first run reached step {stopped_at} before SIGTERM"
     # The session's Ray runs the workers (not children of the driver): the first run's
     # go with its job, then the second run's two are the only ones.
-    _wait_for(lambda: not ray_train_workers(), "the first run's workers to end", log)
+    _wait_for(lambda: not ray_cluster.train_workers(), "the first run's workers to end", log)
     second = start_training(out, log, *LIFE, cluster=ray_cluster)
     wait_for_step(second, out, restart_from + 1, log)
     killed_at = time.time()
-    workers = ray_train_workers()
+    workers = ray_cluster.train_workers()
     assert len(workers) == 2
     workers[1].kill()
     refused_mid_run(out, tmp_path / "late.log", LIFE, ray_cluster)  # while Ray restarts

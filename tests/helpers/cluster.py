@@ -41,6 +41,15 @@ class RayCluster:
             env.pop(name, None)
         return env
 
+    def train_workers(self) -> list[psutil.Process]:
+        """Its live Ray Train workers (a test beside it may run a Ray of its own)."""
+        workers = []
+        for p in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "RayTrainWorker" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                    workers.append(p)
+        return workers
+
     def joining(self) -> dict[str, str]:
         """The variables with which a driver (ray.init, launch/train.py) joins the cluster."""
         return {"RAY_ADDRESS": self.gcs, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
