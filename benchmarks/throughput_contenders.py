@@ -178,7 +178,7 @@ def ours(setup: Setup, *, packing: bool, attention: str, loss_positions: str = "
             cfg.model, setup.tokenizer, DTYPES[setup.precision], attention, setup.source
         )
         ds_config = deepspeed_config(cfg, world_size=1, precision=setup.precision, gpu=gpu)
-        engine = build_engine(model, cfg, ds_config=ds_config, gpu=gpu)
+        engine = build_engine(model, cfg, ds_config=ds_config, device=setup.device)
         run.shape = ModelShape.of(engine.module)
         sampler = RankBatches(
             setup.data,

@@ -55,3 +55,11 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
     speedup = bf16_speedup_on_cpu()
     verdict = f"this CPU has {units} units and a bf16 matmul ran {speedup:.1f}x as fast as fp32"
     return ("bf16" if speedup >= MIN_SPEEDUP else "fp32"), verdict
+
+
+def float32_matmul_precision(device_type: str, precision: str) -> str:
+    """torch.set_float32_matmul_precision for a run: "high" (TF32 tensor cores, a 10-bit
+    mantissa, as cuBLAS and PyTorch's Lightning, TRL and torchtune advise) for an fp32
+    run on a GPU, where full fp32 matmuls run at a fraction of the chip's speed; "highest"
+    everywhere else, so CPU runs and every exactness test keep full fp32."""
+    return "high" if device_type == "cuda" and precision == "fp32" else "highest"

@@ -3,6 +3,8 @@ built over the run's model (model/build.py), wrapped for training (model/adapter
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import deepspeed
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
@@ -11,7 +13,7 @@ from framework.config.schema import TrainConfig
 from framework.model.adapters import prepare_for_training, quantization
 from framework.model.attention import choose_attention
 from framework.model.build import TORCH_DTYPES, build_model
-from framework.model.precision import auto_precision
+from framework.model.precision import auto_precision, float32_matmul_precision
 from framework.model.resolve import model_source
 
 PRECISIONS = ("fp32", "bf16")
@@ -124,15 +126,26 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     )
 
 
+def deepspeed_device(device: torch.device) -> SimpleNamespace | None:
+    """The `args` that make DeepSpeed train on `device`. Left alone, it takes the GPU
+    numbered LOCAL_RANK, while Ray gives a worker with several GPUs its first one: the
+    second worker of a node with 2 GPUs each trains on cuda:2, not cuda:1 (ray.train.torch
+    get_device), and its model and data would sit on different GPUs."""
+    if device.type != "cuda":
+        return None
+    return SimpleNamespace(device_rank=device.index)
+
+
 def build_engine(
-    model: PreTrainedModel, cfg: TrainConfig, *, ds_config: dict, gpu: bool
+    model: PreTrainedModel, cfg: TrainConfig, *, ds_config: dict, device: torch.device
 ) -> deepspeed.DeepSpeedEngine:
-    """A DeepSpeed engine over `model` with AdamW and warmup + cosine decay, joined to the
-    process group that the launcher (Ray Train, torchrun) already set up."""
+    """A DeepSpeed engine over `model` on `device` with AdamW and warmup + cosine decay,
+    joined to the process group that the launcher (Ray Train, torchrun) already set up."""
     join_deepspeed_comm()
     engine, *_ = deepspeed.initialize(
+        args=deepspeed_device(device),
         model=model,
-        optimizer=_optimizer(model, cfg, gpu),
+        optimizer=_optimizer(model, cfg, device.type == "cuda"),
         # A factory: the schedule must drive the optimizer DeepSpeed wraps around ours.
         lr_scheduler=lambda optimizer: lr_schedule(optimizer, cfg),
         config=ds_config,
@@ -157,9 +170,17 @@ def build_training_engine(
     if gpu:
         torch.cuda.set_device(device)
     precision, why = resolve_precision(cfg, device, rank)
-    attention = choose_attention(cfg.model.attention, device)
+    attention, attention_why = choose_attention(
+        cfg.model.attention, device_type=device.type, precision=precision
+    )
+    matmuls = float32_matmul_precision(device.type, precision)
+    torch.set_float32_matmul_precision(matmuls)
     if rank == 0:
-        print(f"attention: {attention}; precision: {precision} ({why})", flush=True)
+        print(
+            f"attention: {attention} ({attention_why}); precision: {precision} ({why}); "
+            f"fp32 matmuls: {matmuls}",
+            flush=True,
+        )
     ds_config = deepspeed_config(
         cfg, world_size=world_size, precision=precision, gpu=gpu, universal=universal
     )
@@ -175,4 +196,4 @@ def build_training_engine(
         quantization=quantization(cfg.adapter, dtype),
     )
     model = prepare_for_training(model, cfg.model, cfg.adapter)
-    return build_engine(model, cfg, ds_config=ds_config, gpu=gpu), zero3
+    return build_engine(model, cfg, ds_config=ds_config, device=device), zero3

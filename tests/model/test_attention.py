@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
+from framework.config.schema import ConfigError
 from framework.data.pack import collate_rows
-from framework.model.attention import DOCUMENT_SDPA, choose_attention
+from framework.model.attention import (
+    DOCUMENT_SDPA,
+    FLASH_ATTENTION,
+    FLEX_ATTENTION,
+    choose_attention,
+    packed_attention_kwargs,
+    packed_logits,
+)
 from framework.model.build import build_model
 from tests.helpers import TINY, synthetic_data
 
@@ -21,7 +29,7 @@ def _logits(model, batch, **extra):
 @pytest.fixture(scope="module")
 def models(tokenizer):
     built = {}
-    for name in (DOCUMENT_SDPA, "sdpa", "eager"):
+    for name in (DOCUMENT_SDPA, "sdpa", "eager", FLEX_ATTENTION):
         torch.manual_seed(0)
         built[name] = build_model(TINY, tokenizer, torch.float32, attention=name).eval()
     return built
@@ -36,17 +44,27 @@ def test_document_attention_equals_the_dense_block_mask_and_eager(models, tokeni
     torch.testing.assert_close(ours, _logits(models["eager"], batch), atol=1e-5, rtol=1e-5)
 
 
-def test_each_packed_example_sees_only_itself(models, tokenizer):
+@pytest.mark.parametrize("name", [DOCUMENT_SDPA, "sdpa", "eager", FLEX_ATTENTION])
+def test_each_packed_example_sees_only_itself(models, tokenizer, name):
+    """Every implementation that runs on CPU (FlexAttention forward only: it has no CPU
+    backward), through the forward training uses, on a micro batch of two rows: each
+    example's logits packed equal its logits alone."""
     data = synthetic_data(len(tokenizer))
-    packed = collate_rows(data.tokens, data.weights, data.offsets, [np.array([0, 1])], None, 0)
-    alone = collate_rows(data.tokens, data.weights, data.offsets, [np.array([1])], None, 0)
-    first = len(data.example(0)[0])
-    torch.testing.assert_close(
-        _logits(models[DOCUMENT_SDPA], packed)[0, first:],
-        _logits(models[DOCUMENT_SDPA], alone)[0],
-        atol=1e-5,
-        rtol=1e-5,
-    )
+    rows = [np.array([0, 1]), np.array([2, 3, 4])]
+    packed = collate_rows(data.tokens, data.weights, data.offsets, rows, 80, 0)
+    with torch.no_grad():
+        logits = packed_logits(models[name])(packed["input_ids"], packed["position_ids"])
+    for r, row in enumerate(rows):
+        cursor = 0
+        for example in row:
+            alone = collate_rows(
+                data.tokens, data.weights, data.offsets, [np.array([example])], None, 0
+            )
+            end = cursor + alone["input_ids"].shape[1]
+            torch.testing.assert_close(
+                logits[r, cursor:end], _logits(models[name], alone)[0], atol=1e-5, rtol=1e-5
+            )
+            cursor = end
 
 
 def test_a_batch_without_position_ids_is_one_example_per_row(models):
@@ -69,9 +87,54 @@ def test_padded_generation_matches_transformers_sdpa(models, tokenizer):
     assert outputs[0].tolist() == outputs[1].tolist()
 
 
-def test_automatic_choice_on_cpu_is_per_document_sdpa():
-    assert choose_attention("auto", torch.device("cpu")) == DOCUMENT_SDPA
-    assert choose_attention("sdpa", torch.device("cpu")) == "sdpa"
+@pytest.mark.parametrize(
+    ("device_type", "precision", "flash_attn", "chosen"),
+    [
+        ("cpu", "fp32", True, DOCUMENT_SDPA),
+        ("cpu", "bf16", False, DOCUMENT_SDPA),
+        ("cuda", "bf16", True, FLASH_ATTENTION),
+        ("cuda", "bf16", False, FLEX_ATTENTION),
+        ("cuda", "fp32", True, FLEX_ATTENTION),  # flash-attn refuses fp32 inputs
+    ],
+)
+def test_auto_picks_the_kernel_per_device_and_says_why(device_type, precision, flash_attn, chosen):
+    name, why = choose_attention(
+        "auto", device_type=device_type, precision=precision, flash_attn=flash_attn
+    )
+    assert name == chosen and why
+    asked = choose_attention("sdpa", device_type=device_type, precision=precision)
+    assert asked == ("sdpa", "model.attention")
+
+
+def test_flash_attention_in_fp32_is_refused_naming_the_keys():
+    with pytest.raises(ConfigError, match=r"trainer\.precision=bf16"):
+        choose_attention("flash_attention_2", device_type="cuda", precision="fp32")
+
+
+@pytest.mark.parametrize("rows", [[[0, 1, 2], [3, 4]], [[0], [1], [2], [3]], [[0, 1, 2, 3, 4]]])
+def test_flash_varlen_gets_every_documents_bounds_whatever_the_micro_batch(tokenizer, rows):
+    """transformers runs flash-attn over documents only when handed cu_seqlens for a batch
+    of several rows: they must be each document's start in the rows laid end to end (the
+    padding a document of its own), whatever the number and width of the rows."""
+    data = synthetic_data(len(tokenizer))
+    length = [len(data.example(e)[0]) for e in range(5)]
+    width = max(sum(length[e] for e in row) for row in rows) + 3
+    batch = collate_rows(
+        data.tokens, data.weights, data.offsets, [np.array(r) for r in rows], width, 0
+    )
+    kwargs = packed_attention_kwargs(batch["position_ids"], FLASH_ATTENTION)
+    expected = []
+    for r, row in enumerate(rows):
+        cursor = r * width
+        for example in row:
+            expected.append(cursor)
+            cursor += length[example]
+        expected.append(cursor)  # the row's padding
+    cu_seqlens = kwargs["cu_seq_lens_q"].tolist()
+    assert cu_seqlens == [*expected, len(rows) * width]
+    assert kwargs["cu_seq_lens_k"] is kwargs["cu_seq_lens_q"]
+    assert kwargs["cu_seq_lens_q"].dtype == torch.int32
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == max(np.diff(cu_seqlens))
 
 
 def test_decoding_against_a_cache_equals_sdpa_with_repeated_keys(models):

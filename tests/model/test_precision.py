@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from framework.model import precision
-from framework.model.precision import auto_precision, bf16_speedup_on_cpu, cpu_bf16_units
+from framework.model.precision import (
+    auto_precision,
+    bf16_speedup_on_cpu,
+    cpu_bf16_units,
+    float32_matmul_precision,
+)
 
 CPU = torch.device("cpu")
 
@@ -32,3 +37,9 @@ def test_this_cpu_is_judged_by_what_torch_detects_and_a_real_timing():
         speedup = bf16_speedup_on_cpu()
         assert speedup > 0 and (choice == "bf16") == (speedup >= precision.MIN_SPEEDUP)
     print(f"auto precision here: {choice} ({reason})")
+
+
+def test_tf32_only_for_fp32_runs_on_gpus():
+    assert float32_matmul_precision("cuda", "fp32") == "high"
+    assert float32_matmul_precision("cuda", "bf16") == "highest"
+    assert float32_matmul_precision("cpu", "fp32") == "highest"

@@ -27,7 +27,7 @@ def _partition_sizes(rank, world, port, tok_dir, out_file):
     model = build_model(TINY, AutoTokenizer.from_pretrained(tok_dir), torch.float32)
     # Built partitioned: no rank ever held the full weights.
     held_at_build = sum(p.ds_tensor.numel() for p in model.parameters())
-    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
     held = torch.tensor(
         [held_at_build, sum(p.ds_tensor.numel() for p in engine.module.parameters())]
     )
@@ -93,7 +93,7 @@ def test_bf16_keeps_fp32_master_weights_and_accumulates_gradients_in_fp32(tokeni
     ds_config = deepspeed_config(cfg, world_size=1, precision="bf16", gpu=False)
     keep_alive = partitioned_init(ds_config)
     model = build_model(TINY, tokenizer, torch.bfloat16)
-    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
     assert engine.get_data_types() == (torch.bfloat16, torch.float32)
     assert engine.communication_data_type == torch.float32
     for param in engine.module.parameters():
@@ -112,3 +112,10 @@ def test_auto_precision_is_the_same_on_every_rank_and_never_bf16_under_zero0(mon
     assert precision == "fp32" and "ZeRO-0" in why
     cfg.trainer.precision = "fp32"
     assert resolve_precision(cfg, torch.device("cpu"), rank=0) == ("fp32", "trainer.precision")
+
+
+def test_deepspeed_trains_on_the_gpu_ray_gives_the_worker():
+    """Ray gives the second worker of a node with 2 GPUs per worker cuda:2 (its first GPU);
+    DeepSpeed, left to LOCAL_RANK, would take cuda:1."""
+    assert engine_module.deepspeed_device(torch.device("cuda", 2)).device_rank == 2
+    assert engine_module.deepspeed_device(torch.device("cpu")) is None

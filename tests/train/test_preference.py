@@ -140,7 +140,7 @@ def _pair_layout(rank, world, port, accum, mbs, tok_dir, reference_file, out_fil
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, torch.float32)
     ds_config = deepspeed_config(cfg, world_size=world, precision="fp32", gpu=False)
-    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
     batches = iter(
         RankBatches(
             pair_dataset(tokenizer, LAYOUT_PAIRS), ROW_LEN, True, mbs, rank=rank, world_size=world,

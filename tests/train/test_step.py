@@ -89,7 +89,7 @@ def _run_layout(
     model = build_model(TINY, tokenizer, TORCH_DTYPES[precision])
     model = prepare_for_training(model, TINY, adapter)
     ds_config = deepspeed_config(cfg, world_size=world, precision=precision, gpu=False)
-    engine = build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    engine = build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
     data = synthetic_data(len(tokenizer))
     batches = iter(
         rank_micro_batches(
@@ -277,7 +277,7 @@ def _one_rank_engine(tokenizer, zero_stage: int, accum: int = 1):
     torch.manual_seed(0)
     model = build_model(TINY, tokenizer, torch.float32)
     ds_config = deepspeed_config(cfg, world_size=1, precision="fp32", gpu=False)
-    return build_engine(model, cfg, ds_config=ds_config, gpu=False)
+    return build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
 
 
 def _micro_batches(tokenizer, count: int, poisoned: int | None = None) -> list[dict]:
