@@ -24,12 +24,14 @@ from framework.data.parallel import LocalMapper
 from framework.data.preference import PreferencePair
 from framework.data.sources import LoadedData, LoadedRecord, load_data
 from framework.data.templates import apply_template_choice
+from framework.eval import ifeval
 from framework.model.build import check_model_source
 from framework.model.resolve import model_source
 from framework.model.tokenizer import cached_bpe, pretrained_tokenizer
 from framework.run_dir import (
     CONFIG_FILE,
     DATASET_POINTER,
+    IFEVAL_PROMPTS_FILE,
     INSPECT_FILE,
     STATS_FILE,
     TOKENIZER_DIR,
@@ -110,6 +112,10 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     check_model_source(cfg)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer.eval_ifeval_prompts and cfg.trainer.eval_ifeval_path is None:
+        # Before the data, which is decontaminated against it.
+        path = ifeval.save_hub_prompts(out / IFEVAL_PROMPTS_FILE)
+        cfg.trainer.eval_ifeval_path = str(path)
     tokenizer, artifact, data = prepare_data(cfg)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     stats = cache.load_stats(artifact)

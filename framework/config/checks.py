@@ -255,7 +255,7 @@ NO_EVAL_MODEL = (
 
 def _check_ifeval_sample(trainer: TrainerConfig) -> None:
     prompts, path = trainer.eval_ifeval_prompts, trainer.eval_ifeval_path
-    if prompts is not None and prompts < 0:
+    if prompts < 0:
         raise ConfigError(f"trainer.eval_ifeval_prompts={prompts} must be >= 0 (0: off)")
     if trainer.eval_ifeval_max_new_tokens <= 0:
         raise ConfigError("trainer.eval_ifeval_max_new_tokens must be > 0")

@@ -235,10 +235,12 @@ class TrainerConfig:
     # trained vs held-out families (suite/* metrics); 0 turns it off.
     eval_suite_per_family: int = 4
     # At each evaluation: greedy replies to a fixed sample of this many IFEval prompts
-    # (eval_ifeval_path: its JSONL; null: the hub's google/IFEval), shared over the workers
-    # and judged by the official checkers (ifeval/* metrics). null: 64 on GPUs, 0 (off) on
-    # CPUs, where the default run would spend more time on it than on training.
-    eval_ifeval_prompts: int | None = None
+    # (eval_ifeval_path: its JSONL; null: the hub's google/IFEval, read once by the driver
+    # at start and handed to the workers as a file), shared over the workers and judged by
+    # the official checkers (ifeval/* metrics). 0: off (replies of up to
+    # eval_ifeval_max_new_tokens each, at every evaluation: minutes on a GPU, an hour on
+    # a CPU).
+    eval_ifeval_prompts: int = 0
     eval_ifeval_path: str | None = None
     eval_ifeval_max_new_tokens: int = 1280
     # Prompts generated together in one batch.

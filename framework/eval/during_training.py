@@ -43,10 +43,8 @@ def suite_sample(cfg: TrainConfig) -> list[Question]:
 
 def ifeval_sample(cfg: TrainConfig) -> list[ifeval.IFEvalPrompt]:
     """trainer.eval_ifeval_prompts IFEval prompts, the same ones at every evaluation and in
-    every run (a seeded sample, in key order); null: 64 on GPUs, none on CPUs."""
+    every run (a seeded sample, in key order)."""
     count = cfg.trainer.eval_ifeval_prompts
-    if count is None:
-        count = 64 if cfg.cluster.use_gpu else 0
     if not count:
         return []
     prompts = ifeval.load_prompts(cfg.trainer.eval_ifeval_path)

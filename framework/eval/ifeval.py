@@ -79,6 +79,15 @@ def _file_rows(path: str) -> list[tuple[object, str]]:
     return rows
 
 
+def save_hub_prompts(dest: Path) -> Path:
+    """The hub's google/IFEval written to `dest` as the benchmark's JSONL: read once by the
+    driver, so that workers (compute nodes are often offline) read this file instead."""
+    with dest.open("w", encoding="utf-8") as f:
+        for record, _ in _hub_rows():
+            f.write(json.dumps(record) + "\n")
+    return dest
+
+
 def _hub_rows() -> list[tuple[object, str]]:
     import datasets
 

@@ -275,11 +275,12 @@ def test_ifeval_end_to_end_on_the_tiny_model_matches_lm_evals_harness(tiny_model
         assert written["summary"][ours_name] == pytest.approx(results[theirs])
 
 
-def test_the_training_sample_is_fixed_and_off_on_cpu_by_default():
+def test_the_training_sample_is_fixed_and_off_unless_asked_on_any_device():
     from framework.eval.during_training import ifeval_sample
     from tests.helpers import compose_config
 
-    assert ifeval_sample(compose_config()) == []  # null on CPU: off
+    assert ifeval_sample(compose_config()) == []
+    assert ifeval_sample(compose_config(["cluster.use_gpu=true"])) == []
     chosen = compose_config(
         [f"trainer.eval_ifeval_path={IFEVAL_FILE}", "trainer.eval_ifeval_prompts=7"]
     )
@@ -287,8 +288,26 @@ def test_the_training_sample_is_fixed_and_off_on_cpu_by_default():
     assert len(sample) == 7 and sample == ifeval_sample(chosen)
     assert [p.key for p in sample] == sorted(p.key for p in sample)
     assert sample != load_prompts(str(IFEVAL_FILE), limit=7)  # a sample, not the first 7
-    gpu = compose_config([f"trainer.eval_ifeval_path={IFEVAL_FILE}", "cluster.use_gpu=true"])
-    assert len(ifeval_sample(gpu)) == 64
+
+
+def test_the_hubs_prompts_are_fetched_by_the_driver_once_for_the_workers(tmp_path, monkeypatch):
+    """No path: the driver reads the hub at start and hands the workers a file in the run
+    directory (compute nodes are often offline); offline, the run stops at start naming
+    the key. The hub is stood in for by the benchmark's file (no network here)."""
+    from framework.eval import ifeval
+    from framework.prepare import prepare_run
+    from framework.run_dir import IFEVAL_PROMPTS_FILE
+    from tests.helpers import compose_config
+
+    overrides = [f"run.output_dir={tmp_path}", "trainer.eval_ifeval_prompts=5"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=re.escape("offline, give path=<input_data.jsonl>")):
+        prepare_run(compose_config(overrides))
+    monkeypatch.setattr(ifeval, "_hub_rows", lambda: ifeval._file_rows(str(IFEVAL_FILE)))
+    cfg = compose_config(overrides)
+    prepare_run(cfg)
+    assert cfg.trainer.eval_ifeval_path == str(tmp_path / IFEVAL_PROMPTS_FILE)
+    assert load_prompts(cfg.trainer.eval_ifeval_path) == load_prompts(str(IFEVAL_FILE))
 
 
 @pytest.mark.parametrize(
