@@ -48,13 +48,44 @@ cluster_overrides() {
       fail "WORKERS_PER_NODE=$WORKERS_PER_NODE is more than GPUS_PER_NODE=$GPUS_PER_NODE:" \
         "each worker needs a GPU of its own; lower WORKERS_PER_NODE"
     fi
+    # Whole GPUs only: a fraction would put two ranks on one GPU, which NCCL refuses.
+    local per_worker=$((GPUS_PER_NODE / WORKERS_PER_NODE))
+    local idle=$((GPUS_PER_NODE - per_worker * WORKERS_PER_NODE))
+    if ((idle > 0)); then
+      echo "note: $WORKERS_PER_NODE workers of $per_worker GPUs each leave $idle of the" \
+        "node's $GPUS_PER_NODE GPUs idle: WORKERS_PER_NODE that divides GPUS_PER_NODE uses" \
+        "them all" >&2
+    fi
     CLUSTER_OVERRIDES+=(
       "cluster.use_gpu=true"
-      "cluster.gpus_per_worker=$((GPUS_PER_NODE / WORKERS_PER_NODE))"
+      "cluster.gpus_per_worker=$per_worker"
     )
   else
     CLUSTER_OVERRIDES+=("cluster.use_gpu=false")
   fi
+}
+
+# ray_node_step_flags: the srun options of the step that runs one node's Ray, into the
+# array RAY_NODE_STEP_FLAGS (the caller adds -w HOST). The step takes the whole node.
+ray_node_step_flags() {
+  # srun does not pass on sbatch's --cpus-per-task (Slurm >= 22.05): ask for the CPUs.
+  RAY_NODE_STEP_FLAGS=(--nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_ON_NODE")
+  if ((GPUS_PER_NODE > 0)); then
+    # In the allocation's own terms: sbatch --gpus-per-node exports SLURM_GPUS_PER_NODE,
+    # which srun reads as --gpus-per-node, and Slurm >= 26.05 refuses a step that adds
+    # --gres=gpu:N to it ("--gpus-per-node and --gres=gpu are mutually exclusive").
+    # --gpu-bind=none: the one task (Ray's node) sees every GPU of the step, whatever
+    # binding the site or the submitter's environment (SLURM_GPU_BIND) asks for.
+    RAY_NODE_STEP_FLAGS+=(--gpus-per-node="$GPUS_PER_NODE" --gpu-bind=none)
+  fi
+}
+
+# ray_node_start_flags: the resources `ray start` gives its node, into the array
+# RAY_NODE_START_FLAGS: those of its step, so that Ray neither counts GPUs of the node
+# outside the step nor finds GPUs of its own when the workers are CPU workers.
+ray_node_start_flags() {
+  # shellcheck disable=SC2034 # read by train_multi_node.sbatch
+  RAY_NODE_START_FLAGS=(--num-cpus="$SLURM_CPUS_ON_NODE" --num-gpus="$GPUS_PER_NODE")
 }
 
 # train_on_one_node OVERRIDES...: launch/train.py with WORKERS_PER_NODE workers on a Ray it

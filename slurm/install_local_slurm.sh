@@ -10,6 +10,12 @@ set -euo pipefail
 
 PACKAGES=(slurmctld slurmd slurm-client munge)
 SLURM_CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
+# Two stand-in GPUs: character devices with /dev/null's numbers. slurmd drops a GPU that
+# gres.conf gives no File= ("Removing file-less GPU"), and warns of a File= that is no
+# device, so each needs one; their processes get CUDA_VISIBLE_DEVICES as on a GPU node.
+GPUS=2
+FAKE_GPU_DIR=/var/lib/slurm/fake_gpus
 STATE_DIR=/var/lib/slurm/slurmctld
 SPOOL_DIR=/var/lib/slurm/slurmd
 LOG_DIR=/var/log/slurm
@@ -132,18 +138,32 @@ ReturnToService=2
 # Trust the node line below rather than draining the node when the hardware slurmd
 # detects differs from it (a container may see more CPUs than nproc grants it).
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mib State=UNKNOWN
+# Stand-in GPUs (see GRES_CONF), so that the scripts' GPU branch runs as on a GPU node.
+GresTypes=gpu
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mib Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-# Writes slurm.conf; returns 0 when it changed (running daemons must then restart).
+gres_conf() {
+  echo "# Written by slurm/install_local_slurm.sh: stand-in GPUs, which are /dev/null."
+  echo "Name=gpu File=$FAKE_GPU_DIR/gpu[0-$((GPUS - 1))]"
+}
+
+# Writes slurm.conf and gres.conf; returns 0 when either changed (running daemons must
+# then restart).
 write_config() {
-  local wanted
-  wanted=$(slurm_conf)
-  [[ -f $SLURM_CONF && $(<"$SLURM_CONF") == "$wanted" ]] && return 1
-  mkdir -p "$(dirname "$SLURM_CONF")"
-  printf '%s\n' "$wanted" >"$SLURM_CONF"
+  local changed=1
+  write_if_changed "$SLURM_CONF" "$(slurm_conf)" && changed=0
+  write_if_changed "$GRES_CONF" "$(gres_conf)" && changed=0
+  return "$changed"
+}
+
+# write_if_changed FILE TEXT: returns 0 when it wrote FILE, 1 when FILE already held TEXT.
+write_if_changed() {
+  [[ -f $1 && $(<"$1") == "$2" ]] && return 1
+  mkdir -p "$(dirname "$1")"
+  printf '%s\n' "$2" >"$1"
 }
 
 prepare_dirs() {
@@ -159,6 +179,14 @@ prepare_dirs() {
   # munged refuses a key that others can read.
   chown munge:munge "$MUNGE_KEY"
   chmod 400 "$MUNGE_KEY"
+  local i
+  mkdir -p "$FAKE_GPU_DIR"
+  for ((i = 0; i < GPUS; i++)); do
+    if [[ ! -c $FAKE_GPU_DIR/gpu$i ]]; then
+      rm -f "$FAKE_GPU_DIR/gpu$i"
+      mknod -m 666 "$FAKE_GPU_DIR/gpu$i" c 1 3
+    fi
+  done
 }
 
 start_daemons() {

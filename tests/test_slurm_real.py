@@ -1,6 +1,7 @@
 """The batch scripts of slurm/ on a real one-node Slurm, which slurm/install_local_slurm.sh
 installs and starts on this machine: a preempted training job requeues itself and resumes,
-and a job-array sweep gives each task its own overrides and output directory.
+a job-array sweep gives each task its own overrides and output directory, and a GPU job's
+Ray step (on the node's stand-in GPUs) is accepted and sees every GPU.
 
 The sweep's tasks run a stand-in for Python that records its arguments (the training
 itself is what the preemption test runs); everything else is real Slurm. Installing it
@@ -190,3 +191,27 @@ def test_sweep_array_tasks_get_their_own_overrides_and_output_dirs(slurm_cluster
             assert arguments[0] == "launch/train.py"
             assert arguments[-len(entry) - 1 :] == [*entry, "trainer.seed=7"]
             assert f"run.output_dir={ROOT}/outputs/sft-sweep-{job}_{task}" in arguments
+
+
+def test_a_gpu_jobs_ray_step_is_accepted_and_its_task_sees_every_gpu(slurm_cluster, tmp_path):
+    """The node has 2 stand-in GPUs (slurm/install_local_slurm.sh). In a job that asks
+    --gpus-per-node=2, the step that train_multi_node.sbatch runs a Ray node in, with the
+    flags of slurm/common.sh, is accepted and its one task sees both GPUs, as many as
+    `ray start` is told. (Debian's Slurm 22.05 here would accept --gres=gpu:2 as well:
+    26.05 is the one that refuses it beside the SLURM_GPUS_PER_NODE sbatch exports.)"""
+    script, log = tmp_path / "ray_step.sh", tmp_path / "job.out"
+    script.write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\n"
+        f"GPUS_PER_NODE=2\nsource {ROOT}/slurm/common.sh\n"
+        "ray_node_step_flags\nray_node_start_flags\n"
+        'echo "${RAY_NODE_START_FLAGS[@]}"\n'
+        'srun "${RAY_NODE_STEP_FLAGS[@]}" -w "$(hostname -s)" printenv CUDA_VISIBLE_DEVICES\n'
+    )
+    options = ["--gpus-per-node=2", "--cpus-per-task=1", f"--output={log}"]
+    with submitted(str(script), options=options, env=job_environment()) as job:
+        wait_until(lambda: ended(job), 60, "the job", job)
+
+        [record] = job_records(job)
+        assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log.read_text()
+        start, visible = log.read_text().splitlines()
+        assert start.split()[1] == "--num-gpus=2" and visible == "0,1"

@@ -1,5 +1,6 @@
-"""The batch scripts of slurm/, run here: shellcheck; a two-node Ray run that trains as one
-node does; the join timeout; preemption and requeue; a sweep task's overrides.
+"""The batch scripts of slurm/, run here: shellcheck; what a GPU job asks of srun and Ray;
+a two-node Ray run that trains as one node does; the join timeout; preemption and requeue;
+a sweep task's overrides.
 
 This machine has no multi-node Slurm, so the Slurm commands are stand-ins
 (tests/slurm_standins/, first on PATH): `srun` runs its step's command on this machine,
@@ -32,6 +33,7 @@ import pytest
 
 from framework.suite.families import FAMILIES
 from tests.helpers import ROOT, RUN, ZERO3_RUN, losses
+from tests.helpers.slurm import bash_array, common_sh, node_facts
 
 SLURM = ROOT / "slurm"
 STANDINS = ROOT / "tests" / "slurm_standins"
@@ -55,6 +57,68 @@ def test_shell_scripts_pass_shellcheck():
         text=True,
     )
     assert result.returncode == 0, result.stdout
+
+
+# --- What a GPU node's job asks of Slurm and Ray (the decisions of slurm/common.sh) ------
+
+
+@pytest.mark.parametrize("workers", [8, 4])
+def test_a_gpu_nodes_ray_step_asks_for_its_gpus_as_the_allocation_does(workers):
+    """sbatch --gpus-per-node=8 exports SLURM_GPUS_PER_NODE=8, which srun reads as
+    --gpus-per-node: a step adding --gres=gpu:8 is refused by Slurm >= 26.05. The step asks
+    --gpus-per-node, its one task sees all 8, and Ray counts those 8."""
+    facts = node_facts(8, workers)
+
+    step = bash_array("ray_node_step_flags", "RAY_NODE_STEP_FLAGS", **facts)
+    start = bash_array("ray_node_start_flags", "RAY_NODE_START_FLAGS", **facts)
+    overrides = bash_array("cluster_overrides 16", "CLUSTER_OVERRIDES", **facts)
+
+    assert step == [
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=64",
+        "--gpus-per-node=8",
+        "--gpu-bind=none",
+    ]
+    assert start == ["--num-cpus=64", "--num-gpus=8"]
+    assert overrides == [
+        "cluster.num_workers=16",
+        f"cluster.cpus_per_worker={64 // workers}",
+        "run.output_dir=/shared/run",
+        "cluster.use_gpu=true",
+        f"cluster.gpus_per_worker={8 // workers}",
+    ]
+
+
+def test_a_cpu_nodes_ray_step_asks_for_no_gpus_and_ray_counts_none():
+    facts = node_facts(0, 1)
+
+    step = bash_array("ray_node_step_flags", "RAY_NODE_STEP_FLAGS", **facts)
+    start = bash_array("ray_node_start_flags", "RAY_NODE_START_FLAGS", **facts)
+    overrides = bash_array("cluster_overrides 2", "CLUSTER_OVERRIDES", **facts)
+
+    assert step == ["--nodes=1", "--ntasks=1", "--cpus-per-task=64"]
+    assert start == ["--num-cpus=64", "--num-gpus=0"]
+    assert overrides[-1] == "cluster.use_gpu=false"
+    assert not any("gpus_per_worker" in o for o in overrides)
+
+
+def test_workers_that_do_not_divide_the_gpus_get_whole_gpus_and_are_told_of_idle_ones():
+    result = common_sh(
+        'cluster_overrides 3; printf "%s\\n" "${CLUSTER_OVERRIDES[@]}"', **node_facts(8, 3)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "cluster.gpus_per_worker=2" in result.stdout.splitlines()
+    assert "leave 2 of the node's 8 GPUs idle" in result.stderr
+
+
+def test_more_workers_than_gpus_fail_with_the_remedy():
+    result = common_sh("cluster_overrides 9", **node_facts(8, 9))
+
+    assert result.returncode == 1
+    assert "WORKERS_PER_NODE=9 is more than GPUS_PER_NODE=8" in result.stderr
+    assert "lower WORKERS_PER_NODE" in result.stderr
 
 
 def _job_environment(tmp_path: Path, nodes: list[str], **variables: str) -> dict[str, str]:
@@ -214,6 +278,31 @@ def test_a_node_that_never_joins_fails_the_job_at_the_join_timeout(tmp_path, ray
     assert "1 of 3 Ray nodes did not join within JOIN_TIMEOUT_S=20 s: node3" in output
     assert not (tmp_path / "run").exists()  # training never started
     _assert_ray_is_gone(tmp_path, ray_port)
+
+
+def test_a_gpu_jobs_ray_steps_get_those_flags(tmp_path, ray_port):
+    """train_multi_node.sbatch with 8 GPUs a node, as far as its head's step (which never
+    starts here: the job ends at its join timeout)."""
+    calls = tmp_path / "srun_calls"
+    env = _multi_node_environment(
+        tmp_path,
+        ray_port,
+        ["node1", "node2"],
+        GPUS_PER_NODE="8",
+        SLURM_CPUS_ON_NODE="64",
+        SRUN_STANDIN_CALLS=str(calls),
+        SRUN_STANDIN_NEVER_STARTS="node1",
+        JOIN_TIMEOUT_S="1",
+    )
+
+    status, output = _run_job(tmp_path / "job.out", "train_multi_node.sbatch", env, timeout=60)
+
+    assert status != 0 and "did not join" in output, output
+    [head] = [shlex.split(line) for line in calls.read_text().splitlines()]
+    step = ["--nodes=1", "--ntasks=1", "--cpus-per-task=64", "--gpus-per-node=8"]
+    assert head[:7] == [*step, "--gpu-bind=none", "-w", "node1"]
+    assert head[7:9] == [str(Path(sys.executable).parent / "ray"), "start"]
+    assert {"--num-cpus=64", "--num-gpus=8"} <= set(head[9:])
 
 
 # --- Preemption and sweeps, with a stand-in driver ----------------------------------------
