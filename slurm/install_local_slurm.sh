@@ -140,14 +140,14 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 # Stand-in GPUs (see GRES_CONF), so that the scripts' GPU branch runs as on a GPU node.
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mib Gres=gpu:$GPUS State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mib $( ((GPUS > 0)) && echo "Gres=gpu:$GPUS") State=UNKNOWN
 PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
 gres_conf() {
   echo "# Written by slurm/install_local_slurm.sh: stand-in GPUs, which are /dev/null."
-  echo "Name=gpu File=$FAKE_GPU_DIR/gpu[0-$((GPUS - 1))]"
+  if ((GPUS > 0)); then echo "Name=gpu File=$FAKE_GPU_DIR/gpu[0-$((GPUS - 1))]"; fi
 }
 
 # Writes slurm.conf and gres.conf; returns 0 when either changed (running daemons must
@@ -179,12 +179,20 @@ prepare_dirs() {
   # munged refuses a key that others can read.
   chown munge:munge "$MUNGE_KEY"
   chmod 400 "$MUNGE_KEY"
+}
+
+# make_stand_in_gpus: the GPUS character devices; where this container may not make
+# devices (no CAP_MKNOD), the node declares no GPUs (GPUS=0) and says so.
+make_stand_in_gpus() {
   local i
   mkdir -p "$FAKE_GPU_DIR"
   for ((i = 0; i < GPUS; i++)); do
-    if [[ ! -c $FAKE_GPU_DIR/gpu$i ]]; then
-      rm -f "$FAKE_GPU_DIR/gpu$i"
-      mknod -m 666 "$FAKE_GPU_DIR/gpu$i" c 1 3
+    [[ -c $FAKE_GPU_DIR/gpu$i ]] && continue
+    rm -f "$FAKE_GPU_DIR/gpu$i"
+    if ! mknod -m 666 "$FAKE_GPU_DIR/gpu$i" c 1 3; then
+      echo "warning: mknod refused: the local Slurm declares no stand-in GPUs" >&2
+      GPUS=0
+      return
     fi
   done
 }
@@ -229,6 +237,7 @@ main() {
   fi
   [[ $# -eq 0 ]] || die "unknown argument '$1' (expected none, or --stop)"
   install_packages
+  make_stand_in_gpus
   if write_config; then
     stop_all
   fi
