@@ -35,6 +35,11 @@ def prepare_for_training(
         return model
     if adapter.method == "qlora":
         from peft import prepare_model_for_kbit_training
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        note = qlora_zero3_note(adapter, zero3=is_deepspeed_zero3_enabled())
+        if note and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+            print(note, flush=True)
 
         # Norms and the output layer to fp32 for stable training over 4-bit weights.
         model = prepare_model_for_kbit_training(
@@ -117,6 +122,20 @@ def check_qlora(cfg: TrainConfig) -> None:
             "bitsandbytes' CUDA kernels. Without them use adapter=lora (the same adapters "
             "over the unquantized base)"
         )
+
+
+def qlora_zero3_note(adapter: AdapterConfig, *, zero3: bool) -> str | None:
+    """The start-up line for QLoRA under ZeRO-3, else None. transformers builds a quantized
+    model without zero.Init (modeling_utils: `is_deepspeed_zero3_enabled() and not
+    is_quantized`), so every rank loads and quantizes the whole base on its own GPU;
+    deepspeed.initialize partitions it afterwards, which the 4-bit weights allow because
+    they are stored in the compute dtype (quantization below)."""
+    if adapter.method != "qlora" or not zero3:
+        return None
+    return (
+        "QLoRA under ZeRO-3: every GPU first holds the whole 4-bit base (transformers "
+        "quantizes without zero.Init); DeepSpeed partitions it when the engine starts"
+    )
 
 
 def quantization(adapter: AdapterConfig, dtype: torch.dtype):

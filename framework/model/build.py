@@ -71,7 +71,8 @@ def build_model(
     else a random-init Llama from `cfg` (seed the RNG first); with `attention` as the
     attention implementation, quantized as `quantization` (a transformers quantization
     config: QLoRA's) asks. Under ZeRO-3 (a live transformers HfDeepSpeedConfig) both are
-    built already partitioned."""
+    built already partitioned, except a quantized model: whole on every rank until
+    deepspeed.initialize partitions it (model/adapters.py: qlora_zero3_note)."""
     if source is not None:
         model = AutoModelForCausalLM.from_pretrained(
             source,

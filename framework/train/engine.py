@@ -56,8 +56,9 @@ def deepspeed_config(
         # default), gradients accumulated over micro batches and reduced over ranks.
         **({"data_types": {"grad_accum_dtype": "fp32"}} if precision == "bf16" else {}),
         "communication_data_type": "fp32",
-        # On CPU the client torch AdamW already runs where offload would put it; on GPU
-        # DeepSpeedCPUAdam is used (see _optimizer), which is what this check wants.
+        # Offloaded optimizer states may be stepped by torch's AdamW: on CPU it already runs
+        # where offload would put it; on GPU it replaces DeepSpeedCPUAdam where that op
+        # would have to compile first (see _optimizer).
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,
         "checkpoint": {"load_universal": universal},
@@ -78,12 +79,53 @@ def _param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict]:
     ]
 
 
+CPU_ADAM = "deepspeed_cpu_adam"
+TORCH_ADAMW = "torch_adamw"
+
+
+def offload_optimizer_choice(
+    *, gpu: bool, offload: bool, installed_ops: dict, built_for: str, accelerator: str
+) -> tuple[str, str | None]:
+    """(CPU_ADAM or TORCH_ADAMW, the start-up line when offloading on GPU, else None).
+    DeepSpeedCPUAdam only where its op was built into the install for this accelerator:
+    elsewhere OpBuilder.load JIT-compiles it in the first step's process (a C++ compiler,
+    ninja, a build lock under ~/.cache/torch_extensions that a killed job leaves behind).
+    torch's fused AdamW steps the offloaded fp32 CPU partitions without a build."""
+    if not (gpu and offload):
+        return TORCH_ADAMW, None
+    if installed_ops.get("cpu_adam", False) and built_for == accelerator:
+        return CPU_ADAM, "optimizer: DeepSpeedCPUAdam on the offloaded states (prebuilt op)"
+    return TORCH_ADAMW, (
+        "optimizer: torch AdamW (fused) on the offloaded states; DeepSpeedCPUAdam would "
+        f"compile its op at the first step (this DeepSpeed has no cpu_adam built for "
+        f"{accelerator}: reinstall with DS_BUILD_CPU_ADAM=1 for it)"
+    )
+
+
+def _installed_op_facts() -> dict:
+    """The facts OpBuilder.load decides on (deepspeed/ops/op_builder/builder.py)."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+
+    return {
+        "installed_ops": installed_ops,
+        "built_for": accelerator_name,
+        "accelerator": get_accelerator()._name,
+    }
+
+
 def _optimizer(model: PreTrainedModel, cfg: TrainConfig, gpu: bool) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.trainer.weight_decay)
-    if gpu and cfg.parallelism.offload_optimizer:
+    offload = cfg.parallelism.offload_optimizer
+    choice, line = offload_optimizer_choice(gpu=gpu, offload=offload, **_installed_op_facts())
+    if line and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        print(line, flush=True)
+    if choice == CPU_ADAM:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=cfg.trainer.lr, adamw_mode=True)
+    # Fused also on CPU (torch >= 2.4): one pass over the offloaded partitions, ~6x the
+    # for-loop AdamW here.
     return torch.optim.AdamW(groups, lr=cfg.trainer.lr, fused=gpu)
 
 

@@ -60,7 +60,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
         cfg, artifact, reference.logps.get("eval") if reference else None
     )
     where = {"rank": ctx.rank, "device": ctx.device}
-    peak = peak_flops(ctx.device, cfg.trainer.peak_tflops)
+    precision = "bf16" if engine.bfloat16_enabled() else "fp32"
+    peak = peak_flops(ctx.device, cfg.trainer.peak_tflops, precision)
     stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
     totals = progress.get("totals")
     with Tracker(cfg, enabled=ctx.rank == 0, start_step=start, totals=totals) as tracker:

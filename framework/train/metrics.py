@@ -3,6 +3,7 @@ MFU and peak memory, gathered from every rank and summarised on all of them."""
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from dataclasses import dataclass
@@ -10,14 +11,20 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# Dense bf16 peak of common training GPUs, TFLOP/s; trainer.peak_tflops overrides.
+# Dense peaks of common training GPUs, TFLOP/s: (bf16, TF32, fp32) from NVIDIA's data
+# sheets; trainer.peak_tflops overrides. The first name that the device's name contains
+# wins, so variants come before their family ("NVIDIA H100 80GB HBM3" is the SXM part).
 PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A10G": 125.0,
-    "L4": 121.0,
+    "H100 PCIe": (756.0, 378.0, 51.2),
+    "H100 NVL": (835.0, 418.0, 60.0),
+    "H200 NVL": (835.0, 418.0, 60.0),
+    "H200": (989.0, 495.0, 66.9),
+    "H100": (989.0, 495.0, 66.9),
+    "A100": (312.0, 156.0, 19.5),
+    "L40S": (362.0, 183.0, 91.6),
+    "L40": (181.0, 90.5, 90.5),
+    "A10G": (125.0, 62.5, 31.2),  # A10's sheet
+    "L4": (121.0, 60.0, 30.3),
 }
 
 _FIELDS = (
@@ -47,31 +54,72 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
+def peak_tflops(name: str, precision: str, tf32: bool) -> float | None:
+    """The dense peak of the GPU called `name` for the matrix products of a `precision`
+    run: bf16 tensor cores, else TF32 where fp32 products may use it, else plain fp32."""
+    column = 0 if precision == "bf16" else 1 if tf32 else 2
+    return next((peaks[column] for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+
+
+def peak_flops(
+    device: torch.device, override_tflops: float | None, precision: str = "bf16"
+) -> float | None:
     if override_tflops:
         return override_tflops * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((t * 1e12 for key, t in PEAK_TFLOPS.items() if key in name), None)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tflops = peak_tflops(torch.cuda.get_device_name(device), precision, tf32)
+    return tflops * 1e12 if tflops else None
+
+
+def _numel(param: torch.Tensor) -> int:
+    # A 4-bit weight is packed (bitsandbytes: two per byte, in quant_storage's dtype);
+    # its quant_state keeps the real shape. Under ZeRO-3 a tensor is a placeholder and
+    # ds_numel is its size.
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    if shape is not None:
+        return math.prod(shape)
+    return getattr(param, "ds_numel", param.numel())
 
 
 @dataclass
 class ModelShape:
+    """What the matrix products of a step cost: weights that train, frozen weights (LoRA's
+    base), and the attention's width and depth."""
+
     params: int
     layers: int
     hidden: int
+    frozen: int = 0
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> ModelShape:
-        # Under ZeRO-3 a parameter tensor is a placeholder; ds_numel is its real size.
-        params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-        return cls(params, model.config.num_hidden_layers, model.config.hidden_size)
+        # The input embedding is a lookup, not a product: counted only when tied to the
+        # output layer, which is one.
+        embedding = model.get_input_embeddings().weight
+        tied = embedding is getattr(model.get_output_embeddings(), "weight", None)
+        trained = frozen = 0
+        for param in model.parameters():
+            if param is embedding and not tied:
+                continue
+            if param.requires_grad:
+                trained += _numel(param)
+            else:
+                frozen += _numel(param)
+        config = model.config
+        heads = config.num_attention_heads
+        width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+        return cls(trained, config.num_hidden_layers, width, frozen)
 
     def train_flops(self, tokens: float, sum_sq_lengths: float) -> float:
-        """Forward + backward: 6 per parameter per token for the matrix products, plus
-        causal attention over each example's own length (6 x layers x hidden x len^2)."""
-        return 6 * self.params * tokens + 6 * self.layers * self.hidden * sum_sq_lengths
+        """Model FLOPs of forward + backward over `tokens` real tokens (padding is waste,
+        not work; gradient checkpointing's recompute is not counted: MFU, not HFU). A
+        trained weight costs 6 per token (forward, input and weight gradients), a frozen
+        one 4 (no weight gradient); causal attention over each example's own length costs
+        6 x layers x width x len^2 (PaLM's 12 per query-key pair, halved by the mask)."""
+        weights = (6 * self.params + 4 * self.frozen) * tokens
+        return weights + 6 * self.layers * self.hidden * sum_sq_lengths
 
 
 def gather(local: dict[str, float], device: torch.device) -> list[dict[str, float]]:

@@ -8,6 +8,8 @@ from framework.model.adapters import (
     adapter_differences,
     check_adapter,
     prepare_for_training,
+    qlora_zero3_note,
+    quantization,
     uses_adapter,
 )
 from framework.model.build import build_model
@@ -143,3 +145,15 @@ def test_lora_gradients_are_the_same_with_activation_recomputation(tokenizer):
         assert grads[1][name] is not None, name
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7)
     assert all(g.abs().max() > 0 for n, g in grads[0].items() if "lora_B" in n)
+
+
+def test_qlora_under_zero3_says_every_gpu_first_holds_the_whole_4bit_base():
+    qlora = AdapterConfig(method="qlora")
+    assert "every GPU first holds the whole 4-bit base" in qlora_zero3_note(qlora, zero3=True)
+    assert qlora_zero3_note(qlora, zero3=False) is None
+    assert qlora_zero3_note(LORA, zero3=True) is None
+    # Stored in the compute dtype, the 4-bit weights are tensors DeepSpeed can partition.
+    for dtype in (torch.bfloat16, torch.float32):
+        config = quantization(qlora, dtype)
+        assert config.bnb_4bit_quant_storage == config.bnb_4bit_compute_dtype == dtype
+    assert quantization(LORA, torch.float32) is None

@@ -119,3 +119,40 @@ def test_deepspeed_trains_on_the_gpu_ray_gives_the_worker():
     DeepSpeed, left to LOCAL_RANK, would take cuda:1."""
     assert engine_module.deepspeed_device(torch.device("cuda", 2)).device_rank == 2
     assert engine_module.deepspeed_device(torch.device("cpu")) is None
+
+
+CUDA_FACTS = {"built_for": "cuda", "accelerator": "cuda"}
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        # A PyPI install builds no op (DS_BUILD_CPU_ADAM unset): load would JIT-compile it.
+        ({"installed_ops": {"cpu_adam": False}} | CUDA_FACTS, engine_module.TORCH_ADAMW),
+        ({"installed_ops": {"cpu_adam": True}} | CUDA_FACTS, engine_module.CPU_ADAM),
+        # Built, but for another accelerator: OpBuilder.load compiles it again.
+        (
+            {"installed_ops": {"cpu_adam": True}, "built_for": "cpu", "accelerator": "cuda"},
+            engine_module.TORCH_ADAMW,
+        ),
+    ],
+)
+def test_offloading_on_gpu_uses_deepspeed_cpu_adam_only_where_it_is_prebuilt(facts, expected):
+    choice, line = engine_module.offload_optimizer_choice(gpu=True, offload=True, **facts)
+    assert choice == expected
+    assert ("compile" in line) == (expected == engine_module.TORCH_ADAMW)
+    for gpu, offload in ((False, True), (True, False)):
+        quiet = engine_module.offload_optimizer_choice(gpu=gpu, offload=offload, **facts)
+        assert quiet == (engine_module.TORCH_ADAMW, None)
+
+
+def test_offloaded_optimizer_on_gpu_needs_no_build_here(capsys):
+    # This install has no prebuilt cpu_adam: the GPU path must not reach DeepSpeedCPUAdam.
+    cfg = TrainConfig(model=TINY)
+    cfg.parallelism.offload_optimizer = True
+    model = torch.nn.Linear(4, 4)
+    optimizer = engine_module._optimizer(model, cfg, gpu=True)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"]
+    assert "torch AdamW (fused) on the offloaded states" in capsys.readouterr().out
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()  # fused AdamW on CPU tensors, as on ZeRO-Offload's CPU partitions
