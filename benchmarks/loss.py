@@ -28,7 +28,7 @@ import time
 import torch
 from common import arg_parser, bench_workdir, progress, table_header
 
-from framework.config.schema import TrainerConfig
+from framework.config.schema import TrainConfig
 from framework.data.pack import IGNORE_INDEX
 from framework.train.loss import chunked_cross_entropy, token_losses
 
@@ -42,7 +42,7 @@ CASES = [
     ("bf16", 4, 512, "frozen"),
     ("bf16", 2, 4096, "trained"),
 ]
-CHUNKS = sorted({128, 256, TrainerConfig().loss_chunk_tokens, 1024})
+CHUNKS = sorted({128, 256, TrainConfig().trainer.loss_chunk_tokens, 1024})
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -107,7 +107,7 @@ def projection_lines(bytes_per_logit: float) -> list[str]:
     cross-entropy, the fp32 log-softmax kept for backward and the gradient of the
     logits) times the logits each path holds at once, every position's for the
     full-logit path, one chunk's for ours; the head's gradient comes on top of both."""
-    vocab, chunk = 128_256, TrainerConfig().loss_chunk_tokens
+    vocab, chunk = 128_256, TrainConfig().trainer.loss_chunk_tokens
     lines = table_header(
         "tokens per micro batch", "full-logit path", "trained positions, chunked", "ratio"
     )

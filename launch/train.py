@@ -35,6 +35,9 @@ def main(raw: DictConfig) -> None:
         print(
             hyperparameter_line(cfg, hydra_cfg.runtime.choices["model"], hydra_cfg.overrides.task)
         )
+        if cfg.sized_for_device:
+            device = "GPU" if cfg.cluster.use_gpu else "CPU"
+            print(f"sized for a {device} (null in the config): {' '.join(cfg.sized_for_device)}")
         for warning in train_config_warnings(cfg):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         # Before anything is written: a second run on this directory stops here.

@@ -46,8 +46,9 @@ class ModelConfig:
     # installed, else document_sdpa (SDPA per example). `sdpa` is transformers' dense
     # block mask over the whole row (slower; kept for comparison).
     attention: str = "auto"
-    # Recompute activations in backward: less memory, about a third more compute.
-    gradient_checkpointing: bool = False
+    # Recompute activations in backward: less memory, about a third more compute. null:
+    # sized for the device (device_sizes: on GPUs for rows of 2,048 tokens or more).
+    gradient_checkpointing: bool | None = None
     # Architecture of the model built from config (ignored with name_or_path).
     vocab_size: int = 2048
     hidden_size: int = 128
@@ -200,7 +201,9 @@ class ParallelismConfig:
 class TrainerConfig:
     max_steps: int = 150
     seed: int = 1234
-    micro_batch_size: int = 4
+    # Rows per worker and micro step. null: sized for the device (device_sizes: 4 on CPUs,
+    # about 8,192 tokens on GPUs).
+    micro_batch_size: int | None = None
     grad_accum_steps: int = 1
     lr: float = 2e-3
     warmup_steps: int = 10
@@ -257,7 +260,7 @@ class TrainerConfig:
     # loss_chunk_tokens positions at a time, recomputed in backward (no logits of the
     # whole micro batch); all: logits at every position, as the model's forward gives.
     loss_positions: str = "trained"
-    loss_chunk_tokens: int = 256
+    loss_chunk_tokens: int | None = None  # null: sized for the device (device_sizes)
     # Run the first micro batch unpacked too and stop if the losses disagree.
     verify_packing: bool = True
     # A NaN or infinite loss: "stop" the run before the weights change, or "skip" that
@@ -378,6 +381,33 @@ class RunConfig:
     report: bool = True
 
 
+# A GPU's micro batch in tokens, when trainer.micro_batch_size is null: what keeps a GPU's
+# kernels busy while the activations of a 7-8B model with gradient checkpointing, and of
+# a small one without, fit an 80 GB card.
+GPU_MICRO_BATCH_TOKENS = 8192
+# Rows this long or longer are trained with gradient checkpointing on GPUs by default.
+GPU_CHECKPOINTING_ROW_TOKENS = 2048
+
+
+def device_sizes(*, gpu: bool, max_seq_len: int) -> dict[str, int | bool]:
+    """What null stands for in the fields sized by the device class. CPUs: the sizes the
+    2-core CPU runs were measured with. GPUs: a micro batch of about
+    GPU_MICRO_BATCH_TOKENS tokens; the LM head and its cross-entropy in chunks of 2,048
+    positions (each chunk gathers a ZeRO-3 head once: 8x fewer gathers than 256);
+    activations recomputed in backward for long rows."""
+    if not gpu:
+        return {
+            "trainer.micro_batch_size": 4,
+            "trainer.loss_chunk_tokens": 256,
+            "model.gradient_checkpointing": False,
+        }
+    return {
+        "trainer.micro_batch_size": max(1, GPU_MICRO_BATCH_TOKENS // max_seq_len),
+        "trainer.loss_chunk_tokens": 2048,
+        "model.gradient_checkpointing": max_seq_len >= GPU_CHECKPOINTING_ROW_TOKENS,
+    }
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -389,3 +419,14 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # The fields left null take the device class's sizes; `sized_for_device` lists
+        # them as key=value for the start-up line (it is not a field: never saved).
+        self.sized_for_device: list[str] = []
+        sizes = device_sizes(gpu=self.cluster.use_gpu, max_seq_len=self.data.max_seq_len)
+        for key, value in sizes.items():
+            section, name = key.split(".")
+            if getattr(getattr(self, section), name) is None:
+                setattr(getattr(self, section), name, value)
+                self.sized_for_device.append(f"{key}={value}")

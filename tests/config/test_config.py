@@ -190,3 +190,22 @@ def test_trained_families_are_the_chosen_ones_or_all_but_the_held_out():
     everything = [f"data.suite.held_out=[{','.join(FAMILIES)}]"]
     with pytest.raises(ConfigError, match="held_out holds every family"):
         compose_config(everything)
+
+
+def test_sizes_left_null_are_the_device_classs_and_given_ones_win():
+    cpu = compose_config()
+    assert (cpu.trainer.micro_batch_size, cpu.trainer.loss_chunk_tokens) == (4, 256)
+    assert cpu.model.gradient_checkpointing is False
+    gpu = compose_config(["cluster.use_gpu=true", "data.max_seq_len=4096"])
+    assert (gpu.trainer.micro_batch_size, gpu.trainer.loss_chunk_tokens) == (2, 2048)
+    assert gpu.model.gradient_checkpointing is True  # long rows
+    short = compose_config(["cluster.use_gpu=true", "data.max_seq_len=512"])
+    assert short.trainer.micro_batch_size == 16 and short.model.gradient_checkpointing is False
+    given = compose_config(["cluster.use_gpu=true", "trainer.micro_batch_size=3"])
+    assert given.trainer.micro_batch_size == 3
+    assert given.sized_for_device == [
+        "trainer.loss_chunk_tokens=2048",
+        "model.gradient_checkpointing=False",
+    ]
+    preset = compose_config(["model=llama3_8b", "cluster.use_gpu=true"])
+    assert preset.trainer.micro_batch_size == 1  # the preset's own

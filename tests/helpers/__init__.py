@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from framework.config.compose import compose_train_config, register_schemas
-from framework.config.schema import ModelConfig, TrainConfig
+from framework.config.schema import ModelConfig, TrainConfig, TrainerConfig
 from framework.data.dataset import TokenizedDataset
 from framework.run_dir import METRICS_FILE
 from framework.suite.families import FAMILIES
@@ -32,6 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # A 2-layer Llama for tests that build models directly.
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+def cpu_trainer(**fields) -> TrainerConfig:
+    """A TrainerConfig as a CPU run composes it: the fields left null sized for a CPU."""
+    return TrainConfig(trainer=TrainerConfig(**fields)).trainer
+
+
 # Overrides for a training that takes seconds: the same 2-layer Llama, short rows, no wandb.
 TINY_RUN = [
     "model=tiny_llama",

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from framework.config.schema import AdapterConfig, TrainerConfig
+from framework.config.schema import AdapterConfig
 from framework.data.pack import IGNORE_INDEX, collate_rows
 from framework.model.adapters import prepare_for_training
 from framework.model.build import build_model
 from framework.train.loss import summed_loss, token_loss_fn, token_losses
-from tests.helpers import TINY, suite_chats
+from tests.helpers import TINY, cpu_trainer, suite_chats
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_all_masked_batch_has_zero_loss_and_zero_grads(setup):
 def _path_losses_and_grads(model, batch, **trainer):
     """(token losses, summed loss, gradients) through token_loss_fn with these settings."""
     model.zero_grad()
-    losses = token_loss_fn(model, TrainerConfig(**trainer))(
+    losses = token_loss_fn(model, cpu_trainer(**trainer))(
         batch["input_ids"], batch["position_ids"], batch["labels"]
     )
     loss, _ = summed_loss(losses, batch["loss_weights"])

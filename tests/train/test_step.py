@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from framework.config.schema import AdapterConfig, TrainConfig, TrainerConfig
+from framework.config.schema import AdapterConfig, TrainConfig
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import IGNORE_INDEX, best_fit_decreasing, collate_rows
 from framework.export import gather_state_dict
@@ -19,6 +19,7 @@ from framework.train.step import NonFiniteLoss, guarded_step, train_step
 from tests.helpers import (
     TINY,
     assert_same,
+    cpu_trainer,
     join_group,
     leave_group,
     single_process_group,
@@ -28,11 +29,11 @@ from tests.helpers import (
 )
 
 ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
-SFT = TokenCrossEntropy(TrainerConfig())
+SFT = TokenCrossEntropy(cpu_trainer())
 # The full-logit path, and the trained-positions one in chunks of 5 positions: ranks and
 # micro batches then run different numbers of chunks.
-FULL_LOGITS = TokenCrossEntropy(TrainerConfig(loss_positions="all"))
-SMALL_CHUNKS = TokenCrossEntropy(TrainerConfig(loss_chunk_tokens=5))
+FULL_LOGITS = TokenCrossEntropy(cpu_trainer(loss_positions="all"))
+SMALL_CHUNKS = TokenCrossEntropy(cpu_trainer(loss_chunk_tokens=5))
 FULL = AdapterConfig()
 # Without dropout: its random draws follow the layout's micro batch shapes.
 LORA = AdapterConfig(method="lora", dropout=0.0)
@@ -165,7 +166,7 @@ def test_two_steps_are_identical_whatever_the_layout(tmp_path, tokenizer, zero_s
         assert_same(reference, layout, weight_rtol=LAYOUT_WEIGHT_RTOL)
     # The bound still catches a wrong normalisation, by a wide margin.
     wrong = run_layout(
-        tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight(TrainerConfig())
+        tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight(cpu_trainer())
     )
     gaps = weight_gaps(reference["state"], wrong["state"])
     assert max(gaps.values()) > 10 * LAYOUT_WEIGHT_RTOL, max(gaps.values())
@@ -205,7 +206,7 @@ def test_bf16_steps_are_the_same_whatever_the_layout_within_bf16_rounding(tmp_pa
             print(key, layout[key], reference[key])
             np.testing.assert_allclose(layout[key], reference[key], rtol=BF16_LAYOUT_RTOL)
     wrong = run_layout(
-        tmp_path, tokenizer, 2, 2, 2, objective=PerRankWeight(TrainerConfig()), precision="bf16"
+        tmp_path, tokenizer, 2, 2, 2, objective=PerRankWeight(cpu_trainer()), precision="bf16"
     )
     print("wrong", wrong["grad_norms"], reference["grad_norms"])
     gap = abs(wrong["grad_norms"][0] / reference["grad_norms"][0] - 1)
