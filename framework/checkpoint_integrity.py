@@ -28,9 +28,9 @@ from framework.run_dir import (
 DAMAGED_PREFIX = "damaged_"
 _CHUNK = 16 << 20
 # Files checksummed at once when verifying on one host: 8 streams keep a parallel file
-# system's servers busy, and 8 cores checksumming (2.3 GB/s each here, README) outrun a
-# 100 Gb/s link; the biggest files go first, so a checkpoint of many ranks' shards never
-# waits on one big file started last.
+# system's servers busy, and 8 cores reading and checksumming (2-4 GB/s each here,
+# benchmarks/results/checkpoint_verify.md) outrun a 100 Gb/s link; the biggest files go
+# first, so a checkpoint of many ranks' shards never waits on one big file started last.
 _VERIFY_THREADS = 8
 
 # Who writes which file of a checkpoint. DeepSpeed (runtime/engine.py, _get_ckpt_name and
