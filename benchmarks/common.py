@@ -1,8 +1,8 @@
-"""Shared by `python benchmarks/throughput.py` and `python benchmarks/launchers.py`.
+"""Shared by the benchmarks (`python benchmarks/throughput.py`, `launchers.py`, ...).
 
 The repository root on sys.path (import this module before any `framework` one), the data
-both benchmarks train on, the process set-up of a benchmark run, progress lines, medians
-and markdown table headers.
+both benchmarks train on, the process set-up of a benchmark run, progress lines, medians,
+markdown table headers, and the results page a benchmark writes (`write_results_page`).
 """
 
 from __future__ import annotations
@@ -71,3 +71,52 @@ def median(rows: Iterable[dict], key: str) -> float:
 def table_header(*columns: str) -> list[str]:
     """A markdown table's header and separator lines."""
     return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
+# Each benchmark that writes a results page writes it here, as <script name>.md: one current
+# page per question (the history is in git).
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def machine() -> str:
+    """This machine in one line: CPU model, cores, memory."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GB memory"
+
+
+def write_results_page(script: str, title: str, body: list[str]) -> Path:
+    """RESULTS_DIR/<script>.md: `title`, then the date, commit, machine and command that
+    made it, then `body` (markdown lines). Returns its path."""
+    import datetime
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") + (
+        " (with changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
+    command = " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    header = [
+        f"# {title}",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- commit: {commit}",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        "",
+    ]
+    RESULTS_DIR.mkdir(exist_ok=True)
+    page = RESULTS_DIR / f"{script}.md"
+    page.write_text("\n".join([*header, *body]) + "\n")
+    return page

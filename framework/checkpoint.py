@@ -1,11 +1,10 @@
 """Checkpoints, the only module that knows what one holds: `<root>/step_<N>/` has
 DeepSpeed's files (sharded as ZeRO shards them; with an adapter, only the trainable
 weights and their optimizer state: the frozen base is rebuilt from its source), every
-rank's RNG state, the run's
-progress (`progress.json`: step, layout, sampler position, counters), the resolved config
-and the tokenizer, and a COMMITTED marker that rank 0 writes last, once every rank has
-finished. Only committed checkpoints count; every file is read through
-torch.load(weights_only=True). File names: framework/run_dir.py.
+rank's RNG state, the run's progress (`progress.json`: step, layout, sampler position,
+counters), the resolved config and the tokenizer, and a COMMITTED marker that rank 0
+writes last, once every rank has finished. Only committed checkpoints count; every file
+is read through torch.load(weights_only=True). File names: framework/run_dir.py.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from framework.run_dir import (
     COMMIT_MARKER,
     CONFIG_FILE,
     PROGRESS_FILE,
+    RNG_FILE,
     TOKENIZER_DIR,
     UNIVERSAL_DIR,
     space_report,
@@ -219,7 +219,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _rng_file(path: Path, rank: int) -> Path:
-    return path / f"rng_rank{rank:05d}.pt"
+    return path / RNG_FILE.format(rank=rank)
 
 
 # ------------------------------------------------------------------------------ save
@@ -237,10 +237,10 @@ def save(
     """Collective: every rank writes its shards and RNG state, rank 0 the progress (the
     step, the layout it was written in, the sampler's position and the run's totals),
     config and tokenizer; then the commit marker, which records every file's size and
-    CRC-32 (checkpoint_integrity.damage checks them); then checkpoints older than the newest
-    `trainer.keep_checkpoints` go. If any rank cannot write (no space, a quota, an I/O
-    error), every rank raises CheckpointError: the partial checkpoint is removed and
-    the previous ones stay as they were."""
+    CRC-32, each rank reading back the files it wrote (checkpoint_integrity.damage checks
+    them); then checkpoints older than the newest `trainer.keep_checkpoints` go. If any
+    rank cannot write (no space, a quota, an I/O error), every rank raises CheckpointError:
+    the partial checkpoint is removed and the previous ones stay as they were."""
     root = Path(cfg.run.checkpoint_dir)
     path = step_dir(root, step)
     rank = dist.get_rank()
@@ -283,7 +283,7 @@ def save(
 
 def _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer) -> None:
     """Beside DeepSpeed's: this rank's RNG state; on rank 0 the progress, config and
-    tokenizer."""
+    tokenizer (checkpoint_integrity.writer_rank knows who writes what: keep it so)."""
     torch.save(_rng_state(), _rng_file(path, dist.get_rank()))
     if dist.get_rank() != 0:
         return

@@ -59,6 +59,8 @@ TRAIN_LOG = "train.log"
 # holds CONFIG_FILE and TOKENIZER_DIR.
 COMMIT_MARKER = "COMMITTED"
 PROGRESS_FILE = "progress.json"
+# Each rank's RNG state: RNG_FILE.format(rank=rank).
+RNG_FILE = "rng_rank{rank:05d}.pt"
 UNIVERSAL_DIR = "universal"
 
 # What launch/eval.py writes in its output directory.
