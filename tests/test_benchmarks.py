@@ -1,0 +1,20 @@
+"""The prepared GPU check (benchmarks/gpu_check.sh) on a machine without a GPU."""
+
+import os
+import subprocess
+
+from tests.helpers import ROOT
+
+
+def test_the_gpu_check_stops_at_once_with_one_line_without_a_gpu(tmp_path):
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert (
+        result.stderr
+        == "benchmarks/gpu_check.sh needs an NVIDIA GPU (nvidia-smi finds none here)\n"
+    )
