@@ -62,17 +62,14 @@ def per_layer_bounds(model):
     return lambda ids, positions: model(input_ids=ids, position_ids=positions).logits
 
 
-def seconds(forward, batch, backward: bool, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first warms up (and compiles)
-        start = time.perf_counter()
-        if backward:
-            forward(batch["input_ids"], batch["position_ids"]).float().mean().backward()
-        else:
-            with torch.no_grad():
-                forward(batch["input_ids"], batch["position_ids"])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+def timed(forward, batch, backward: bool) -> float:
+    start = time.perf_counter()
+    if backward:
+        forward(batch["input_ids"], batch["position_ids"]).float().mean().backward()
+    else:
+        with torch.no_grad():
+            forward(batch["input_ids"], batch["position_ids"])
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -80,30 +77,36 @@ def main() -> None:
     repeats, row_tokens = (2, 512) if args.quick else (5, ROW_TOKENS)
     tokenizer = train_bpe([f"word{i} and more text {i * 7}" for i in range(2000)], 2048)
     batch = packed_batch(len(tokenizer), row_tokens)
-    rows = []
+    contenders = []
     for label, attention, make_forward in [
         ("document_sdpa, bounds once per forward", DOCUMENT_SDPA, packed_logits),
         ("document_sdpa, bounds in every layer (before)", DOCUMENT_SDPA, per_layer_bounds),
         ("sdpa (dense block mask)", "sdpa", packed_logits),
         ("flex_attention (forward only on CPU)", FLEX_ATTENTION, packed_logits),
     ]:
-        progress(label)
         torch.manual_seed(0)
         model = build_model(SMOLLM2_WIDTH, tokenizer, torch.float32, attention)
-        forward = make_forward(model)
-        trains = attention != FLEX_ATTENTION
-        rows.append(
-            (
-                label,
-                seconds(forward, batch, False, repeats),
-                seconds(forward, batch, True, repeats) if trains else None,
-            )
-        )
+        contenders.append((label, make_forward(model), attention != FLEX_ATTENTION))
+    # Round robin, the first round a warm-up (and FlexAttention's compilation): drift in
+    # the machine's speed falls on every row alike.
+    times = {label: ([], []) for label, _, _ in contenders}
+    for round_ in range(repeats + 1):
+        progress(f"round {round_} of {repeats}")
+        for label, forward, trains in contenders:
+            forward_s = timed(forward, batch, backward=False)
+            train_s = timed(forward, batch, backward=True) if trains else None
+            if round_:
+                times[label][0].append(forward_s)
+                times[label][1].append(train_s)
+    rows = [
+        (label, statistics.median(f), statistics.median(t) if t[0] is not None else None)
+        for label, (f, t) in times.items()
+    ]
     reference = rows[0]
     lines = [
         f"One micro batch of {ROWS} rows x {row_tokens} tokens, "
         f"{int((batch['position_ids'] == 0).sum())} documents; fp32, "
-        f"{torch.get_num_threads()} threads; median of {repeats} after a warm-up.",
+        f"{torch.get_num_threads()} threads; median of {repeats} rounds after a warm-up round.",
         "",
         *table_header(
             "attention", "forward s", "x first row", "forward + backward s", "x first row"

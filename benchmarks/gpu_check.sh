@@ -5,15 +5,17 @@
 # benchmarks/gpu_wheels.sh makes beforehand on a machine with the registries:
 #   bash benchmarks/gpu_wheels.sh                 # here, once
 #   bash benchmarks/gpu_check.sh                  # there, from the repository root (.whl carried)
-# `--rehearse-on-cpu` runs the same sequence on a CPU with a tiny model, to check the script.
+# `--rehearse-on-cpu` runs the same sequence on a CPU with a tiny model, to check the script
+# (PYTHON=.venv/bin/python: the project's own environment, no wheels installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [[ " $* " != *" --rehearse-on-cpu "* ]] && ! nvidia-smi -L >/dev/null 2>&1; then
+rehearsal=$([[ " $* " == *" --rehearse-on-cpu "* ]] && echo yes || true)
+if [[ -z $rehearsal ]] && ! nvidia-smi -L >/dev/null 2>&1; then
   echo "benchmarks/gpu_check.sh needs an NVIDIA GPU (nvidia-smi finds none here)" >&2
   exit 1
 fi
-if [[ -d .whl ]]; then
+if [[ -d .whl && -z $rehearsal ]]; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/gpu-check-site .whl/*.whl
   export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
