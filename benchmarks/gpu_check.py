@@ -2,7 +2,7 @@
 
 The GPU path on one GPU, in a few minutes, as one table: `framework.train.loop.train`
 under torchrun (benchmarks/torchrun_train.py: no Ray, whose wheel is too big to carry to
-a lent GPU machine), on a random-init Llama of about 0.75B parameters (hidden 2048, 16
+a lent GPU machine), on a random-init Llama of about 0.6B parameters (hidden 2048, 12
 layers, 16 / 8 heads: no weights to carry) trained on the built-in suite packed into rows
 of 4,096 tokens, bf16, the packing self-check on. The runs:
 
@@ -32,13 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, arg_parser, table_header, write_results_page
+from common import ROOT, arg_parser, progress, table_header, write_results_page
 
 STEPS, SAVE_AT = 8, 4
 GPU_MODEL = [
     "model.hidden_size=2048",
     "model.intermediate_size=5632",
-    "model.num_layers=16",
+    "model.num_layers=12",
     "model.num_heads=16",
     "model.num_kv_heads=8",
     "model.vocab_size=8192",
@@ -83,12 +83,16 @@ def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def runs(gpu: bool) -> list[tuple[str, list[str]]]:
-    """(label, overrides) of each run after the straight one and its resume."""
+def runs(gpu: bool, trained: Path) -> list[tuple[str, list[str]]]:
+    """(label, overrides) of each run after the straight one and its resume. LoRA adapts
+    `trained` (the straight run's export): adapters need weights to adapt."""
     chosen = [
         ("ZeRO-2, flex_attention", ["parallelism=zero2", "model.attention=flex_attention"]),
         ("ZeRO-3, auto attention", ["parallelism=zero3"]),
-        ("ZeRO-2, LoRA, auto attention", ["parallelism=zero2", "adapter=lora"]),
+        (
+            "ZeRO-2, LoRA, auto attention",
+            ["parallelism=zero2", "adapter=lora", f"model.name_or_path={trained}"],
+        ),
     ]
     if gpu and flash_attn_installed():
         chosen.insert(1, ("ZeRO-2, flash_attention_2", ["model.attention=flash_attention_2"]))
@@ -104,7 +108,9 @@ def train(run_dir: Path, overrides: list[str], seed_checkpoint: Path | None = No
     log = run_dir.with_suffix(".log")
     prepare = [python, str(script), "--prepare", f"run.output_dir={run_dir}", *overrides]
     with log.open("w") as out:
-        subprocess.run(prepare, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
+        done = subprocess.run(prepare, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise SystemExit(f"{run_dir.name}: preparing failed:\n{log.read_text()[-4000:]}")
         if seed_checkpoint is not None:  # resume: the straight run's checkpoint, copied
             shutil.copytree(seed_checkpoint, run_dir / "checkpoints" / seed_checkpoint.name)
         launch = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
@@ -126,7 +132,7 @@ def train(run_dir: Path, overrides: list[str], seed_checkpoint: Path | None = No
         "mfu": statistics.median(m["mfu"] for m in timed) if "mfu" in timed[0] else None,
         "peak_memory_gb": max(m["peak_memory_gb"] for m in steps),
         "attention": next(
-            (line.split(";")[0] for line in text.splitlines() if line.startswith("attention:")),
+            (line.split(" (")[0] for line in text.splitlines() if line.startswith("attention:")),
             "attention: not reported",
         ),
         "self_check": "packing self-check passed" in text,
@@ -134,8 +140,11 @@ def train(run_dir: Path, overrides: list[str], seed_checkpoint: Path | None = No
 
 
 def row(label: str, result: dict, checked: str) -> str:
+    """The table's line for one run, also printed at once (a run cut short by the time
+    limit still shows the rows before it)."""
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
     final = result["losses"][max(result["losses"])]
+    progress(f"{label}: done in {result['wall_s']:.0f} s")
     return (
         f"| {label} | {result['attention'].removeprefix('attention: ')} | "
         f"{result['step_time_s']:.3f} | {result['tokens_per_s']:,.0f} | {mfu} | "
@@ -166,7 +175,7 @@ def main() -> None:
         gaps = [abs(resumed["losses"][s] - straight["losses"][s]) for s in resumed["losses"]]
         exact = "exact" if max(gaps) == 0 else f"max loss gap {max(gaps):.2e}"
         lines.append(row(f"ZeRO-2, resumed at step {SAVE_AT}", resumed, exact))
-        for label, overrides in runs(gpu):
+        for label, overrides in runs(gpu, work / "straight" / "hf"):
             result = train(work / label.replace(" ", "").replace(",", "_"), base + overrides)
             lines.append(row(label, result, "self-check passed" if result["self_check"] else ""))
     device = torch.cuda.get_device_name() if gpu else "CPU rehearsal (tiny model: no GPU result)"
