@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,89 @@ def test_decoding_against_a_cache_equals_sdpa_with_repeated_keys(models):
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-6)
     unmasked, _ = document_sdpa(module, query, key, value, None, scaling=0.3)
     assert not torch.allclose(unmasked[0], ours[0])  # the padding mask was applied
+
+
+def _flash_stand_in(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):
+    """flash_attn_func's contract ([batch, length, heads, dim], grouped key-value heads),
+    on CPU: causal over each whole row."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        *(x.transpose(1, 2) for x in (q, k, v)),
+        is_causal=causal,
+        scale=softmax_scale,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2)
+
+
+def _flash_varlen_stand_in(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    **_,
+):
+    """flash_attn_varlen_func's contract ([tokens, heads, dim], documents cut at
+    cu_seqlens), on CPU."""
+    cuts = cu_seqlens_q.tolist()
+    return torch.cat(
+        [
+            _flash_stand_in(q[None, a:b], k[None, a:b], v[None, a:b], 0.0, softmax_scale, causal)[0]
+            for a, b in itertools.pairwise(cuts)
+        ]
+    )
+
+
+def test_transformers_flash_path_keeps_documents_apart_only_with_our_bounds(
+    models, tokenizer, monkeypatch
+):
+    """transformers' flash_attention_2 path on a 2-row micro batch, flash-attn's kernels
+    stood in for on CPU by SDPA with their contracts: with the cu_seqlens we hand it, each
+    example's logits packed equal its logits alone; without them (what transformers does
+    alone for a batch of several rows) the examples of a row attend to each other."""
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    kernels = (_flash_stand_in, _flash_varlen_stand_in, None, None, None)
+    processing = (fa_utils._lazy_define_process_function(_flash_varlen_stand_in), dict)
+    monkeypatch.setattr(
+        fa_utils, "lazy_import_flash_attention", lambda *a, **k: (kernels, processing)
+    )
+    model = models["sdpa"]
+    monkeypatch.setattr(model.config, "_attn_implementation", FLASH_ATTENTION)
+    data = synthetic_data(len(tokenizer))
+    rows = [np.array([0, 1]), np.array([2, 3, 4])]
+    packed = collate_rows(data.tokens, data.weights, data.offsets, rows, 80, 0)
+    with torch.no_grad():
+        ours = packed_logits(model)(packed["input_ids"], packed["position_ids"])
+        alone_in_rows = _logits(model, packed)
+    first = len(data.example(0)[0])
+    second = collate_rows(data.tokens, data.weights, data.offsets, [np.array([1])], None, 0)
+    expected = _logits(models["sdpa"], second)[0]
+    end = first + expected.shape[0]
+    torch.testing.assert_close(ours[0, first:end], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone_in_rows[0, first:end], expected, atol=1e-3)
+
+
+def test_document_bounds_are_read_once_per_forward_not_in_every_layer(
+    models, tokenizer, monkeypatch
+):
+    """Each read of the position ids is a device-to-host sync on a GPU: training's forward
+    reads them once and hands them to every layer."""
+    from framework.model import attention
+
+    reads = []
+    counted = attention.example_bounds
+    monkeypatch.setattr(attention, "example_bounds", lambda p: reads.append(1) or counted(p))
+    data = synthetic_data(len(tokenizer))
+    rows = [np.array([0, 1]), np.array([2, 3, 4])]
+    packed = collate_rows(data.tokens, data.weights, data.offsets, rows, 80, 0)
+    with torch.no_grad():
+        packed_logits(models[DOCUMENT_SDPA])(packed["input_ids"], packed["position_ids"])
+        assert len(reads) == 1 and TINY.num_layers > 1
+        _logits(models[DOCUMENT_SDPA], packed)  # a forward given no bounds reads them per layer
+    assert len(reads) == 1 + TINY.num_layers
