@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from framework.config.sizes import fill_device_sizes
+
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the fix."""
@@ -381,33 +383,6 @@ class RunConfig:
     report: bool = True
 
 
-# A GPU's micro batch in tokens, when trainer.micro_batch_size is null: what keeps a GPU's
-# kernels busy while the activations of a 7-8B model with gradient checkpointing, and of
-# a small one without, fit an 80 GB card.
-GPU_MICRO_BATCH_TOKENS = 8192
-# Rows this long or longer are trained with gradient checkpointing on GPUs by default.
-GPU_CHECKPOINTING_ROW_TOKENS = 2048
-
-
-def device_sizes(*, gpu: bool, max_seq_len: int) -> dict[str, int | bool]:
-    """What null stands for in the fields sized by the device class. CPUs: the sizes the
-    2-core CPU runs were measured with. GPUs: a micro batch of about
-    GPU_MICRO_BATCH_TOKENS tokens; the LM head and its cross-entropy in chunks of 2,048
-    positions (each chunk gathers a ZeRO-3 head once: 8x fewer gathers than 256);
-    activations recomputed in backward for long rows."""
-    if not gpu:
-        return {
-            "trainer.micro_batch_size": 4,
-            "trainer.loss_chunk_tokens": 256,
-            "model.gradient_checkpointing": False,
-        }
-    return {
-        "trainer.micro_batch_size": max(1, GPU_MICRO_BATCH_TOKENS // max_seq_len),
-        "trainer.loss_chunk_tokens": 2048,
-        "model.gradient_checkpointing": max_seq_len >= GPU_CHECKPOINTING_ROW_TOKENS,
-    }
-
-
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -421,12 +396,5 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        # The fields left null take the device class's sizes; `sized_for_device` lists
-        # them as key=value for the start-up line (it is not a field: never saved).
-        self.sized_for_device: list[str] = []
-        sizes = device_sizes(gpu=self.cluster.use_gpu, max_seq_len=self.data.max_seq_len)
-        for key, value in sizes.items():
-            section, name = key.split(".")
-            if getattr(getattr(self, section), name) is None:
-                setattr(getattr(self, section), name, value)
-                self.sized_for_device.append(f"{key}={value}")
+        # Not a field (never saved): what null took, for the start-up line.
+        self.sized_for_device: list[str] = fill_device_sizes(self)
