@@ -26,6 +26,9 @@ from framework.run_dir import (
     write_json,
 )
 
+# A step's metrics count its skipped update, and why (framework/train/step.py).
+SKIP_COUNTS = ("skipped", "skipped_non_finite_loss", "skipped_non_finite_grad_norm")
+
 
 def wandb_mode(cfg: LoggerConfig) -> str:
     """`auto` is online only when an API key is configured, so offline machines never hang."""
@@ -167,8 +170,8 @@ class Tracker:
         """Advance the progress bar and the run's totals by one finished step."""
         if not self.enabled:
             return
-        for key in ("tokens", "trained_tokens", "step_time_s", "skipped"):
-            self.totals[key] = self.totals.get(key, 0.0) + metrics[key]
+        for key in ("tokens", "trained_tokens", "step_time_s", *SKIP_COUNTS):
+            self.totals[key] = self.totals.get(key, 0.0) + metrics.get(key, 0)
         self.totals["peak_memory_gb"] = max(
             self.totals.get("peak_memory_gb", 0.0), metrics["peak_memory_gb"]
         )
@@ -231,6 +234,11 @@ class Tracker:
             "tokens_per_s": self.totals.get("tokens", 0.0) / max(seconds, 1e-9),
             "peak_memory_gb": self.totals.get("peak_memory_gb", 0.0),
             "skipped_steps": self.totals.get("skipped", 0.0),
+            # Why: a NaN or infinite loss, or gradient norm (the engine skipped the update).
+            **{
+                f"skipped_steps_{key.removeprefix('skipped_')}": self.totals.get(key, 0.0)
+                for key in SKIP_COUNTS[1:]
+            },
             # Every family's curve is in metrics.jsonl; the summary keeps the aggregates.
             **{k: v for k, v in self.last_eval.items() if not k.startswith("suite/family/")},
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,6 +304,15 @@ def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster
     assert "Traceback" not in result.stdout + result.stderr
     log = (out / "train.log").read_text()
     assert "Traceback" in log and "framework.checkpoint.CheckpointError" in log
+
+    # Diverged at step 2 (trainer.on_non_finite=stop): one line naming the step; step 1's
+    # checkpoint stays the result, and no export pretends the run finished.
+    diverged, steep = tmp_path / "diverged", ["trainer.lr=1e6", "trainer.warmup_steps=0"]
+    result = train(diverged, *overrides, *steep, "trainer.save_every=1", cluster=ray_cluster)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(r"error: step 2: the (gradient norm|loss) is NaN or infinite", result.stderr)
+    assert [p.name for p in committed(diverged / "checkpoints")] == ["step_00000001"]
+    assert not (diverged / "hf").exists()
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ def _worker_main(config: dict) -> None:
     # unpickle this function), and DeepSpeed, transformers and peft would cost it about 7 s
     # of CPU and 170 MB.
     from framework.train.loop import WorkerContext, train
+    from framework.train.step import NonFiniteLoss
 
     # DeepSpeed calls torch.distributed APIs that torch has deprecated: noise on every step.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -47,7 +48,7 @@ def _worker_main(config: dict) -> None:
     )
     try:
         train(cfg, ctx)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, NonFiniteLoss) as err:
         append_to_train_log(Path(cfg.run.output_dir) / TRAIN_LOG, traceback.format_exc())
         raise UserError(str(err)) from None
 

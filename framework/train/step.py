@@ -1,6 +1,6 @@
 """One optimizer step of every rank: micro batches forward and backward through the
 DeepSpeed engine, the objective's loss normalised over the global batch, non-finite
-losses stopped or skipped on every rank together, and the step's metrics."""
+losses and gradients stopped or skipped on every rank together, and the step's metrics."""
 
 from __future__ import annotations
 
@@ -12,19 +12,36 @@ import torch
 import torch.distributed as dist
 
 from framework.config.schema import TrainConfig
+from framework.tracking import SKIP_COUNTS
 from framework.train.loss import backward_scale
 from framework.train.metrics import ModelShape, clock, gather, peak_memory_gb, summarize
 from framework.train.objective import Objective
 
 
 class NonFiniteLoss(RuntimeError):
-    """A micro batch's loss is NaN or infinite on some rank; the weights are untouched."""
+    """A step's loss or gradient norm is NaN or infinite on some rank, and the run stops;
+    the weights are untouched."""
+
+
+# Why a step's update did not happen: its metrics count each (0 or 1), `skipped` both.
+_, LOSS_SKIP, GRADIENT_SKIP = SKIP_COUNTS
 
 
 def _finite_everywhere(summed: torch.Tensor) -> bool:
     # Decided by every rank together, before backward, so all stop or skip at the same
     # point and no rank waits in a collective the others left.
     bad = (~torch.isfinite(summed.detach())).double()
+    dist.all_reduce(bad)
+    return not bad.item()
+
+
+def _gradients_finite(engine: deepspeed.DeepSpeedEngine, device: torch.device) -> bool:
+    """Whether every rank's gradients are finite, for a plain torch optimizer (ZeRO-0),
+    which would apply them as they are: ZeRO 1-3 check and skip by themselves."""
+    bad = torch.zeros((), device=device)
+    for param in engine.module.parameters():
+        if param.grad is not None:
+            bad += (~torch.isfinite(param.grad)).any()
     dist.all_reduce(bad)
     return not bad.item()
 
@@ -49,6 +66,20 @@ def _step_skipped(engine: deepspeed.DeepSpeedEngine) -> Iterator[None]:
         del optimizer.overflow
 
 
+def _engine_step(engine: deepspeed.DeepSpeedEngine, device: torch.device, *, loss_skipped: bool):
+    """engine.step() after a micro batch's backward; at the accumulation boundary, held
+    when `loss_skipped`. Returns whether the update was skipped for a gradient norm that
+    is not finite (by ZeRO 1-3 themselves; for ZeRO-0 checked here)."""
+    if not engine.is_gradient_accumulation_boundary():
+        engine.step()
+        return False
+    plain = not hasattr(engine.optimizer, "overflow")  # ZeRO-0: nobody checks for us
+    gradient = not loss_skipped and plain and not _gradients_finite(engine, device)
+    with _step_skipped(engine) if loss_skipped or gradient else contextlib.nullcontext():
+        engine.step()
+    return gradient or (not loss_skipped and not engine.was_step_applied())
+
+
 def train_step(
     engine: deepspeed.DeepSpeedEngine,
     batches: Iterator[dict[str, torch.Tensor]],
@@ -67,7 +98,9 @@ def train_step(
     adds MFU to the metrics.
 
     A NaN or infinite loss raises NonFiniteLoss before any weight changes, or with
-    `skip_non_finite` skips the optimizer step (metrics: skipped=1, loss NaN).
+    `skip_non_finite` skips the optimizer step (skipped=1, loss NaN). A non-finite gradient
+    norm skips it anyway (_engine_step; skipped=1, the loss as it was): guarded_step
+    decides whether the run goes on.
     """
     start = clock(device)
     lr = engine.get_lr()[0]  # the rate this step applies; the scheduler moves on in step()
@@ -89,9 +122,7 @@ def train_step(
             skipped = True
         engine.backward(summed * scale)
         computed = clock(device)
-        skip_here = skipped and engine.is_gradient_accumulation_boundary()
-        with _step_skipped(engine) if skip_here else contextlib.nullcontext():
-            engine.step()
+        gradient_skipped = _engine_step(engine, device, loss_skipped=skipped)
         compute_s, optimizer_s = (
             compute_s + computed - began,
             optimizer_s + clock(device) - computed,
@@ -111,7 +142,9 @@ def train_step(
     }
     return {
         "loss": loss_sum.item() / max(weight, 1e-12),
-        "skipped": int(skipped),
+        "skipped": int(skipped or gradient_skipped),
+        LOSS_SKIP: int(skipped),
+        GRADIENT_SKIP: int(gradient_skipped),
         "lr": lr,
         "grad_norm": float(engine.get_global_grad_norm() or 0.0),
         **objective.step_metrics(device),
@@ -147,19 +180,28 @@ def guarded_step(
             objective=objective,
         )
     except NonFiniteLoss:
-        why = (
-            f"after {in_a_row} skipped steps in a row (trainer.max_skipped_steps)"
-            if in_a_row
-            else "so the run stops before updating the weights"
-        )
-        raise NonFiniteLoss(
-            f"step {step}: the loss is NaN or infinite, {why}; {NON_FINITE_FIX}"
-        ) from None
+        raise NonFiniteLoss(_stop_line(step, "the loss", in_a_row)) from None
+    what = "the loss" if metrics[LOSS_SKIP] else "the gradient norm"
+    if metrics[GRADIENT_SKIP] and not skip:
+        raise NonFiniteLoss(_stop_line(step, what, in_a_row))
     if metrics["skipped"] and rank == 0:
         print(
-            f"step {step}: the loss is NaN or infinite; step skipped, weights unchanged "
+            f"step {step}: {what} is NaN or infinite; step skipped, weights unchanged "
             f"({in_a_row + 1} in a row, at most trainer.max_skipped_steps="
             f"{cfg.trainer.max_skipped_steps})",
             flush=True,
         )
     return metrics
+
+
+def _stop_line(step: int, what: str, in_a_row: int) -> str:
+    why = (
+        f"after {in_a_row} skipped steps in a row (trainer.max_skipped_steps)"
+        if in_a_row
+        else "so the run stops before updating the weights (trainer.on_non_finite=stop; "
+        "=skip skips such steps)"
+    )
+    return (
+        f"step {step}: {what} is NaN or infinite, {why}; the newest checkpoint is the "
+        f"run's result; {NON_FINITE_FIX}"
+    )

@@ -15,7 +15,13 @@ from framework.model.adapters import prepare_for_training
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.train.engine import build_engine, deepspeed_config
 from framework.train.loss import TokenCrossEntropy, summed_loss, token_losses
-from framework.train.step import NonFiniteLoss, guarded_step, train_step
+from framework.train.step import (
+    GRADIENT_SKIP,
+    LOSS_SKIP,
+    NonFiniteLoss,
+    guarded_step,
+    train_step,
+)
 from tests.helpers import (
     TINY,
     assert_same,
@@ -270,14 +276,14 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tokenizer):
         torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6)
 
 
-def _one_rank_engine(tokenizer, zero_stage: int, accum: int = 1):
+def _one_rank_engine(tokenizer, zero_stage: int, accum: int = 1, precision: str = "fp32"):
     single_process_group()
     cfg = TrainConfig(model=TINY)
     cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = 2, accum
     cfg.trainer.warmup_steps, cfg.parallelism.zero_stage = 0, zero_stage
     torch.manual_seed(0)
-    model = build_model(TINY, tokenizer, torch.float32)
-    ds_config = deepspeed_config(cfg, world_size=1, precision="fp32", gpu=False)
+    model = build_model(TINY, tokenizer, TORCH_DTYPES[precision])
+    ds_config = deepspeed_config(cfg, world_size=1, precision=precision, gpu=False)
     return build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
 
 
@@ -339,3 +345,56 @@ def test_skipping_stops_after_max_skipped_steps_in_a_row(tokenizer, capsys):
     assert "step 1: the loss is NaN or infinite; step skipped" in capsys.readouterr().out
     with pytest.raises(NonFiniteLoss, match=r"step 2: .* after 1 skipped steps in a row"):
         guarded_step(engine, batches, cfg, **where, step=2, in_a_row=1)
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward; backward sends an infinite gradient on: the loss stays finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+@pytest.mark.parametrize(
+    ("zero_stage", "precision"), [(0, "fp32"), (2, "fp32"), (3, "fp32"), (2, "bf16")]
+)
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_non_finite_gradient_norm_under_a_finite_loss_is_counted_and_governed(
+    tokenizer, capsys, zero_stage, precision, policy
+):
+    """Skipped by ZeRO 1-3 (by us under ZeRO-0), counted with its reason; stop raises naming
+    the step, skip goes on and the next step trains. Weights and lr schedule hold."""
+    engine = _one_rank_engine(tokenizer, zero_stage, precision=precision)
+    cfg = TrainConfig(model=TINY)
+    cfg.trainer.on_non_finite = policy
+    where = {"objective": SFT, "rank": 0, "device": torch.device("cpu"), "peak": None}
+    batches, lr = iter(_micro_batches(tokenizer, 2)), engine.get_lr()[0]
+    before = gather_state_dict(engine.module, zero_stage)
+    poison = engine.module.model.norm.register_forward_hook(
+        lambda module, args, out: _InfiniteGradient.apply(out)
+    )
+    if policy == "stop":
+        with pytest.raises(
+            NonFiniteLoss, match=r"step 1: the gradient norm is NaN or infinite, so"
+        ):
+            guarded_step(engine, batches, cfg, **where, step=1, in_a_row=0)
+    else:
+        metrics = guarded_step(engine, batches, cfg, **where, step=1, in_a_row=0)
+        counts = (metrics["skipped"], metrics[GRADIENT_SKIP], metrics[LOSS_SKIP])
+        assert counts == (1, 1, 0) and np.isfinite(metrics["loss"])
+        assert (
+            "step 1: the gradient norm is NaN or infinite; step skipped" in capsys.readouterr().out
+        )
+    poison.remove()
+    held = gather_state_dict(engine.module, zero_stage)
+    assert all(torch.equal(held[name], weight) for name, weight in before.items())
+    assert engine.get_lr()[0] == lr
+    if policy == "skip":
+        assert guarded_step(engine, batches, cfg, **where, step=2, in_a_row=1)["skipped"] == 0
+        trained = gather_state_dict(engine.module, zero_stage)
+        assert any(not torch.equal(trained[n], w) for n, w in before.items())
+        assert engine.get_lr()[0] != lr
