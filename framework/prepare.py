@@ -87,8 +87,9 @@ def mapper_for(cfg: TrainConfig):
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, LoadedData | None]:
-    """The tokenizer and the artifact directory, built unless an identical one exists.
-    Sources are read only when needed: to build, or to train the built-in tokenizer."""
+    """The tokenizer and the artifact directory, built unless an identical one exists, with
+    its identity.json (data/identity.py). Sources are read only when needed: to build, or
+    to train the built-in tokenizer."""
     policy = ErrorPolicy(cfg.data.on_error)
     built_in = cfg.model.name_or_path is None
     seed, pairs, files = cfg.trainer.seed, cfg.objective.pairs, reference_files(cfg)
