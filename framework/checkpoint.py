@@ -2,10 +2,9 @@
 DeepSpeed's files (sharded as ZeRO shards them; with an adapter, only the trainable
 weights and their optimizer state: the frozen base is rebuilt from its source), every
 rank's RNG state, the run's progress (`progress.json`: step, layout, sampler position,
-counters), the resolved config and the tokenizer, and a COMMITTED marker that rank 0
-writes last, once every rank has finished. Only committed checkpoints count; every file
-is read through torch.load(weights_only=True). File names: framework/run_dir.py.
-"""
+counters, the data's identity), the resolved config and the tokenizer, and a COMMITTED
+marker that rank 0 writes last, once every rank has finished. Only committed checkpoints
+count; files are read through torch.load(weights_only=True). Names: framework/run_dir.py."""
 
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ import torch.distributed as dist
 from framework.checkpoint_integrity import damage, manifest, set_aside_damaged
 from framework.config.saved import load_train_config, save_train_config
 from framework.config.schema import ConfigError, TrainConfig, first_line
+from framework.data import identity
 from framework.model.adapters import adapter_differences, uses_adapter
 from framework.run_dir import (
     COMMIT_MARKER,
@@ -93,10 +93,10 @@ def resume_point(cfg: TrainConfig) -> Path | None:
 
 def check_resume(cfg: TrainConfig) -> Path | None:
     """On the driver, before any worker starts: trainer.resume's choice, checked and
-    verified (checkpoint_integrity.py). With trainer.resume=auto a damaged newest
-    checkpoint is set aside (renamed damaged_step_*, with a warning naming the file) for
-    the newest intact one; an explicit trainer.resume=<path> that is damaged stops the
-    run, naming the file."""
+    verified (checkpoint_integrity.py): with trainer.resume=auto a damaged newest one is
+    set aside (renamed damaged_step_*, with a warning) for the newest intact one; an
+    explicit damaged trainer.resume=<path> stops the run, naming the file; so do other
+    adapter settings, and other data unless allowed (data/identity.py's check_resume)."""
     found = committed(cfg.run.checkpoint_dir)
     if cfg.trainer.resume == "never" and found:
         raise CheckpointError(
@@ -124,6 +124,7 @@ def check_resume(cfg: TrainConfig) -> Path | None:
     chosen = resume_point(cfg)
     if chosen is not None:
         _check_adapter_resume(chosen, cfg)
+        identity.check_resume(chosen, read_progress(chosen), cfg)
     return chosen
 
 
@@ -162,10 +163,8 @@ def _allowed_globals() -> list:
     allowed = []
     for dotted in _DEEPSPEED_GLOBALS:
         module, _, name = dotted.rpartition(".")
-        try:
+        with contextlib.suppress(ImportError, AttributeError):  # then not in its files
             allowed.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue  # not in this DeepSpeed version, so not in its files either
     return allowed
 
 
@@ -296,6 +295,7 @@ def _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer) -
         "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
         "sampler": sampler_state,
         "totals": totals,
+        "data": identity.of_run(cfg.run.output_dir),  # what check_resume compares
     }
     write_json(path / PROGRESS_FILE, progress)
     save_train_config(cfg, path / CONFIG_FILE)

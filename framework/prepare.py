@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from framework.config.saved import save_train_config
 from framework.config.schema import TrainConfig
-from framework.data import cache
+from framework.data import cache, identity
 from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
 from framework.data.loader import micro_steps_per_epoch
@@ -87,8 +87,9 @@ def mapper_for(cfg: TrainConfig):
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, LoadedData | None]:
-    """The tokenizer and the artifact directory, built unless an identical one exists.
-    Sources are read only when needed: to build, or to train the built-in tokenizer."""
+    """The tokenizer and the artifact directory, built unless an identical one exists, with
+    its identity.json (data/identity.py). Sources are read only when needed: to build, or
+    to train the built-in tokenizer."""
     policy = ErrorPolicy(cfg.data.on_error)
     built_in = cfg.model.name_or_path is None
     seed, pairs, files = cfg.trainer.seed, cfg.objective.pairs, reference_files(cfg)
@@ -98,11 +99,13 @@ def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, Loade
         )
         data = load() if built_in else None
         tokenizer = _tokenizer(cfg, data)
-        key = cache.fingerprint(cfg.data, tokenizer, seed, pairs, files)
+        found = cache.artifact_identity(cfg.data, tokenizer, seed, pairs, files)
+        key = cache.digest(found)
         artifact = Path(cfg.run.cache_dir) / "datasets" / key[:20]
         if not artifact.is_dir():
             data = data or load()
             cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, seed, pairs, mapper)
+        identity.write(artifact, identity.summarize(found, cfg.data, key, files))
     return tokenizer, artifact, data
 
 

@@ -27,6 +27,7 @@ _CHOICES = {
     "trainer.loss_average": ("token", "example"),
     "trainer.loss_positions": ("trained", "all"),
     "trainer.on_non_finite": ("stop", "skip"),
+    "trainer.resume_on_changed_data": ("stop", "continue"),
     "trainer.lr_schedule": ("cosine", "linear", "constant"),
     "objective.name": ("sft", "dpo", "ipo", "simpo", "orpo"),
     "objective.reference": ("precomputed", "live"),

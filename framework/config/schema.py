@@ -227,6 +227,8 @@ class TrainerConfig:
     # never: start afresh (refused while run.checkpoint_dir holds checkpoints);
     # or the path of one checkpoint (a step_* directory).
     resume: str = "auto"
+    # The checkpoint's data, tokenizer or template changed: stop (naming it) or continue.
+    resume_on_changed_data: str = "stop"
     # Under Slurm, checkpoint and stop this long before the job's time limit (more when
     # a step plus a save has been seen to take longer).
     stop_before_deadline_s: float = 300.0
@@ -240,11 +242,9 @@ class TrainerConfig:
     # trained vs held-out families (suite/* metrics); 0 turns it off.
     eval_suite_per_family: int = 4
     # At each evaluation: greedy replies to a fixed sample of this many IFEval prompts
-    # (eval_ifeval_path: its JSONL; null: the hub's google/IFEval, read once by the driver
-    # at start and handed to the workers as a file), shared over the workers and judged by
-    # the official checkers (ifeval/* metrics). 0: off (replies of up to
-    # eval_ifeval_max_new_tokens each, at every evaluation: minutes on a GPU, an hour on
-    # a CPU).
+    # (eval_ifeval_path: its JSONL; null: the hub's google/IFEval, fetched by the driver),
+    # shared over the workers and judged by the official checkers (ifeval/* metrics).
+    # 0: off (replies of up to eval_ifeval_max_new_tokens: an hour on a CPU).
     eval_ifeval_prompts: int = 0
     eval_ifeval_path: str | None = None
     eval_ifeval_max_new_tokens: int = 1280

@@ -42,23 +42,23 @@ def _source_identity(path: str) -> list:
     return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
 
 
-def fingerprint(
+def artifact_identity(
     cfg: DataConfig,
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
     pairs: bool = False,
     reference_files: tuple[str, ...] = (),
-) -> str:
-    """A digest of the sources' contents (by identity), the files decontaminated against,
-    the tokenizer, its chat template and every setting that changes the artifact
-    (curation's included; preference pairs or conversations). Where preprocessing ran
-    and what is only shown are left out: they change nothing in it."""
+) -> dict:
+    """Everything that shapes the artifact: the sources' contents (by identity), the files
+    decontaminated against, the tokenizer, its chat template and every setting that
+    changes the artifact (curation's included; preference pairs or conversations). Where
+    preprocessing ran and what is only shown are left out: they change nothing in it."""
     settings = dataclasses.asdict(cfg)
     for shown_or_where in ("inspect", "num_proc", "preprocess"):
         settings.pop(shown_or_where)
     settings["curate"].pop("show")
     references = [*cfg.curate.decontaminate_files, *reference_files]
-    identity = {
+    return {
         "version": ARTIFACT_VERSION,
         "settings": settings,
         "files": [_source_identity(s.path) for s in [*cfg.sources, *cfg.eval_sources]],
@@ -70,7 +70,22 @@ def fingerprint(
         "pairs": pairs,
         "suite_code": [hashlib.sha256(f.read_bytes()).hexdigest() for f in _SUITE_CODE],
     }
+
+
+def digest(identity: dict) -> str:
+    """The artifact's fingerprint: the sha256 of its `artifact_identity`."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    pairs: bool = False,
+    reference_files: tuple[str, ...] = (),
+) -> str:
+    """The digest of `artifact_identity`: equal fingerprints, identical artifacts."""
+    return digest(artifact_identity(cfg, tokenizer, seed, pairs, reference_files))
 
 
 Rendered = RenderedExample | RenderedPair | RecordError
