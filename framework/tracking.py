@@ -124,6 +124,7 @@ class Tracker:
         self.steps = start_step
         self.last: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
+        self.stopped: str | None = None  # why the loop stopped early, set by it
         # What was logged after the checkpoint did not happen, as far as the run goes on.
         for name in (SAMPLES_FILE, SUITE_ANSWERS_FILE, METRICS_FILE):
             _keep_lines_up_to(out / name, start_step)
@@ -170,8 +171,10 @@ class Tracker:
         """Advance the progress bar and the run's totals by one finished step."""
         if not self.enabled:
             return
+        counted = {**metrics, "trained_tokens": 0} if metrics["skipped"] else metrics
         for key in ("tokens", "trained_tokens", "step_time_s", *SKIP_COUNTS):
-            self.totals[key] = self.totals.get(key, 0.0) + metrics.get(key, 0)
+            # A skipped step's tokens were read, not trained on.
+            self.totals[key] = self.totals.get(key, 0.0) + counted.get(key, 0)
         self.totals["peak_memory_gb"] = max(
             self.totals.get("peak_memory_gb", 0.0), metrics["peak_memory_gb"]
         )
@@ -217,6 +220,13 @@ class Tracker:
                     metrics = {**metrics, key: _table(rows, columns)}
             self.run.log(metrics, step=step)
 
+    def stop(self, step: int, metrics: dict[str, float], reason: str, *, logged: bool) -> None:
+        """The loop stops early at `step` (checkpointed): its line is written if it was not,
+        and the summary will say why."""
+        if not logged:
+            self.log(step, metrics)
+        self.stopped = reason
+
     def checkpointed(self) -> None:
         """A checkpoint was saved: report.html is redrawn, in the background (run.report)."""
         if self.enabled and self.reports is not None:
@@ -249,9 +259,15 @@ class Tracker:
             return
         if self.reports is not None:  # the driver writes the final report: one writer at a time
             self.reports.wait()
-        summary = self.summary()
+        # A run that stopped early or failed says so: its newest checkpoint is its result.
+        ended = {"stopped": self.stopped} if self.stopped else {"failed": True} if failed else {}
+        summary = {**self.summary(), **ended}
         write_json(self.out / SUMMARY_FILE, summary)
-        print("run summary: " + ", ".join(f"{k}={v:,.4g}" for k, v in summary.items()), flush=True)
+        shown = (
+            f"{k}={v:,.4g}" if isinstance(v, float | int) else f"{k}={v}"
+            for k, v in summary.items()
+        )
+        print("run summary: " + ", ".join(shown), flush=True)
         if self.run is not None:
             self.run.summary.update(summary)
         self.progress.close()

@@ -91,18 +91,24 @@ def test_a_loop_that_raises_still_writes_the_summary_and_finishes_wandb(tmp_path
         raise RuntimeError("worker died")
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["steps"] == 1 and summary["final_loss"] == 2.5 and summary["tokens"] == 100
+    assert summary["failed"] is True and "stopped" not in summary
     assert finished == [1] and wandb.run is None  # finished, marked failed
     assert [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).open()] == [1]
 
 
-def test_skipped_steps_are_summed_with_their_reasons(tmp_path):
+def test_skipped_steps_are_summed_with_their_reasons_and_a_stop_is_said(tmp_path):
     cfg = compose_config([*TINY_RUN, "logger=none", f"run.output_dir={tmp_path}"])
     gradient = {**STEP, "skipped": 1, "skipped_non_finite_grad_norm": 1}
     loss = {**STEP, "skipped": 1, "skipped_non_finite_loss": 1}
     with tracking.Tracker(cfg, enabled=True) as tracker:
         for metrics in (STEP, gradient, gradient, loss):
             tracker.step(metrics)
+        tracker.stop(5, STEP, "stop requested (signal)", logged=False)
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["skipped_steps"] == 3
     assert summary["skipped_steps_non_finite_grad_norm"] == 2
     assert summary["skipped_steps_non_finite_loss"] == 1
+    # Skipped steps' tokens were read, not trained on.
+    assert (summary["tokens"], summary["trained_tokens"]) == (400, 40)
+    assert summary["stopped"] == "stop requested (signal)" and "failed" not in summary
+    assert [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).open()] == [5]

@@ -265,8 +265,8 @@ class TrainerConfig:
     loss_chunk_tokens: int | None = None  # null: sized for the device (device_sizes)
     # Run the first micro batch unpacked too and stop if the losses disagree.
     verify_packing: bool = True
-    # A NaN or infinite loss: "stop" the run before the weights change, or "skip" that
-    # optimizer step and go on, stopping after max_skipped_steps skipped in a row.
+    # A NaN or infinite loss or gradient norm: "stop" the run before the weights change, or
+    # "skip" that step and go on, stopping after max_skipped_steps skipped in a row.
     on_non_finite: str = "stop"
     max_skipped_steps: int = 10
     # Peak TFLOP/s of one device, for MFU; null looks the GPU up in a table (none on CPU).

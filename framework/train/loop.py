@@ -85,7 +85,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
             tracker.step(metrics)
             last = step == cfg.trainer.max_steps
-            if step % cfg.trainer.log_every == 0 or last:
+            if logged := step % cfg.trainer.log_every == 0 or last or metrics["skipped"]:
                 tracker.log(step, metrics)
             every = cfg.trainer.eval_every
             if evaluation.enabled and ((every and step % every == 0) or last):
@@ -100,6 +100,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
                 ctx.report({"step": step, **metrics})
             stop.observe(time.monotonic() - began)
             if stopped:
+                tracker.stop(step, metrics, stopped, logged=logged)
                 _announce_stop(out, stopped, step, ctx.rank)
                 return {**metrics, "stopped": stopped}
         # Without ZeRO-3's build context, transformers builds whole models again (the export's).

@@ -5,6 +5,7 @@ losses and gradients stopped or skipped on every rank together, and the step's m
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import deepspeed
@@ -35,15 +36,16 @@ def _finite_everywhere(summed: torch.Tensor) -> bool:
     return not bad.item()
 
 
-def _gradients_finite(engine: deepspeed.DeepSpeedEngine, device: torch.device) -> bool:
-    """Whether every rank's gradients are finite, for a plain torch optimizer (ZeRO-0),
-    which would apply them as they are: ZeRO 1-3 check and skip by themselves."""
-    bad = torch.zeros((), device=device)
+def _plain_gradient_norm(engine: deepspeed.DeepSpeedEngine, device: torch.device) -> float:
+    """The gradient norm for a plain torch optimizer (ZeRO-0), which DeepSpeed neither
+    measures nor checks, and which would apply a non-finite gradient as it is (ZeRO 1-3 do
+    both). The gradients are averaged over the ranks already; MAX makes the ranks agree."""
+    squares = torch.zeros((), dtype=torch.float64, device=device)
     for param in engine.module.parameters():
         if param.grad is not None:
-            bad += (~torch.isfinite(param.grad)).any()
-    dist.all_reduce(bad)
-    return not bad.item()
+            squares += param.grad.detach().double().pow(2).sum()
+    dist.all_reduce(squares, op=dist.ReduceOp.MAX)
+    return math.sqrt(squares.item())
 
 
 @contextlib.contextmanager
@@ -66,18 +68,20 @@ def _step_skipped(engine: deepspeed.DeepSpeedEngine) -> Iterator[None]:
         del optimizer.overflow
 
 
-def _engine_step(engine: deepspeed.DeepSpeedEngine, device: torch.device, *, loss_skipped: bool):
+def _engine_step(
+    engine: deepspeed.DeepSpeedEngine, device: torch.device, *, loss_skipped: bool
+) -> tuple[bool, float | None]:
     """engine.step() after a micro batch's backward; at the accumulation boundary, held
     when `loss_skipped`. Returns whether the update was skipped for a gradient norm that
-    is not finite (by ZeRO 1-3 themselves; for ZeRO-0 checked here)."""
+    is not finite (by ZeRO 1-3 themselves; for ZeRO-0 checked here), and ZeRO-0's norm."""
     if not engine.is_gradient_accumulation_boundary():
         engine.step()
-        return False
-    plain = not hasattr(engine.optimizer, "overflow")  # ZeRO-0: nobody checks for us
-    gradient = not loss_skipped and plain and not _gradients_finite(engine, device)
+        return False, None
+    plain = None if hasattr(engine.optimizer, "overflow") else _plain_gradient_norm(engine, device)
+    gradient = not loss_skipped and plain is not None and not math.isfinite(plain)
     with _step_skipped(engine) if loss_skipped or gradient else contextlib.nullcontext():
         engine.step()
-    return gradient or (not loss_skipped and not engine.was_step_applied())
+    return gradient or (not loss_skipped and not engine.was_step_applied()), plain
 
 
 def train_step(
@@ -122,7 +126,7 @@ def train_step(
             skipped = True
         engine.backward(summed * scale)
         computed = clock(device)
-        gradient_skipped = _engine_step(engine, device, loss_skipped=skipped)
+        gradient_skipped, plain_norm = _engine_step(engine, device, loss_skipped=skipped)
         compute_s, optimizer_s = (
             compute_s + computed - began,
             optimizer_s + clock(device) - computed,
@@ -146,10 +150,14 @@ def train_step(
         LOSS_SKIP: int(skipped),
         GRADIENT_SKIP: int(gradient_skipped),
         "lr": lr,
-        "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+        "grad_norm": _float(engine.get_global_grad_norm() if plain_norm is None else plain_norm),
         **objective.step_metrics(device),
         **summarize(gather(local, device), ModelShape.of(engine.module) if peak else None, peak),
     }
+
+
+def _float(value) -> float:
+    return float("nan") if value is None else float(value)  # None: no norm was measured
 
 
 NON_FINITE_FIX = "lower trainer.lr, check the data (data.inspect) or trainer.precision"
