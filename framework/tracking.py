@@ -54,6 +54,14 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
     write_atomically(path, "".join(line + "\n" for line in kept))
 
 
+def _metrics_lines(path: Path) -> list[dict]:
+    """The metrics of each line of metrics.jsonl, without its step and time."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in ("step", "time")} for line in lines]
+
+
 def _wandb_run_id(out: Path, *, fresh: bool) -> str:
     """The wandb run id of this run directory: new for a fresh start, kept for resumes."""
     file = out / WANDB_ID_FILE
@@ -128,6 +136,13 @@ class Tracker:
         # What was logged after the checkpoint did not happen, as far as the run goes on.
         for name in (SAMPLES_FILE, SUITE_ANSWERS_FILE, METRICS_FILE):
             _keep_lines_up_to(out / name, start_step)
+        # Resumed: the summary starts from the last step and evaluation kept, so a resume
+        # with no step left to take (only the export) does not write a NaN final loss.
+        for line in _metrics_lines(out / METRICS_FILE):
+            if "step_time_s" in line:
+                self.last = line
+            else:
+                self.last_eval = line
         self.metrics_file = (out / METRICS_FILE).open("a", encoding="utf-8")
         self.reports = None
         if cfg.run.report:

@@ -112,3 +112,18 @@ def test_skipped_steps_are_summed_with_their_reasons_and_a_stop_is_said(tmp_path
     assert (summary["tokens"], summary["trained_tokens"]) == (400, 40)
     assert summary["stopped"] == "stop requested (signal)" and "failed" not in summary
     assert [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).open()] == [5]
+
+
+def test_a_resume_with_no_step_left_keeps_the_last_loss_and_evaluation(tmp_path):
+    """A rerun after a stop at the last step only exports: its summary must not turn the
+    final loss into NaN and drop the evaluation."""
+    cfg = compose_config([*TINY_RUN, "logger=none", f"run.output_dir={tmp_path}"])
+    with tracking.Tracker(cfg, enabled=True) as tracker:
+        tracker.step(STEP)
+        tracker.log(1, STEP)
+        tracker.log_eval(1, {"eval_loss": 1.25}, [], [])
+    with tracking.Tracker(cfg, enabled=True, start_step=1, totals=tracker.totals):
+        pass
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert (summary["final_loss"], summary["eval_loss"], summary["tokens"]) == (2.5, 1.25, 100)
+    assert "step" not in summary and "time" not in summary

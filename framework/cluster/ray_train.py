@@ -164,14 +164,16 @@ def run(cfg: TrainConfig) -> str | None:
         ),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except ray.train.WorkerGroupError as err:
         raise RunFailed(_worker_failures(err)) from None
     except ray.train.TrainingFailedError as err:
         raise RunFailed(f"training failed: {err}") from None
     finally:
-        stopped = clear_stop_request(cfg.run.output_dir)
-    return stopped
+        clear_stop_request(cfg.run.output_dir)
+    # What the workers did, not what was asked: a stop asked for during the last step's
+    # evaluation or the export comes too late, and the run finished.
+    return (result.metrics or {}).get("stopped") or None
 
 
 def _worker_failures(err: ray.train.WorkerGroupError) -> str:

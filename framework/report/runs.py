@@ -92,9 +92,11 @@ def _state(path: Path, config: TrainConfig, steps: list[dict]) -> str:
     ours = holder is not None and (holder.host, holder.pid) == (me.host, me.pid)
     if holder and not ours and takeover_reason(holder, me, config.run.lease_stale_s) is None:
         return f"running (step {last} of {planned})"
-    stop = path / STOP_FILE
-    if stop.is_file():
-        return f"stopped early at step {last}: {stop.read_text().strip()}"
+    # The workers' summary says why they stopped; the driver clears the stop request first.
+    stop, summary = path / STOP_FILE, _json_file(path / SUMMARY_FILE, []) or {}
+    if summary.get("stopped") or stop.is_file():
+        reason = summary.get("stopped") or stop.read_text().strip()
+        return f"stopped early at step {last}: {reason}"
     # Not imported from checkpoint.py, which loads DeepSpeed (seconds) for its other work.
     saved = sorted(
         p.parent.name for p in Path(config.run.checkpoint_dir).glob(f"step_*/{COMMIT_MARKER}")
