@@ -125,6 +125,15 @@ def write_stop_request(output_dir: str | Path, reason: str) -> None:
     write_atomically(Path(output_dir, STOP_FILE), reason + "\n")
 
 
+def stopped_early(output_dir: str | Path) -> str | None:
+    """Why the run's workers stopped before the last step, as rank 0's summary.json says;
+    None when they finished (or wrote no summary)."""
+    try:
+        return json.loads(Path(output_dir, SUMMARY_FILE).read_text()).get("stopped")
+    except (OSError, ValueError):
+        return None
+
+
 def clear_stop_request(output_dir: str | Path) -> str | None:
     """Remove the stop request; returns the reason it held, if there was one."""
     file = Path(output_dir, STOP_FILE)

@@ -32,3 +32,12 @@ def test_the_stop_request_carries_its_reason_once(tmp_path):
     run_dir.write_stop_request(tmp_path, "SIGTERM")
     assert run_dir.clear_stop_request(tmp_path) == "SIGTERM"
     assert run_dir.clear_stop_request(tmp_path) is None
+
+
+def test_the_driver_reads_whether_the_workers_stopped_early_from_their_summary(tmp_path):
+    stopped_early, summary = run_dir.stopped_early, tmp_path / run_dir.SUMMARY_FILE
+    assert stopped_early(tmp_path) is None  # no summary: nothing to say
+    summary.write_text('{"steps": 30, "final_loss": 0.5}')
+    assert stopped_early(tmp_path) is None  # finished, even if a stop was asked too late
+    summary.write_text('{"steps": 7, "stopped": "stop requested (signal)"}')
+    assert stopped_early(tmp_path) == "stop requested (signal)"

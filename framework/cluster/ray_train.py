@@ -21,7 +21,7 @@ from framework.cluster.ray_console import (
 from framework.cluster.stopping import slurm_deadline, stop_on_signals
 from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
 from framework.data.formats import DataError
-from framework.run_dir import RAY_DIR, TRAIN_LOG, clear_stop_request
+from framework.run_dir import RAY_DIR, TRAIN_LOG, clear_stop_request, stopped_early
 
 
 class RunFailed(RuntimeError):
@@ -164,7 +164,7 @@ def run(cfg: TrainConfig) -> str | None:
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except ray.train.WorkerGroupError as err:
         raise RunFailed(_worker_failures(err)) from None
     except ray.train.TrainingFailedError as err:
@@ -173,7 +173,7 @@ def run(cfg: TrainConfig) -> str | None:
         clear_stop_request(cfg.run.output_dir)
     # What the workers did, not what was asked: a stop asked for during the last step's
     # evaluation or the export comes too late, and the run finished.
-    return (result.metrics or {}).get("stopped") or None
+    return stopped_early(cfg.run.output_dir)
 
 
 def _worker_failures(err: ray.train.WorkerGroupError) -> str:

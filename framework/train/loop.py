@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
                     totals=tracker.totals, tokenizer=tokenizer,
                 )  # fmt: skip
                 tracker.checkpointed()
-                ctx.report({"step": step, **metrics, "stopped": stopped or ""})
+                ctx.report({"step": step, **metrics})
             stop.observe(time.monotonic() - began)
             if stopped:
                 tracker.stop(step, metrics, stopped, logged=logged)
