@@ -77,17 +77,6 @@ def digest(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def fingerprint(
-    cfg: DataConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    seed: int,
-    pairs: bool = False,
-    reference_files: tuple[str, ...] = (),
-) -> str:
-    """The digest of `artifact_identity`: equal fingerprints, identical artifacts."""
-    return digest(artifact_identity(cfg, tokenizer, seed, pairs, reference_files))
-
-
 Rendered = RenderedExample | RenderedPair | RecordError
 
 

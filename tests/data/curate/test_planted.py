@@ -51,7 +51,9 @@ def test_curation_settings_are_part_of_the_fingerprint_and_show_is_not(tmp_path)
     tokenizer = train_bpe(["a small corpus for a tokenizer"], 300)
 
     def key(*overrides):
-        return cache.fingerprint(_curate_demo(tmp_path, *overrides).data, tokenizer, 0)
+        return cache.digest(
+            cache.artifact_identity(_curate_demo(tmp_path, *overrides).data, tokenizer, 0)
+        )
 
     base = key()
     assert key("data.curate.show=5") == base and key("data.preprocess=ray") == base
