@@ -88,7 +88,7 @@ def _rank(rank: int, port: int, cfg, repeats: int, out: str) -> None:
         Path(out).write_text(json.dumps({"path": str(path), "save_s": save_s, "manifest_s": timed}))
     dist.barrier()
     sys.stdout.flush()
-    os._exit(0)  # as tests/helpers.spawn: skip a teardown that rarely aborts a rank
+    os._exit(0)  # as tests.helpers.spawn: skip a teardown that rarely aborts a rank
 
 
 def drop_from_page_cache(path: Path) -> None:

@@ -299,7 +299,7 @@ def notes(n_synthetic: int) -> list[str]:
         "pack_dataset on a prebuilt dataset), best of 3 below 100k sequences, one run "
         "otherwise; machine: 2 CPU cores.",
         "- alpaca demo: alpaca_en_demo.json (999 records), lengths from a byte-level BPE "
-        "(framework.tokenizer.train_bpe, 8,000 tokens) trained on the file's own texts, "
+        "(framework.model.tokenizer.train_bpe, 8,000 tokens) trained on the file's own texts, "
         "chat = [user: instruction + input, assistant: output] through the ChatML template; "
         "an approximation of the real pipeline's lengths.",
         "- OpenChat V1: 6,144 lengths from imoneoi/multipack_sampler testdata.json, clipped "

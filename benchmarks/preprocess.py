@@ -266,7 +266,7 @@ def notes(facts: dict) -> list[str]:
         "(framework.data.sources.load_data, on_error raise) and cycled in order to "
         f"{TARGET:,} conversations for stable timings (repeats tokenize the same texts again, "
         "for both pipelines alike).",
-        f"- Tokenizer: framework.tokenizer.train_bpe (byte-level BPE, {VOCAB_SIZE:,} tokens) "
+        f"- Tokenizer: framework.model.tokenizer.train_bpe (byte-level BPE, {VOCAB_SIZE:,} tokens) "
         "trained on the set's own message texts and tool schemas. Both pipelines use the same "
         "copy of it whose template is our ChatML with `{% generation %}` markers around each "
         "assistant reply + <|im_end|> (TRL's assistant-only loss needs them; the text and ids "

@@ -124,7 +124,7 @@ def _rank(rank: int, port: int, cfg, threads: int, compiled: bool, steps: int, o
         Path(out).write_text(json.dumps(result))
     dist.barrier()
     sys.stdout.flush()
-    os._exit(0)  # as tests/helpers.spawn: skip a teardown that rarely aborts a rank
+    os._exit(0)  # as tests.helpers.spawn: skip a teardown that rarely aborts a rank
 
 
 def run_variant(work: Path, overrides: list[str], threads: int, compiled: bool, steps: int):
