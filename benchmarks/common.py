@@ -79,7 +79,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
 def machine() -> str:
-    """This machine in one line: CPU model, cores, memory."""
+    """This machine in one line: CPU model, cores, bf16 units (they decide bf16 speed), memory."""
     import platform
 
     model = platform.processor() or platform.machine()
@@ -89,7 +89,10 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GB memory"
+    from framework.model.precision import cpu_bf16_units
+
+    units = cpu_bf16_units() or "no bf16 units"
+    return f"{model}, {os.cpu_count()} cores, {units}, {memory:.0f} GB memory"
 
 
 def write_results_page(script: str, title: str, body: list[str]) -> Path:
