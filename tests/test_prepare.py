@@ -1,12 +1,15 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from framework.config.compose import CONF_DIR, compose_train_config
 from framework.config.schema import ConfigError, TrainConfig
+from framework.data.curate.planted import main as planted
 from framework.data.formats import DataError
 from framework.data.pack import PackingPlan
-from framework.prepare import size_the_run
+from framework.prepare import prepare_run, size_the_run
 from framework.run_dir import DATASET_POINTER, artifact_path
 
 STATS = {"tokens": 100 * 500, "examples": 400}  # 100 rows of 500 tokens, 4 examples each
@@ -52,3 +55,29 @@ def test_a_worker_that_cannot_see_the_run_paths_is_told_which_key_to_share(tmp_p
         artifact_path(tmp_path)
     (tmp_path / "gone").mkdir()
     assert artifact_path(tmp_path) == tmp_path / "gone"
+
+
+@pytest.mark.slow  # the real tokenizer: SmolLM2 converted from its GGUF (~25 s, shared)
+def test_every_data_recipe_prepares_with_the_default_model(real_model_cache, tmp_path):
+    """conf/data/*.yaml as their headers run them, with the default model's tokenizer:
+    no recipe stops on a record its own max_seq_len cuts to nothing (counted instead)."""
+    planted(str(tmp_path / "planted"))  # curate_demo's first header command
+    for recipe in sorted((Path(CONF_DIR) / "data").glob("*.yaml")):
+        objective = ["objective=dpo"] if recipe.stem == "dpo_demo" else []
+        cfg = compose_train_config(
+            [
+                f"data={recipe.stem}",
+                *objective,
+                f"run.output_dir={tmp_path / recipe.stem}",
+                f"run.cache_dir={real_model_cache[0]}",
+                "data.num_proc=1",
+            ]
+        )
+        for source in cfg.data.sources:
+            if source.path.endswith("outputs/planted/planted.jsonl"):
+                source.path = str(tmp_path / "planted" / "planted.jsonl")
+        stats = prepare_run(cfg).stats
+        assert stats["examples"] > 0 and stats["trained_tokens"] > 0, recipe.stem
+        if recipe.stem == "glaive_toolcall":  # one prompt alone is over 2,048 tokens
+            assert cfg.data.max_seq_len == 2048
+            assert stats["sources"]["glaive_toolcall_en_demo"]["skipped"] == {"no_target": 1}

@@ -1,6 +1,11 @@
 """Rendered examples fitted to data.max_seq_len: cut or dropped as data.overlong says,
 those with nothing left to train removed, each counted per source. A preference pair is
-fitted as one unit: its two sequences share a row."""
+fitted as one unit: its two sequences share a row.
+
+An example that truncation leaves with no trained token (its replies all lie past
+data.max_seq_len) is skipped and counted as `no_target` whatever data.on_error says: the
+record is sound, the row is too short for it. One with no trained token before any cut
+goes to data.on_error like any other bad record."""
 
 from __future__ import annotations
 
@@ -53,7 +58,8 @@ def fit_to_length(
             continue
         sequences = _sequences(result)
         lengths = [len(ids) for ids, _ in sequences]
-        if sum(lengths) > cfg.max_seq_len:
+        cut = sum(lengths) > cfg.max_seq_len
+        if cut:
             if cfg.overlong == "drop":
                 fitted.dropped[record.source] += 1
                 continue
@@ -61,10 +67,11 @@ def fit_to_length(
             limits = _limits(lengths, cfg.max_seq_len)
             sequences = [(ids[:n], w[:n]) for (ids, w), n in zip(sequences, limits, strict=True)]
         if not all(any(w > 0 for w in weights[1:]) for _, weights in sequences):
-            policy(
-                RecordError(record.where, "no_target", "no trained token within data.max_seq_len"),
-                record.source,
-            )
+            if cut:  # counted, never fatal: the row is too short, not the record bad
+                detail = f"no trained token within data.max_seq_len={cfg.max_seq_len}"
+                policy.count(RecordError(record.where, "no_target", detail), record.source)
+            else:
+                policy(RecordError(record.where, "no_target", "no trained token"), record.source)
             continue
         fitted.examples += sequences
         fitted.sources += [record.source] * len(sequences)

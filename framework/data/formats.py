@@ -95,6 +95,11 @@ class ErrorPolicy:
     def __call__(self, err: RecordError, source_name: str) -> None:
         if self.on_error == "raise":
             raise err
+        self.count(err, source_name)
+
+    def count(self, err: RecordError, source_name: str) -> None:
+        """Count `err` as skipped whatever on_error says: for examples the config itself
+        leaves nothing to train, which are not bad records."""
         counts = self.skipped.setdefault(source_name, {})
         counts[err.reason] = counts.get(err.reason, 0) + 1
         self.first.setdefault(err.reason, str(err))

@@ -209,3 +209,15 @@ def test_sizes_left_null_are_the_device_classs_and_given_ones_win():
     ]
     preset = compose_config(["model=llama3_8b", "cluster.use_gpu=true"])
     assert preset.trainer.micro_batch_size == 1  # the preset's own
+
+
+def test_a_data_recipe_s_max_seq_len_wins_over_the_model_preset_s():
+    # data comes after model in conf/train.yaml's defaults: a recipe that sets
+    # max_seq_len keeps it; one that does not (suite) gets the preset's.
+    def length(*overrides: str) -> int:
+        return compose_train_config(list(overrides)).data.max_seq_len
+
+    assert length("data=glaive_toolcall") == 2048  # over smollm2_135m's 512
+    assert length("model=llama3_8b", "data=identity") == 256  # under the preset's 2048
+    assert length("model=llama3_8b", "data=suite") == 2048
+    assert length("data=glaive_toolcall", "data.max_seq_len=1024") == 1024  # command line
