@@ -3,3 +3,17 @@ data/ and suite/ (what is trained on), model/ (models and tokenizers), train/ (t
 loop), eval/ (evaluation), cluster/ (Ray, signals, Slurm), and beside them prepare.py,
 checkpoint.py, export.py, tracking.py, run_dir.py, chat.py and cli.py. ARCHITECTURE.md
 follows a run through them."""
+
+import logging
+
+
+def _not_the_cpu_fallback(record: logging.LogRecord) -> bool:
+    # DeepSpeed logs this at import on every machine without CUDA, the first line of every
+    # command and of every Ray worker's output; our own lines say CPU or GPU. A machine with
+    # CUDA never logs it, so dropping it changes no choice of accelerator.
+    return not record.getMessage().startswith("Setting accelerator to CPU.")
+
+
+# Before deepspeed is imported (its logger is this one, found by name): every process that
+# imports the framework (drivers, Ray workers) has it.
+logging.getLogger("DeepSpeed").addFilter(_not_the_cpu_fallback)

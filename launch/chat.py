@@ -8,7 +8,7 @@ python launch/chat.py model=outputs/smollm2-sft/hf system="Be brief." temperatur
 
 `--prompt "..."` is shorthand for the Hydra override `prompt=...` (Hydra itself rejects
 unknown flags), quoted so that the text arrives exactly as written. The keys are those of
-framework.config.commands.ChatConfig (conf/chat/chat.yaml). Interactive mode reads lines after a
+framework.config.commands.ChatConfig (launch/conf/chat.yaml). Interactive mode reads lines after a
 `> ` prompt: `/reset` clears the history, `/exit` or Ctrl-D quits, Ctrl-C stops a reply.
 Replies stream to stdout; in one-shot mode stdout holds the reply and nothing else.
 """
@@ -28,9 +28,9 @@ from framework.config.compose import chat_config, register_schemas
 register_schemas()
 
 
-# Its own config directory: in conf/, Hydra would take `model=<dir>` for a choice of the
+# Its config outside conf/: there, Hydra would take `model=<dir>` for a choice of the
 # training config's `model` group.
-@hydra.main(config_path="../conf/chat", config_name="chat", version_base=None)
+@hydra.main(config_path="conf", config_name="chat", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = chat_config(raw)

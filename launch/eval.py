@@ -14,7 +14,7 @@ a .gguf file, a Hugging Face directory or hub id. A table goes to stdout, every 
 (worst first) to `<out>/eval.json` (default `<model>-eval/`, `<model>-<eval>/` for
 ifeval, questions and lm_eval), and both to a wandb
 run (offline unless an API key is set). The keys are framework.config.commands.EvalConfig's
-(conf/eval/eval.yaml).
+(launch/conf/eval.yaml).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from framework.run_dir import EVAL_FILE
 register_schemas()
 
 
-# Its own config directory: in conf/, Hydra would take `model=<dir>` for a choice of the
+# Its config outside conf/: there, Hydra would take `model=<dir>` for a choice of the
 # training config's `model` group.
-@hydra.main(config_path="../conf/eval", config_name="eval", version_base=None)
+@hydra.main(config_path="conf", config_name="eval", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = eval_config(raw)

@@ -9,7 +9,7 @@ python launch/export.py model=smollm2_135m out=smollm2-hf
 directory or a run's checkpoint directory (run.checkpoint_dir) for its newest committed
 one, in one CPU process, whatever ZeRO stage and number of workers wrote it. `out` is
 replaced only once the new export has reloaded with equal weights and logits. The keys
-are framework.config.commands.ExportConfig's (conf/export/export.yaml).
+are framework.config.commands.ExportConfig's (launch/conf/export.yaml).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from framework.config.compose import export_config, register_schemas
 register_schemas()
 
 
-@hydra.main(config_path="../conf/export", config_name="export", version_base=None)
+@hydra.main(config_path="conf", config_name="export", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = export_config(raw)

@@ -23,7 +23,7 @@ from framework.tracking import log_rounds
 register_schemas()
 
 
-@hydra.main(config_path="../conf/improve", config_name="improve", version_base=None)
+@hydra.main(config_path="conf", config_name="improve", version_base=None)
 def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = improve_config(raw)

@@ -53,6 +53,12 @@ def _worker_main(config: dict) -> None:
         raise UserError(str(err)) from None
 
 
+# A private local Ray has one node and no autoscaler to drain it, so Ray Train's preemption
+# watcher has nothing to watch; starting it logs an error-level line on the console
+# (core_worker.cc: "Actor with class name: 'PreemptionWatcher' ... max_restarts > 0",
+# ray-project/ray#53727). On a cluster we join, it stays on.
+PRIVATE_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 _SETUP_HOOK = f"{keep_off_console.__module__}.{keep_off_console.__name__}"
 
 
@@ -67,6 +73,8 @@ def connect(cfg: TrainConfig) -> None:
             "worker_process_setup_hook": _SETUP_HOOK,
             "env_vars": {TRAIN_LOG_ENV: str(Path(cfg.run.output_dir, TRAIN_LOG).resolve())},
         }
+        if address == "local":
+            runtime_env["env_vars"].update(PRIVATE_RAY_ENV)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     # The nodes alive now: an autoscaling cluster is judged by what it has started, not by
     # what it could add (start it with enough nodes for the run).

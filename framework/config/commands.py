@@ -12,7 +12,7 @@ from framework.config.schema import DEFAULT_CACHE_DIR, DEFAULT_HELD_OUT, LoggerC
 
 @dataclass
 class ChatConfig:
-    """launch/chat.py (conf/chat/chat.yaml)."""
+    """launch/chat.py (launch/conf/chat.yaml)."""
 
     # Any MODEL_FORMS, e.g. outputs/tiny-sft/hf or smollm2_135m.
     model: str = MISSING
@@ -35,7 +35,7 @@ class ChatConfig:
 
 @dataclass
 class EvalConfig:
-    """launch/eval.py (conf/eval/eval.yaml)."""
+    """launch/eval.py (launch/conf/eval.yaml)."""
 
     # Any MODEL_FORMS (a run's hf/, a checkpoint, smollm2_135m, ...). Not needed for a
     # questions file whose every line carries its `prediction`.
@@ -77,7 +77,7 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    """launch/export.py (conf/export/export.yaml)."""
+    """launch/export.py (launch/conf/export.yaml)."""
 
     # Any MODEL_FORMS: a step_* checkpoint or run.checkpoint_dir (its newest committed
     # one), a .gguf file or preset to convert, a Hugging Face directory to copy.
@@ -90,7 +90,7 @@ class ExportConfig:
 
 @dataclass
 class ImproveConfig:
-    """launch/improve.py (conf/improve/improve.yaml): rounds of preference tuning on the
+    """launch/improve.py (launch/conf/improve.yaml): rounds of preference tuning on the
     model's own answers to the suite's training prompts, checked by the suite's checkers."""
 
     # The model to improve: any MODEL_FORMS, e.g. outputs/smollm2-sft/hf.

@@ -32,7 +32,7 @@ SCHEMAS = {
 
 def register_schemas() -> None:
     """Make the schemas available to the defaults lists of conf/train.yaml,
-    conf/chat/chat.yaml, conf/eval/eval.yaml and conf/export/export.yaml."""
+    launch/conf/*.yaml (chat, eval, export, improve)."""
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         store.store(name=name, node=schema)

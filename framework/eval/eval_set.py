@@ -113,7 +113,8 @@ def greedy_samples(
     for index in range(0, min(count * every, len(evalset.dataset)), every):
         tokens, weights = evalset.dataset.example(index)
         start, end = _last_reply(np.asarray(tokens), np.asarray(weights))
-        prompt = torch.as_tensor(np.asarray(tokens[:start]), dtype=torch.long, device=device)[None]
+        # A copy: the dataset's arrays are read-only views, which torch warns about.
+        prompt = torch.from_numpy(np.array(tokens[:start], dtype=np.int64)).to(device)[None]
         output = model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 
 from framework.config.schema import KNOWLEDGE_FAMILIES
 from framework.suite.checkers import normalized_equal
@@ -36,7 +36,9 @@ class Scored:
 
 @cache
 def _rouge() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"])
+    # The tokenizer given, as RougeScorer's default: without one it logs "Using default
+    # tokenizer." on the console, with no context.
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=tokenizers.DefaultTokenizer())
 
 
 def score(
