@@ -21,8 +21,10 @@ from framework.config.compose import (
 )
 
 COMMAND = re.compile(r"#\s+python (launch/\S+\.py.*)")
-# launch/<script>.py -> its config folder under conf/ and what turns the composition into
-# its checked config (train.py and prepare.py: compose_train_config, conf/train.yaml).
+# The other commands' configs: launch/conf/<script>.yaml (train.py and prepare.py compose
+# conf/train.yaml with its groups).
+COMMAND_CONF_DIR = Path(CONF_DIR).parent / "launch" / "conf"
+# launch/<script>.py -> what turns its composition into its checked config.
 OTHER_SCRIPTS = {
     "chat": chat_config,
     "eval": eval_config,
@@ -34,13 +36,14 @@ OTHER_SCRIPTS = {
 def header_commands() -> list:
     """(config file, line number, argv) for each command in a config's leading comments."""
     found = []
-    for path in sorted(Path(CONF_DIR).rglob("*.yaml")):
+    root = Path(CONF_DIR).parent
+    for path in sorted([*Path(CONF_DIR).rglob("*.yaml"), *COMMAND_CONF_DIR.glob("*.yaml")]):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.startswith("#"):
                 break
             match = COMMAND.fullmatch(line)
             if match:
-                name = f"{path.relative_to(CONF_DIR)}:{number}"
+                name = f"{path.relative_to(root)}:{number}"
                 found.append(pytest.param(shlex.split(match[1], comments=True), id=name))
     return found
 
@@ -48,7 +51,7 @@ def header_commands() -> list:
 def _compose_other(script: str, overrides: list[str]):
     GlobalHydra.instance().clear()  # compose_train_config initialises conf/ again
     try:
-        with initialize_config_dir(str(Path(CONF_DIR) / script), version_base=None):
+        with initialize_config_dir(str(COMMAND_CONF_DIR), version_base=None):
             raw = compose(config_name=script, overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
