@@ -24,7 +24,7 @@ def _helps() -> dict[str, str]:
     }
     helps = {}
     for command, run in runs.items():
-        out, _ = run.communicate(timeout=120)
+        out, _ = run.communicate(timeout=300)  # six imports at once on two loaded cores
         assert run.returncode == 0, f"{command}: {out}"
         helps[command] = out
     return helps
