@@ -197,7 +197,7 @@ def measure(work: Path, zero: int, repeats: int) -> dict:
          f"run.cache_dir={work / 'cache'}"]
     )  # fmt: skip
     progress("preparing the run (the real model converted once, ~25 s)")
-    prepare_run(cfg)
+    cfg = prepare_run(cfg).cfg
     out = work / "result.json"
     progress(f"two ranks: build, one step, save, manifest x {repeats}")
     mp.spawn(_rank, args=(free_port(), cfg, repeats, str(out)), nprocs=WORLD, join=True)

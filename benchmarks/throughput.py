@@ -117,6 +117,7 @@ def make_setup(workdir: Path, budget: int, model: str) -> Setup:
         ]
     )
     prepared = prepare_run(cfg)
+    cfg = prepared.cfg
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(Path(cfg.run.output_dir) / TOKENIZER_DIR)

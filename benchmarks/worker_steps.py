@@ -133,7 +133,7 @@ def run_variant(work: Path, overrides: list[str], threads: int, compiled: bool, 
     )
     if cfg.objective.pairs:  # a reference pass over every pair would take a quarter hour
         cfg.data.sources[0].max_samples = PAIR_SAMPLES
-    prepare_run(cfg)
+    cfg = prepare_run(cfg).cfg
     out = work / "result.json"
     out.unlink(missing_ok=True)
     args = (free_port(), cfg, threads, compiled, steps, str(out))

@@ -41,6 +41,7 @@ from framework.run_dir import (
 
 @dataclasses.dataclass
 class Prepared:
+    cfg: TrainConfig  # the run's config as the workers get it (sized, paths fetched)
     artifact: Path
     stats: dict
     inspected: list[dict]
@@ -111,20 +112,23 @@ def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, Loade
 
 def prepare_run(cfg: TrainConfig) -> Prepared:
     """Write config.yaml, tokenizer/, dataset.json (the artifact's path) and data_stats.json
-    under `run.output_dir`, and check the data fills at least one step."""
+    under `run.output_dir`, and check the data fills at least one step. `cfg` is left as
+    given: Prepared.cfg is the run's config (sized, IFEval's prompts fetched)."""
     check_model_source(cfg)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.trainer.eval_ifeval_prompts and cfg.trainer.eval_ifeval_path is None:
         # Before the data, which is decontaminated against it.
-        path = ifeval.save_hub_prompts(out / IFEVAL_PROMPTS_FILE)
-        cfg.trainer.eval_ifeval_path = str(path)
+        path = str(ifeval.save_hub_prompts(out / IFEVAL_PROMPTS_FILE))
+        cfg = dataclasses.replace(
+            cfg, trainer=dataclasses.replace(cfg.trainer, eval_ifeval_path=path)
+        )
     tokenizer, artifact, data = prepare_data(cfg)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     stats = cache.load_stats(artifact)
     write_json(out / DATASET_POINTER, {"path": str(artifact)})
     write_json(out / STATS_FILE, stats)
-    size_the_run(cfg, stats, cache.first_plan(artifact))
+    cfg = size_the_run(cfg, stats, cache.first_plan(artifact))
     save_train_config(cfg, out / CONFIG_FILE)
     inspected = []
     if cfg.data.inspect:
@@ -142,7 +146,8 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
             for shown in _inspected(tokenizer, record, cfg.data.train_on)
         ]
         write_json(out / INSPECT_FILE, inspected)
-    return Prepared(artifact, stats, inspected, shown_removals(artifact, cfg.data.curate.show))
+    removed = shown_removals(artifact, cfg.data.curate.show)
+    return Prepared(cfg, artifact, stats, inspected, removed)
 
 
 def shown_removals(artifact: Path, per_reason: int) -> list[dict]:
@@ -167,10 +172,10 @@ def _inspected(tokenizer, record: LoadedRecord, train_on: str) -> list[dict]:
     ]
 
 
-def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> None:
-    """Turn trainer.global_batch_tokens / _examples into grad_accum_steps and
-    trainer.epochs into max_steps (in place, before the config goes to the workers);
-    fail when the data cannot fill one step."""
+def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> TrainConfig:
+    """A copy of `cfg` with trainer.global_batch_tokens / _examples turned into
+    grad_accum_steps and trainer.epochs into max_steps, as the workers get it (the composed
+    config stays as it was given); fails when the data cannot fill one step."""
     trainer, workers = cfg.trainer, cfg.cluster.num_workers
     rows = len(plan) if plan is not None else stats["examples"]
     micro_steps = micro_steps_per_epoch(rows, trainer.micro_batch_size, workers)
@@ -178,13 +183,14 @@ def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> Non
         "tokens": stats["tokens"] / rows * trainer.micro_batch_size * workers,
         "examples": stats["examples"] / rows * trainer.micro_batch_size * workers,
     }
+    sized = {}
     for unit, target in (
         ("tokens", trainer.global_batch_tokens),
         ("examples", trainer.global_batch_examples),
     ):
         if target is not None:
-            trainer.grad_accum_steps = max(1, round(target / per_micro_step[unit]))
+            sized["grad_accum_steps"] = max(1, round(target / per_micro_step[unit]))
     if trainer.epochs is not None:
-        trainer.max_steps = max(
-            1, math.ceil(trainer.epochs * micro_steps / trainer.grad_accum_steps)
-        )
+        accumulation = sized.get("grad_accum_steps", trainer.grad_accum_steps)
+        sized["max_steps"] = max(1, math.ceil(trainer.epochs * micro_steps / accumulation))
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(trainer, **sized))

@@ -49,6 +49,7 @@ def main(raw: DictConfig) -> None:
 def _train(cfg: TrainConfig) -> None:
     with exit_on_user_error():
         prepared = prepare_run(cfg)
+        cfg = prepared.cfg  # sized from the data: what the workers train on
         resume_from = check_resume(cfg)
     print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)
     trainer = cfg.trainer

@@ -318,7 +318,7 @@ def assert_out_of_space_then_resumed(out: Path, root: Path, report: Path, straig
 def test_a_save_that_runs_out_of_space_keeps_the_previous_checkpoint(straight, tmp_path):
     out, report = tmp_path / "run", tmp_path
     cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}"])
-    prepare_run(cfg)
+    cfg = prepare_run(cfg).cfg
     spawn(_train_rank_short_of_space, 2, cfg, report, True)
     assert_out_of_space_then_resumed(out, out / "checkpoints", report, straight / "run")
 
@@ -349,7 +349,7 @@ def test_a_full_file_system_during_a_save_keeps_the_previous_checkpoint(
         [*RUN, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}",
          f"run.checkpoint_dir={root}"]
     )  # fmt: skip
-    prepare_run(cfg)
+    cfg = prepare_run(cfg).cfg
     spawn(_train_rank_short_of_space, 2, cfg, tmp_path, False)
     subprocess.run(["mount", "-o", "remount,size=64m", small_tmpfs], check=True)
     assert_out_of_space_then_resumed(out, root, tmp_path, straight / "run")

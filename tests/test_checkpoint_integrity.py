@@ -163,7 +163,7 @@ def test_each_rank_checksums_exactly_the_files_it_wrote(tmp_path, stage):
     cfg = compose_config(
         [*RUN, *overrides, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}"]
     )
-    prepare_run(cfg)
+    cfg = prepare_run(cfg).cfg
     spawn(_train_rank_recording, 2, cfg, report)
     path = step_dir(out / "checkpoints", 2)
     written: dict[int, set[str]] = {0: set(), 1: set()}

@@ -26,17 +26,16 @@ def _cfg(**trainer) -> TrainConfig:
 
 def test_epochs_set_the_number_of_steps():
     cfg = _cfg(epochs=3, grad_accum_steps=2)
-    size_the_run(cfg, STATS, PLAN)
+    sized = size_the_run(cfg, STATS, PLAN)
     # 100 rows / (2 workers x 5 rows) = 10 micro steps per epoch, 2 per optimizer step.
-    assert cfg.trainer.max_steps == 15
+    assert sized.trainer.max_steps == 15
+    assert cfg.trainer.max_steps == TrainConfig().trainer.max_steps  # a copy: cfg as given
 
 
 def test_global_batch_in_tokens_or_examples_sets_accumulation():
-    tokens = _cfg(global_batch_tokens=20_000)
-    size_the_run(tokens, STATS, PLAN)
+    tokens = size_the_run(_cfg(global_batch_tokens=20_000), STATS, PLAN)
     assert tokens.trainer.grad_accum_steps == 4  # 20,000 / (10 rows x 500 tokens)
-    examples = _cfg(global_batch_examples=120)
-    size_the_run(examples, STATS, PLAN)
+    examples = size_the_run(_cfg(global_batch_examples=120), STATS, PLAN)
     assert examples.trainer.grad_accum_steps == 3  # 120 / (10 rows x 4 examples)
 
 

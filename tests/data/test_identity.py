@@ -86,7 +86,7 @@ def test_a_resume_on_edited_data_stops_or_continues_as_asked(tmp_path, caplog):
     def resume(*more):
         where = [f"run.output_dir={out}", f"run.cache_dir={cache_dir}"]
         cfg = compose_config([*RUN, *steps, *where, *more])
-        prepare_run(cfg)
+        cfg = prepare_run(cfg).cfg
         return checkpoint.check_resume(cfg)
 
     with caplog.at_level(logging.WARNING):

@@ -304,8 +304,7 @@ def test_the_hubs_prompts_are_fetched_by_the_driver_once_for_the_workers(tmp_pat
     with pytest.raises(ConfigError, match=re.escape("offline, give path=<input_data.jsonl>")):
         prepare_run(compose_config(overrides))
     monkeypatch.setattr(ifeval, "_hub_rows", lambda: ifeval._file_rows(str(IFEVAL_FILE)))
-    cfg = compose_config(overrides)
-    prepare_run(cfg)
+    cfg = prepare_run(compose_config(overrides)).cfg
     assert cfg.trainer.eval_ifeval_path == str(tmp_path / IFEVAL_PROMPTS_FILE)
     assert load_prompts(cfg.trainer.eval_ifeval_path) == load_prompts(str(IFEVAL_FILE))
 

@@ -301,7 +301,7 @@ def run(out: Path, cache: Path, *overrides: str, world: int = 2) -> TrainConfig:
     from framework.prepare import prepare_run
 
     cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}", *overrides])
-    prepare_run(cfg)
+    cfg = prepare_run(cfg).cfg
     spawn(_train_rank, world, cfg)
     return cfg
 
