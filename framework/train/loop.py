@@ -22,7 +22,7 @@ from framework.eval.during_training import TrainingEval, evaluate
 from framework.export import export_hf
 from framework.model.adapters import uses_adapter
 from framework.model.resolve import model_source
-from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path, write_stop_request
+from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path
 from framework.tracking import Tracker
 from framework.train.engine import build_training_engine
 from framework.train.metrics import peak_flops
@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             stop.observe(time.monotonic() - began)
             if stopped:
                 tracker.stop(step, metrics, stopped, logged=logged)
-                _announce_stop(out, stopped, step, ctx.rank)
+                _announce_stop(stopped, step, ctx.rank)
                 return {**metrics, "stopped": stopped}
         # Without ZeRO-3's build context, transformers builds whole models again (the export's).
         del zero3
@@ -127,9 +127,9 @@ def _checked(batches, cfg: TrainConfig, engine, objective, reference, *, start: 
     return batches
 
 
-def _announce_stop(out: Path, reason: str, step: int, rank: int) -> None:
+def _announce_stop(reason: str, step: int, rank: int) -> None:
+    # The driver reads why from rank 0's summary.json (run_dir.stopped_early).
     if rank == 0:
-        write_stop_request(out, reason)  # the reason, for the driver
         print(
             f"step {step}: {reason}; checkpoint saved, stopping. Run the same command again "
             "to resume.",
