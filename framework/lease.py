@@ -27,7 +27,8 @@ from pathlib import Path
 from framework.config.schema import ConfigError
 from framework.run_dir import LEASE_FILE, write_atomically
 
-# A takeover in progress holds this lock beside the lease (RUN_LEASE.takeover).
+# Every change to an existing lease (a takeover, a heartbeat, a release) holds this lock
+# beside it (RUN_LEASE.takeover).
 _TAKEOVER_SUFFIX = ".takeover"
 # How long a start waits out other starts taking the lease in turn before it gives up.
 _CONTENDED_S = 10
@@ -186,9 +187,17 @@ class RunLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        held = read_holder(self.file)
-        if held is not None and held.token == self.me.token:
-            self.file.unlink(missing_ok=True)
+        give_up = time.monotonic() + _CONTENDED_S
+        while not self._take_lock():
+            if time.monotonic() > give_up:
+                return  # a taker holds the lease's lock: the lease is its to remove
+            time.sleep(0.05)
+        try:
+            held = read_holder(self.file)
+            if held is not None and held.token == self.me.token:
+                self.file.unlink(missing_ok=True)
+        finally:
+            self._lock.unlink(missing_ok=True)
 
     def _now(self) -> Holder:
         return Holder(**{**asdict(self.me), "heartbeat": time.time()})
@@ -198,11 +207,7 @@ class RunLease:
         it over (it holds the takeover lock) or did. Takers go one at a time, under a
         lock file created like the lease, so that none removes a lease another has just
         taken over."""
-        lock = self.file.with_name(LEASE_FILE + _TAKEOVER_SUFFIX)
-        if not _create(lock, self._now()):
-            taker = read_holder(lock)
-            if taker is not None and time.time() - taker.heartbeat > self.stale_after_s:
-                lock.unlink(missing_ok=True)  # a taker that died mid-takeover
+        if not self._take_lock():
             return False
         try:
             if read_holder(self.file) != held:
@@ -210,21 +215,42 @@ class RunLease:
             self.file.unlink(missing_ok=True)
             return True
         finally:
-            lock.unlink(missing_ok=True)
+            self._lock.unlink(missing_ok=True)
+
+    @property
+    def _lock(self) -> Path:
+        return self.file.with_name(LEASE_FILE + _TAKEOVER_SUFFIX)
+
+    def _take_lock(self) -> bool:
+        """Take the lock that every change to an existing lease file holds (a takeover's
+        removal, the holder's heartbeat and release), so that none of them acts on a
+        lease another has just replaced; False if someone else holds it."""
+        if _create(self._lock, self._now()):
+            return True
+        taker = read_holder(self._lock)
+        if taker is not None and time.time() - taker.heartbeat > self.stale_after_s:
+            self._lock.unlink(missing_ok=True)  # a taker that died mid-takeover
+        return False
 
     def _renew(self) -> None:
         while not self._stop.wait(self.stale_after_s / 4):
-            held = read_holder(self.file)
-            if held is None or held.token != self.me.token:
-                taker = held.describe() if held else "nobody (the file was removed)"
-                print(
-                    f"warning: the lease on {self.file.parent} was taken over by {taker} "
-                    "while this run was not renewing it; this run stops renewing",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return
-            write_atomically(self.file, json.dumps(asdict(self._now())))
+            if not self._take_lock():
+                continue  # a takeover is under way: whose the lease is shows next time
+            try:
+                held = read_holder(self.file)
+                if held is not None and held.token == self.me.token:
+                    write_atomically(self.file, json.dumps(asdict(self._now())))
+                    continue
+            finally:
+                self._lock.unlink(missing_ok=True)
+            taker = held.describe() if held else "nobody (the file was removed)"
+            print(
+                f"warning: the lease on {self.file.parent} was taken over by {taker} "
+                "while this run was not renewing it; this run stops renewing",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
 
     def _held_message(self, held: Holder) -> str:
         age = time.time() - held.heartbeat

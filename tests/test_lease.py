@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from framework.lease import Holder, LeaseHeld, RunLease, read_holder, this_process
+from framework.lease import Holder, LeaseHeld, RunLease, _create, read_holder, this_process
 from framework.run_dir import LEASE_FILE
 
 
@@ -22,6 +22,20 @@ def plant(out, **fields) -> Holder:
     out.mkdir(exist_ok=True)
     (out / LEASE_FILE).write_text(json.dumps(asdict(held)))
     return held
+
+
+def take_over(out, **fields) -> Holder:
+    """What a taker does to a lease: replace it under the takeover lock, which the holder's
+    heartbeat also takes, so the heartbeat cannot write over the taker's lease."""
+    lock = out / f"{LEASE_FILE}.takeover"
+    deadline = time.monotonic() + 10
+    while not _create(lock, this_process()):
+        assert time.monotonic() < deadline, "the holder never let go of the takeover lock"
+        time.sleep(0.01)
+    try:
+        return plant(out, **fields)
+    finally:
+        lock.unlink()
 
 
 def test_a_second_run_is_refused_naming_the_holder_until_the_first_releases(tmp_path):
@@ -81,7 +95,7 @@ def test_the_heartbeat_renews_the_lease_and_a_lost_lease_is_left_to_its_taker(tm
     assert read_holder(tmp_path / LEASE_FILE).heartbeat > first
     with pytest.raises(LeaseHeld):  # renewed: never stale while its holder lives
         RunLease(tmp_path, 0.2).acquire()
-    taker = plant(tmp_path, heartbeat=time.time() + 3600)
+    taker = take_over(tmp_path, heartbeat=time.time() + 3600)
     time.sleep(0.3)
     lease.release()
     assert read_holder(tmp_path / LEASE_FILE) == taker  # not overwritten, not removed
