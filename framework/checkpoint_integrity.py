@@ -75,7 +75,8 @@ def shares(names: list[str], world: int) -> list[list[str]]:
 
 
 def file_digest(file: Path) -> dict:
-    """`file`'s size and CRC-32 (zlib's, which runs at memory speed, see the README)."""
+    """`file`'s size and CRC-32 (zlib's, which runs at memory speed:
+    benchmarks/results/checkpoint_verify.md)."""
     crc, size = 0, 0
     with file.open("rb") as handle:
         while chunk := handle.read(_CHUNK):

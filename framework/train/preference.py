@@ -7,7 +7,7 @@ A sequence's log-probability is the sum of its reply tokens' log-probabilities (
 trained positions), taken from the same token losses as SFT (train/loss.py's
 token_loss_fn: the LM head at reply positions only). With pi and rho the policy's and the
 reference's summed log-probs, |y| the reply's tokens, c / r chosen / rejected, sigma the
-logistic function (the README's table shows the same):
+logistic function (docs/preference.md's table shows the same):
 
 - dpo:   -(1-eps) log sigma(h) - eps log sigma(-h),  h = beta [(pi_c - rho_c) - (pi_r - rho_r)]
 - ipo:   (h - 1 / (2 beta))^2,  h = (pi_c/|c| - rho_c/|c|) - (pi_r/|r| - rho_r/|r|)
