@@ -59,6 +59,10 @@ def _worker_main(config: dict) -> None:
 # ray-project/ray#53727). On a cluster we join, it stays on.
 PRIVATE_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
+# Ray Train's print patch sends each print of a worker to its logger and, as soon as
+# anything wraps sys.stdout, to the stream as well: every line of ours showed twice.
+NO_PRINT_PATCH = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
 _SETUP_HOOK = f"{keep_off_console.__module__}.{keep_off_console.__name__}"
 
 
@@ -71,7 +75,10 @@ def connect(cfg: TrainConfig) -> None:
     if not ray.is_initialized():
         runtime_env = {
             "worker_process_setup_hook": _SETUP_HOOK,
-            "env_vars": {TRAIN_LOG_ENV: str(Path(cfg.run.output_dir, TRAIN_LOG).resolve())},
+            "env_vars": {
+                TRAIN_LOG_ENV: str(Path(cfg.run.output_dir, TRAIN_LOG).resolve()),
+                **NO_PRINT_PATCH,
+            },
         }
         if address == "local":
             runtime_env["env_vars"].update(PRIVATE_RAY_ENV)
