@@ -52,11 +52,14 @@ def _framework_imports(path: Path) -> set[str]:
     return names
 
 
-def test_framework_has_its_folders_in_order_and_nothing_loose():
+def test_framework_holds_the_ordered_folders_and_nothing_loose():
     loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
     assert not loose, f"modules at the top of framework/, outside any folder: {loose}"
-    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert folders == sorted(ORDER), "framework/'s folders and ORDER differ"
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(ORDER), (
+        f"folders missing from ORDER: {sorted(folders - set(ORDER))}; "
+        f"in ORDER but not in framework/: {sorted(set(ORDER) - folders)}"
+    )
 
 
 def test_no_import_runs_up_the_order():
