@@ -26,9 +26,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from framework.config.schema import DEFAULT_CACHE_DIR, AdapterConfig, ModelConfig
+from framework.hf.resolve import resolve_model
 from framework.model.adapters import prepare_for_training
-from framework.model.resolve import resolve_model
-from framework.run_dir import HF_DIR, SUMMARY_FILE
+from framework.run.files import HF_DIR, SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2_135m"

@@ -3,11 +3,11 @@
 What verifying a checkpoint costs, on the largest one this machine makes: a full
 fine-tune of SmolLM2-135M-Instruct (the real model, bf16 with fp32 master weights and
 AdamW's two moments: DeepSpeed's layout of an 8B run, 14 bytes a parameter) after one
-training step on two gloo ranks, saved by framework.checkpoint.save.
+training step on two gloo ranks, saved by framework.train.checkpoint.save.
 
-- save side: `checkpoint_integrity.manifest`, the collective in every save, where each
+- save side: `framework.run.integrity.manifest`, the collective in every save, where each
   rank checksums the files it wrote, just written (page cache);
-- resume side: `checkpoint_integrity.damage`, what the driver's `check_resume` runs on
+- resume side: `framework.run.integrity.damage`, what the driver's `check_resume` runs on
   the newest checkpoint before any worker starts, from the page cache and cold (each
   file's pages dropped with posix_fadvise, so this disk's reads are measured);
 - zlib's CRC-32 on one core, over a buffer in memory, for comparison: reading a file
@@ -35,13 +35,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from common import arg_parser, bench_workdir, free_port, progress, table_header, write_results_page
 
-from framework import checkpoint, checkpoint_integrity
-from framework.checkpoint import committed
-from framework.checkpoint_integrity import damage, manifest, shares
-from framework.config.compose import compose_train_config
+from framework.commands.compose import compose_train_config
+from framework.commands.prepare import prepare_run
 from framework.data.loader import run_batches
-from framework.prepare import prepare_run
-from framework.run_dir import TOKENIZER_DIR, artifact_path
+from framework.run import integrity
+from framework.run.checkpoints import committed
+from framework.run.files import COMMIT_MARKER, TOKENIZER_DIR, artifact_path
+from framework.run.integrity import damage, manifest, shares
+from framework.train import checkpoint
 from framework.train.engine import build_training_engine
 from framework.train.objective import build_objective
 from framework.train.step import train_step
@@ -171,7 +172,7 @@ def projection(crc: float, per_node: int = 8) -> list[str]:
             sizes = layout_8b(stage, world)
             names = sorted(sizes)
             old, new = round_robin(names, world), shares(names, world)
-            node = {name: (checkpoint_integrity.writer_rank(name) or 0) // per_node
+            node = {name: (integrity.writer_rank(name) or 0) // per_node
                     for name in names}  # fmt: skip
             across = sum(sizes[n] for r, share in enumerate(old) for n in share
                          if node[n] != r // per_node)  # fmt: skip
@@ -204,7 +205,7 @@ def measure(work: Path, zero: int, repeats: int) -> dict:
     result = json.loads(out.read_text())
     path = Path(result["path"])
     assert committed(path.parent) == [path]
-    marker = json.loads((path / checkpoint.COMMIT_MARKER).read_text())["files"]
+    marker = json.loads((path / COMMIT_MARKER).read_text())["files"]
     sizes = {name: digest["size"] for name, digest in marker.items()}
     progress("driver: damage, warm and cold")
     return result | {
@@ -231,7 +232,7 @@ def measured_table(r: dict, zero: int) -> list[str]:
         f"| {total / manifest_s:.2f} |",
         f"| (the whole save, manifest included) | {total:.2f} | {r['save_s']:.1f} | |",
         f"| resume side: damage on the driver, page cache, "
-        f"{checkpoint_integrity._VERIFY_THREADS} threads | {total:.2f} "
+        f"{integrity._VERIFY_THREADS} threads | {total:.2f} "
         f"| {r['damage_warm_s']:.2f} | {total / r['damage_warm_s']:.2f} |",
         f"| resume side: damage on the driver, cold (this disk) | {total:.2f} "
         f"| {r['damage_cold_s']:.2f} | {total / r['damage_cold_s']:.2f} |",

@@ -24,7 +24,7 @@ from suite_evidence import train
 from framework.config.commands import EvalConfig
 from framework.config.schema import DEFAULT_HELD_OUT, KNOWLEDGE_FAMILIES, LoggerConfig
 from framework.eval.job import run_eval
-from framework.run_dir import EVAL_FILE, HF_DIR
+from framework.run.files import EVAL_FILE, HF_DIR
 from framework.suite.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from pathlib import Path
 import common  # first: it puts the repository root on sys.path
 import torch
 
-from framework.run_dir import METRICS_FILE
+from framework.run.files import METRICS_FILE
 
 RAY, TORCHRUN = "Ray Train (launch/train.py)", "torchrun (benchmarks/torchrun_train.py)"
 LAUNCHER_SLUGS = {TORCHRUN: "torchrun", RAY: "ray_train"}  # their run directories' names

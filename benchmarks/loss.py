@@ -30,7 +30,7 @@ from common import arg_parser, bench_workdir, progress, table_header
 
 from framework.config.schema import TrainConfig
 from framework.data.pack import IGNORE_INDEX
-from framework.train.loss import chunked_cross_entropy, token_losses
+from framework.loss.token import chunked_cross_entropy, token_losses
 
 WIDTH, VOCAB = 576, 49_152  # SmolLM2-135M
 TRAINED = 0.119  # the suite's share of trained positions
@@ -64,7 +64,7 @@ def _inputs(dtype: torch.dtype, rows: int, row_len: int, head_trained: bool):
 
 
 def _loss(hidden, head, labels, chunk: int | None) -> torch.Tensor:
-    """The summed loss as framework.train.loss computes it (chunk None: every position)."""
+    """The summed loss as framework.loss.token computes it (chunk None: every position)."""
     if chunk is None:
         return token_losses(head(hidden), labels).sum()
     targets = labels[:, 1:]

@@ -21,7 +21,7 @@ from suite_evidence import train
 
 from framework.config.schema import DEFAULT_HELD_OUT
 from framework.model.precision import auto_precision
-from framework.run_dir import HF_DIR
+from framework.run.files import HF_DIR
 from framework.suite.families import FAMILIES
 
 

@@ -27,7 +27,7 @@ from suite_evidence import FEWER, majority_answers, train
 from framework.config.commands import EvalConfig
 from framework.config.schema import DEFAULT_HELD_OUT, KNOWLEDGE_FAMILIES, LoggerConfig
 from framework.eval.job import run_eval
-from framework.run_dir import EVAL_FILE, HF_DIR, METRICS_FILE, SUMMARY_FILE
+from framework.run.files import EVAL_FILE, HF_DIR, METRICS_FILE, SUMMARY_FILE
 from framework.suite.families import FAMILIES
 
 MODEL = "smollm2_135m"

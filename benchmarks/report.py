@@ -34,7 +34,7 @@ from common import ROOT, arg_parser, bench_workdir, progress, table_header
 
 from framework.report import page
 from framework.report.runs import read_run
-from framework.run_dir import METRICS_FILE
+from framework.run.files import METRICS_FILE
 
 TINY_RUN = [
     "model=tiny_llama", "model.num_layers=2", "data.max_seq_len=256", "trainer.max_steps=6",

@@ -29,7 +29,7 @@ from framework.config.schema import DEFAULT_HELD_OUT, LoggerConfig, ModelConfig
 from framework.eval.job import run_eval
 from framework.eval.questions import score_answers, suite_questions
 from framework.model.build import build_model
-from framework.run_dir import HF_DIR, METRICS_FILE, TOKENIZER_DIR
+from framework.run.files import HF_DIR, METRICS_FILE, TOKENIZER_DIR
 from framework.suite.build import eval_items
 from framework.suite.families import FAMILIES
 

@@ -50,15 +50,15 @@ from throughput_contenders import (
 )
 from throughput_notes import ZERO_STAGE, notes
 
-from framework.config.compose import compose_train_config
+from framework.commands.compose import compose_train_config
+from framework.commands.prepare import prepare_run
 from framework.data.cache import first_plan
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import ErrorPolicy
 from framework.data.sources import load_data
-from framework.model.build import check_model_source
+from framework.hf.resolve import model_source
 from framework.model.precision import auto_precision
-from framework.prepare import prepare_run
-from framework.run_dir import TOKENIZER_DIR
+from framework.run.files import TOKENIZER_DIR
 from framework.train.metrics import peak_flops, peak_memory_gb
 
 SEED = 1234  # the trainer default; the artifact and every sampler use it
@@ -130,7 +130,7 @@ def make_setup(workdir: Path, budget: int, model: str) -> Setup:
     padded_examples = max(1, round(PACKED_ROWS * tokens_per_row / data.lengths().mean()))
     return Setup(
         cfg=cfg,
-        source=check_model_source(cfg),
+        source=model_source(cfg),  # checked by prepare_run
         tokenizer=tokenizer,
         artifact=prepared.artifact,
         data=data,

@@ -6,7 +6,7 @@ Two steps, as launch/train.py does them (compose and prepare on the driver, then
     torchrun --standalone --nproc_per_node 2 benchmarks/torchrun_train.py /tmp/r
 
 The first composes the Hydra config from the overrides and runs
-`framework.prepare.prepare_run` (config.yaml, tokenizer, data artifact); the second runs
+`framework.commands.prepare.prepare_run` (config.yaml, tokenizer, data artifact); the second runs
 one worker per process on the config that the driver resolved (`<run dir>/config.yaml`).
 """
 
@@ -20,14 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framework.config.compose import compose_train_config  # noqa: E402
+from framework.commands.compose import compose_train_config  # noqa: E402
 from framework.config.schema import TrainConfig  # noqa: E402
-from framework.run_dir import CONFIG_FILE  # noqa: E402
+from framework.run.files import CONFIG_FILE  # noqa: E402
 
 
 def prepare(overrides: list[str]) -> None:
-    from framework.cli import exit_on_user_error
-    from framework.prepare import prepare_run
+    from framework.commands.cli import exit_on_user_error
+    from framework.commands.prepare import prepare_run
 
     with exit_on_user_error():
         prepare_run(compose_train_config(overrides))

@@ -37,10 +37,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from common import arg_parser, bench_workdir, free_port, progress, table_header
 
-from framework.config.compose import compose_train_config
+from framework.commands.compose import compose_train_config
+from framework.commands.prepare import prepare_run
 from framework.data.loader import run_batches
-from framework.prepare import prepare_run
-from framework.run_dir import TOKENIZER_DIR, artifact_path
+from framework.run.files import TOKENIZER_DIR, artifact_path
 from framework.train.engine import build_training_engine
 from framework.train.objective import build_objective
 from framework.train.reference import prepare_reference

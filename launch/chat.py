@@ -1,5 +1,5 @@
 """Chat with a model: a run's hf/ export, a checkpoint, a preset (smollm2_135m), a .gguf
-file, a Hugging Face directory or hub id (framework/model/resolve.py).
+file, a Hugging Face directory or hub id (framework/hf/resolve.py).
 
 python launch/chat.py model=outputs/smollm2-sft/hf                  # interactive
 python launch/chat.py model=smollm2_135m --prompt "Capital of Peru?" # the untrained model
@@ -21,9 +21,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from framework.chat import Conversation, interact, load_model, prompt_flag_as_override
-from framework.cli import exit_on_user_error
-from framework.config.compose import chat_config, register_schemas
+from framework.commands.chat import Conversation, interact, load_model, prompt_flag_as_override
+from framework.commands.cli import exit_on_user_error
+from framework.commands.compose import chat_config, register_schemas
 
 register_schemas()
 

@@ -8,7 +8,7 @@ python launch/eval.py model=outputs/smollm2-sft/hf eval=questions path=my_questi
 python launch/eval.py model=smollm2_135m eval=ifeval path=../shared/data/ifeval/input_data.jsonl
 python launch/eval.py model=outputs/smollm2-sft/hf eval=lm_eval tasks=[ifeval] limit=20
 
-`model` is any name framework/model/resolve.py accepts: a run's hf/, a step_* checkpoint
+`model` is any name framework/hf/resolve.py accepts: a run's hf/, a step_* checkpoint
 or a run's checkpoint directory, a preset (model=smollm2_135m: the untrained base model),
 a .gguf file, a Hugging Face directory or hub id. A table goes to stdout, every answer
 (worst first) to `<out>/eval.json` (default `<model>-eval/`, `<model>-<eval>/` for
@@ -22,10 +22,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from framework.cli import exit_on_user_error
-from framework.config.compose import eval_config, register_schemas
+from framework.commands.cli import exit_on_user_error
+from framework.commands.compose import eval_config, register_schemas
 from framework.eval.job import output_dir, run_eval
-from framework.run_dir import EVAL_FILE
+from framework.run.files import EVAL_FILE
 
 register_schemas()
 

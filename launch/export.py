@@ -5,7 +5,7 @@ python launch/export.py model=outputs/tiny-sft/checkpoints out=outputs/tiny-sft/
 python launch/export.py model=outputs/tiny-sft/checkpoints/step_00000100 out=step100
 python launch/export.py model=smollm2_135m out=smollm2-hf
 
-`model` takes every form framework/model/resolve.py accepts; for a checkpoint, a step_*
+`model` takes every form framework/hf/resolve.py accepts; for a checkpoint, a step_*
 directory or a run's checkpoint directory (run.checkpoint_dir) for its newest committed
 one, in one CPU process, whatever ZeRO stage and number of workers wrote it. `out` is
 replaced only once the new export has reloaded with equal weights and logits. The keys
@@ -17,8 +17,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from framework.cli import exit_on_user_error
-from framework.config.compose import export_config, register_schemas
+from framework.commands.cli import exit_on_user_error
+from framework.commands.compose import export_config, register_schemas
 
 register_schemas()
 
@@ -28,9 +28,10 @@ def main(raw: DictConfig) -> None:
     with exit_on_user_error():
         cfg = export_config(raw)
 
-        from framework import export  # imported late: DeepSpeed takes seconds to load
+        # imported late: DeepSpeed takes seconds to load
+        from framework.hf.checkpoint_export import export_model
 
-        out = export.export_model(cfg)
+        out = export_model(cfg)
     print(
         f"done: {out} holds the model (reloaded and verified: every weight equal to the "
         "checkpoint's, logits matching)",

@@ -1,5 +1,5 @@
 """Improve a model round after round from its own answers, checked by the suite's checkers
-(framework/improve.py): sample on Ray workers, pair right over wrong answers, train one
+(framework/commands/improve.py): sample on Ray workers, pair right over wrong answers, train one
 preference round, score, repeat. Prints the per-round table, writes rounds.jsonl and logs
 the rounds to wandb.
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from framework.cli import exit_on_user_error
-from framework.config.compose import improve_config, register_schemas
-from framework.improve import ROUNDS_FILE, format_rounds, run_rounds
-from framework.tracking import log_rounds
+from framework.commands.cli import exit_on_user_error
+from framework.commands.compose import improve_config, register_schemas
+from framework.commands.improve import ROUNDS_FILE, format_rounds, run_rounds
+from framework.tracking.tracker import log_rounds
 
 register_schemas()
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from framework.cli import exit_on_user_error
-from framework.config.compose import from_hydra, register_schemas
+from framework.commands.cli import exit_on_user_error
+from framework.commands.compose import from_hydra, register_schemas
+from framework.commands.prepare import prepare_run
 from framework.data.stats import format_stats
-from framework.prepare import prepare_run
-from framework.run_dir import STATS_FILE
+from framework.run.files import STATS_FILE
 
 register_schemas()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from framework.cli import exit_on_user_error
+from framework.commands.cli import exit_on_user_error
 from framework.report.page import write_report
 
 

@@ -13,16 +13,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from framework.checkpoint import check_resume
-from framework.cli import exit_on_user_error
-from framework.cluster.stopping import EXIT_RESUMABLE
+from framework.commands.cli import exit_on_user_error
+from framework.commands.compose import from_hydra, hyperparameter_line, register_schemas
+from framework.commands.prepare import prepare_run
 from framework.config.checks import train_config_warnings
-from framework.config.compose import from_hydra, hyperparameter_line, register_schemas
 from framework.config.schema import TrainConfig
 from framework.data.stats import format_stats
-from framework.lease import RunLease
-from framework.prepare import prepare_run
-from framework.run_dir import HF_DIR
+from framework.run.files import HF_DIR
+from framework.run.lease import RunLease
+from framework.train.checkpoint import check_resume
+from framework.train.stopping import EXIT_RESUMABLE
 
 register_schemas()
 

@@ -8,7 +8,7 @@
 # GPUS_PER_NODE, WORKERS_PER_NODE, CPUS_PER_WORKER, OUTPUT_DIR.
 
 # launch/train.py's exit status when it stopped early with a checkpoint to resume from
-# (framework.cluster.stopping.EXIT_RESUMABLE).
+# (framework.train.stopping.EXIT_RESUMABLE).
 EXIT_RESUMABLE=75
 
 fail() {

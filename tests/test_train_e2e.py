@@ -15,12 +15,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from framework.checkpoint import committed, read_progress, step_dir
-from framework.checkpoint_integrity import damage
-from framework.cluster.stopping import EXIT_RESUMABLE
 from framework.config.schema import DEFAULT_HELD_OUT
-from framework.run_dir import LEASE_FILE
+from framework.run.checkpoints import committed, read_progress, step_dir
+from framework.run.files import LEASE_FILE
+from framework.run.integrity import damage
 from framework.suite.families import FAMILIES
+from framework.train.stopping import EXIT_RESUMABLE
 from tests.helpers import ROOT, SHARED_DATA, chat_prompt, logged
 from tests.helpers.cluster import RayCluster
 
@@ -305,7 +305,7 @@ def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster
     assert "Not a directory" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     log = (out / "train.log").read_text()
-    assert "Traceback" in log and "framework.checkpoint.CheckpointError" in log
+    assert "Traceback" in log and "framework.run.checkpoints.CheckpointError" in log
 
     # Diverged at step 2 (trainer.on_non_finite=stop): one line naming the step; step 1's
     # checkpoint stays the result, and no export pretends the run finished.
@@ -359,7 +359,7 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
     """SmolLM2-135M-Instruct (the default run's model) for 2 short steps through Ray and
     DeepSpeed ZeRO-2 on 2 workers; its export answers through launch/eval.py's code and the
     chat."""
-    from framework.chat import Conversation, load_model
+    from framework.commands.chat import Conversation, load_model
     from framework.config.commands import ChatConfig, EvalConfig
     from framework.config.schema import LoggerConfig
     from framework.eval.job import run_eval

@@ -30,7 +30,7 @@ from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient, JobTy
 from framework.config.schema import ConfigError
 
 # A job that `stop` ended: what a shell reports for a process ended by SIGTERM (what Ray
-# sends the driver). Distinct from 75 (framework.cluster.stopping.EXIT_RESUMABLE), which the
+# sends the driver). Distinct from 75 (framework.train.stopping.EXIT_RESUMABLE), which the
 # driver's own exit code passes through, so a wrapper that reruns on 75 leaves a job
 # someone stopped alone.
 EXIT_STOPPED = 143

@@ -12,7 +12,7 @@ import torch
 
 from framework.config.commands import ChatConfig
 from framework.eval.generate import Message, generate_replies
-from framework.model.local import load_for_inference
+from framework.hf.local import load_for_inference
 
 
 @ray.remote

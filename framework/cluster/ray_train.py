@@ -18,10 +18,10 @@ from framework.cluster.ray_console import (
     append_to_train_log,
     keep_off_console,
 )
-from framework.cluster.stopping import slurm_deadline, stop_on_signals
 from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
 from framework.data.formats import DataError
-from framework.run_dir import RAY_DIR, TRAIN_LOG, clear_stop_request, stopped_early
+from framework.run.files import RAY_DIR, TRAIN_LOG, clear_stop_request, stopped_early
+from framework.train.stopping import slurm_deadline, stop_on_signals
 
 
 class RunFailed(RuntimeError):

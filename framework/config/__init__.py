@@ -1,2 +1,1 @@
-"""Typed configuration: the schemas (schema.py), their checks (checks.py), Hydra composition
-(compose.py, the only module that imports Hydra) and a run's saved config.yaml (saved.py)."""
+"""Typed config and the checks that need nothing above it: see ARCHITECTURE.md."""

@@ -269,7 +269,7 @@ def _check_ifeval_sample(trainer: TrainerConfig) -> None:
 
 def check_eval_config(cfg: EvalConfig) -> None:
     """Raise ConfigError naming the first key that cannot work (family names: in
-    config/compose.py, where the suite is known)."""
+    commands/compose.py, where the suite is known)."""
     if cfg.eval not in EVALS:
         fix = " (a file of questions: eval=questions path=<file>)" if "." in cfg.eval else ""
         raise ConfigError(f"eval={cfg.eval!r} is not one of {list(EVALS)}{fix}")

@@ -2,7 +2,7 @@
 schemas of the chat, eval and export commands. The defaults here are the only ones: the
 YAML files of `conf/` set only what an option changes.
 
-Hydra composes YAML from `conf/` onto these schemas (config/compose.py), so an unknown key
+Hydra composes YAML from `conf/` onto these schemas (commands/compose.py), so an unknown key
 or a value of the wrong type fails at composition time; config/checks.py applies the
 checks that need more than one field. Workers only ever see these dataclasses.
 """
@@ -30,7 +30,7 @@ def first_line(err: BaseException) -> str:
 # Built tokenizers, data artifacts and converted models (GGUF files, checkpoints) are
 # cached here between runs and commands.
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("HOME", "/tmp"), ".cache", "instruct-sft")
-# Accepted wherever a model is named (framework/model/resolve.py).
+# Accepted wherever a model is named (framework/hf/resolve.py).
 MODEL_FORMS = (
     "a preset (smollm2_135m, llama3_8b, ...), a Hugging Face directory or hub id, a .gguf "
     "file, a run's hf/, or a checkpoint (step_* or run.checkpoint_dir)"
@@ -40,7 +40,7 @@ MODEL_FORMS = (
 @dataclass
 class ModelConfig:
     # A pretrained causal LM: a preset, Hugging Face directory or hub id, .gguf file, a
-    # run's hf/ or a checkpoint (framework/model/resolve.py). None builds a small Llama
+    # run's hf/ or a checkpoint (framework/hf/resolve.py). None builds a small Llama
     # from the fields below, with random weights and a tokenizer trained on the run's data.
     name_or_path: str | None = None
     trust_remote_code: bool = False
@@ -301,9 +301,9 @@ PREFERENCE_OBJECTIVES = {"dpo": True, "ipo": True, "simpo": False, "orpo": False
 @dataclass
 class ObjectiveConfig:
     # What a training step minimises: sft, the weighted token cross-entropy of the trained
-    # tokens, normalised as trainer.loss_average says (framework/train/loss.py); or a
+    # tokens, normalised as trainer.loss_average says (framework/loss/token.py); or a
     # preference loss over chosen / rejected pairs, the mean over the global batch's pairs
-    # (framework/train/preference.py; the README's table gives each formula):
+    # (framework/loss/preference.py; the README's table gives each formula):
     # dpo (sigmoid), ipo, simpo (length-normalised, no reference), orpo (SFT plus an odds
     # ratio, no reference).
     name: str = "sft"
@@ -374,7 +374,7 @@ class RunConfig:
     checkpoint_dir: str = "${run.output_dir}/checkpoints"
     # Where built tokenizers, data artifacts and converted models are cached between runs.
     cache_dir: str = DEFAULT_CACHE_DIR
-    # A run's lease on run.output_dir (framework/lease.py) is renewed every quarter of
+    # A run's lease on run.output_dir (framework/run/lease.py) is renewed every quarter of
     # this and taken over once its heartbeat is older: longer than a file system stall
     # and the clock skew between hosts, short enough to wait out after a crash.
     lease_stale_s: float = 120.0

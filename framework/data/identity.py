@@ -4,17 +4,16 @@ file's identity (path, bytes, files, a digest of their sizes and modification ti
 digests of the tokenizer and of the chat template, and the settings that shape the
 artifact under their config keys. Written beside the artifact (identity.json) on the
 driver; checkpoints copy it into progress.json; `changes` names what differs between
-two of them in one line (checkpoint.check_resume: a resume on other data)."""
+two of them in one line (train/checkpoint.py's check_resume: a resume on other data)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
-from framework.config.schema import ConfigError, DataConfig, TrainConfig
-from framework.run_dir import DATASET_POINTER, write_json
+from framework.config.schema import DataConfig
+from framework.run.files import write_json
 
 IDENTITY_FILE = "identity.json"
 # Values whose JSON is longer than this are kept as a digest.
@@ -83,16 +82,6 @@ def write(artifact: Path, summary: dict) -> None:
         write_json(artifact / IDENTITY_FILE, summary)
 
 
-def of_run(output_dir: str | Path) -> dict | None:
-    """The identity of the data artifact the run at `output_dir` was prepared with; None
-    when it has none recorded (not prepared by this version)."""
-    pointer = Path(output_dir) / DATASET_POINTER
-    if not pointer.is_file():
-        return None
-    file = Path(json.loads(pointer.read_text())["path"]) / IDENTITY_FILE
-    return json.loads(file.read_text()) if file.is_file() else None
-
-
 def _shown(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -146,25 +135,3 @@ def changes(recorded: dict | None, current: dict | None) -> str | None:
         )
     more = f" and {len(named) - _NAMED} more" if len(named) > _NAMED else ""
     return "; ".join(named[:_NAMED]) + more
-
-
-def check_resume(path: Path, progress: dict, cfg: TrainConfig) -> None:
-    """On the driver: the checkpoint at `path` (its `progress`) against the data the run
-    prepared. On other data its sampler position points into another packed stream: stop,
-    naming what changed, unless trainer.resume_on_changed_data=continue; then say where
-    the run continues (a warning: the console and, under Hydra, train.log)."""
-    changed = changes(progress.get("data"), of_run(cfg.run.output_dir))
-    if changed is None:
-        return
-    step, sampler = progress["step"], progress["sampler"]
-    if cfg.trainer.resume_on_changed_data != "continue":
-        raise ConfigError(
-            f"{path} was trained on other data: {changed}; set "
-            f"trainer.resume_on_changed_data=continue to continue from step {step} on the "
-            "new data, or start afresh in another run.output_dir"
-        )
-    logging.getLogger(__name__).warning(
-        f"resuming {path} on changed data ({changed}): the run continues at step {step}, "
-        f"row {sampler['rows_done']} of epoch {sampler['epoch']} of the new data's packed "
-        "stream (trainer.resume_on_changed_data=continue); not an exact continuation"
-    )

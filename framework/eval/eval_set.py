@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import collate_rows
-from framework.train.loss import TokenLosses
+from framework.loss.token import TokenLosses
 
 
 @dataclass

@@ -11,8 +11,8 @@ from pathlib import Path
 from framework.config.commands import EvalConfig
 from framework.config.schema import ConfigError
 from framework.eval.ifeval import checkers
-from framework.model.local import inference_dtype, resolve_device
-from framework.model.resolve import resolve_model
+from framework.hf.local import inference_dtype, resolve_device
+from framework.hf.resolve import resolve_model
 
 
 def run_lm_eval(cfg: EvalConfig) -> tuple[dict[str, dict], dict[str, list[dict]]]:

@@ -1,4 +1,4 @@
-"""The evaluation job behind launch/eval.py: a model (any form framework/model/resolve.py
+"""The evaluation job behind launch/eval.py: a model (any form framework/hf/resolve.py
 accepts) answers, greedily, the suite's test split or a user's JSONL of prompts with
 references (scored per task family and for trained vs held-out families), or IFEval's
 prompts (judged by the official checkers), or runs lm-eval tasks on its export. Each prints
@@ -26,11 +26,11 @@ from framework.eval.questions import (
     suite_questions,
 )
 from framework.eval.scoring import examples_worst_first, flat_metrics, format_table
-from framework.model.local import load_for_inference
-from framework.run_dir import CONFIG_FILE, EVAL_FILE, write_json
+from framework.hf.local import load_for_inference
+from framework.run.files import CONFIG_FILE, EVAL_FILE, write_json
 from framework.suite.build import eval_items, trained_families
 from framework.suite.families import FAMILIES
-from framework.tracking import log_evaluation
+from framework.tracking.tracker import log_evaluation
 
 # Replies to the suite's and a questions file's questions are short.
 QUESTION_MAX_NEW_TOKENS = 64

@@ -1,2 +1,1 @@
-"""Models and tokenizers: built or loaded for training, wrapped for training (adapters),
-attention for packed rows, and saved directories loaded for inference."""
+"""Building models and tokenizers; adapters; attention: see ARCHITECTURE.md."""

@@ -1,4 +1,4 @@
-"""Causal LMs: a pretrained one (named any way framework/model/resolve.py accepts), or a
+"""Causal LMs: a pretrained one (named any way framework/hf/resolve.py accepts), or a
 small Llama built from config."""
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from transformers import (
 from framework.config.schema import MODEL_FORMS, ConfigError, ModelConfig, TrainConfig
 from framework.model import attention as _registers_document_sdpa  # noqa: F401
 from framework.model.adapters import check_adapter
-from framework.model.resolve import model_source
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_model_source(cfg: TrainConfig) -> str | None:
-    """Fail early, on the driver, when `model.name_or_path` cannot be loaded; returns what
-    the workers load (framework/model/resolve.py), converted into the cache if need be."""
-    if cfg.model.name_or_path is None:
-        return None
-    source = model_source(cfg)
+def check_model_source(cfg: TrainConfig, source: str | None) -> None:
+    """Fail early, on the driver, when `model.name_or_path` cannot be loaded from `source`,
+    what it resolved to (framework/hf/resolve.py's model_source); None: the model built
+    from config, nothing to check."""
+    if source is None:
+        return
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -39,7 +38,6 @@ def check_model_source(cfg: TrainConfig) -> str | None:
         ) from None
     check_adapter(cfg, config)
     _check_plain_head(cfg, config)
-    return source
 
 
 # Config fields of models whose forward changes the logits after the LM head (Gemma 2's
@@ -67,7 +65,7 @@ def build_model(
     source: str | None = None,
     quantization=None,
 ) -> PreTrainedModel:
-    """The pretrained weights at `source` (a resolved model: framework/model/resolve.py),
+    """The pretrained weights at `source` (a resolved model: framework/hf/resolve.py),
     else a random-init Llama from `cfg` (seed the RNG first); with `attention` as the
     attention implementation, quantized as `quantization` (a transformers quantization
     config: QLoRA's) asks. Under ZeRO-3 (a live transformers HfDeepSpeedConfig) both are

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from framework.report import sections
 from framework.report.runs import Run, read_run
-from framework.run_dir import REPORT_FILE, write_atomically
+from framework.run.files import REPORT_FILE, write_atomically
 
 SECTIONS = (
     sections.overview,

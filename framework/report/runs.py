@@ -10,8 +10,7 @@ from pathlib import Path
 
 from framework.config.saved import load_train_config
 from framework.config.schema import ConfigError, TrainConfig
-from framework.lease import read_holder, takeover_reason, this_process
-from framework.run_dir import (
+from framework.run.files import (
     COMMIT_MARKER,
     CONFIG_FILE,
     HF_DIR,
@@ -22,6 +21,7 @@ from framework.run_dir import (
     SUITE_ANSWERS_FILE,
     SUMMARY_FILE,
 )
+from framework.run.lease import read_holder, takeover_reason, this_process
 
 
 @dataclass
@@ -97,7 +97,7 @@ def _state(path: Path, config: TrainConfig, steps: list[dict]) -> str:
     if summary.get("stopped") or stop.is_file():
         reason = summary.get("stopped") or stop.read_text().strip()
         return f"stopped early at step {last}: {reason}"
-    # Not imported from checkpoint.py, which loads DeepSpeed (seconds) for its other work.
+    # Not imported from run/checkpoints.py, which loads torch (seconds) for its other work.
     saved = sorted(
         p.parent.name for p in Path(config.run.checkpoint_dir).glob(f"step_*/{COMMIT_MARKER}")
     )

@@ -10,11 +10,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from framework.config.schema import TrainConfig
+from framework.hf.resolve import model_source
 from framework.model.adapters import prepare_for_training, quantization
 from framework.model.attention import choose_attention
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.model.precision import auto_precision, float32_matmul_precision
-from framework.model.resolve import model_source
 
 PRECISIONS = ("fp32", "bf16")
 

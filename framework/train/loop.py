@@ -14,22 +14,23 @@ import torch
 import torch.distributed as dist
 from transformers import AutoTokenizer
 
-from framework import checkpoint
-from framework.cluster.stopping import StopCheck
 from framework.config.schema import TrainConfig
 from framework.data.loader import run_batches
-from framework.eval.during_training import TrainingEval, evaluate
-from framework.export import export_hf
+from framework.hf.engine_export import export_hf
+from framework.hf.resolve import model_source
 from framework.model.adapters import uses_adapter
-from framework.model.resolve import model_source
-from framework.run_dir import HF_DIR, TOKENIZER_DIR, artifact_path
-from framework.tracking import Tracker
+from framework.run.checkpoints import needs_universal, resume_point
+from framework.run.files import HF_DIR, TOKENIZER_DIR, artifact_path
+from framework.tracking.tracker import Tracker
+from framework.train import checkpoint
 from framework.train.engine import build_training_engine
+from framework.train.evaluation import TrainingEval, evaluate
 from framework.train.metrics import peak_flops
 from framework.train.objective import build_objective
 from framework.train.reference import prepare_reference
 from framework.train.selfcheck import checked_first_batch, checked_reference
 from framework.train.step import guarded_step
+from framework.train.stopping import StopCheck
 
 
 @dataclass
@@ -46,7 +47,7 @@ class WorkerContext:
 def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     """Train to `trainer.max_steps` from the newest checkpoint (or the start), saving
     checkpoints to `run.checkpoint_dir` and the model to `run.output_dir/hf`. Stops
-    early, checkpointed, when asked to (see framework/cluster/stopping.py). Returns the
+    early, checkpointed, when asked to (see framework/train/stopping.py). Returns the
     last step's metrics, with `stopped` set to the reason when the run stopped early.
     The run's summary is written and its wandb run finished however the loop ends."""
     out = Path(cfg.run.output_dir)
@@ -128,7 +129,7 @@ def _checked(batches, cfg: TrainConfig, engine, objective, reference, *, start: 
 
 
 def _announce_stop(reason: str, step: int, rank: int) -> None:
-    # The driver reads why from rank 0's summary.json (run_dir.stopped_early).
+    # The driver reads why from rank 0's summary.json (framework/run/files.py's stopped_early).
     if rank == 0:
         print(
             f"step {step}: {reason}; checkpoint saved, stopping. Run the same command again "
@@ -149,8 +150,8 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
     """Engine, its ZeRO-3 build context, sampler, progress and the reference (dpo, ipo):
     restored from the checkpoint to resume from (converted first when written by another
     number of ranks), if any. The reference is the engine as built, before any load."""
-    resume_from = checkpoint.resume_point(cfg)
-    universal = resume_from is not None and checkpoint.needs_universal(resume_from, ctx.world_size)
+    resume_from = resume_point(cfg)
+    universal = resume_from is not None and needs_universal(resume_from, ctx.world_size)
     if universal and ctx.rank == 0:
         print(f"converting {resume_from} to a universal checkpoint for {ctx.world_size} ranks")
         checkpoint.to_universal(resume_from)

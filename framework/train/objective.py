@@ -1,5 +1,5 @@
-"""What a training step minimises, as `objective.name` chooses: `sft` (train/loss.py) or a
-preference loss (train/preference.py). train/step.py sees only the Objective protocol."""
+"""What a training step minimises, as `objective.name` chooses: `sft` (loss/token.py) or a
+preference loss (loss/preference.py). train/step.py sees only the Objective protocol."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Protocol
 import torch
 
 from framework.config.schema import TrainConfig
-from framework.train.loss import TokenCrossEntropy
-from framework.train.preference import LiveReference, PreferenceObjective
+from framework.loss.preference import LiveReference, PreferenceObjective
+from framework.loss.token import TokenCrossEntropy
 
 
 class Objective(Protocol):

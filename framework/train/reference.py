@@ -2,7 +2,7 @@
 the adapters disabled), as log-probabilities precomputed once or as a model run live.
 
 precomputed: before the first step, the workers share out every train and eval pair and
-compute the reference's summed log-probs once (train/preference.py's split_logps), cached
+compute the reference's summed log-probs once (loss/preference.py's split_logps), cached
 in the data artifact under a key of the reference model (its files, precision, attention
 and loss path), so a rerun or a resume reads them back and training holds one model. The
 pass runs on the freshly built engine, before any checkpoint is loaded, so a resumed run
@@ -30,11 +30,11 @@ import torch.distributed as dist
 
 from framework.config.schema import TrainConfig
 from framework.data.dataset import TokenizedDataset
+from framework.hf.resolve import model_source
+from framework.loss.preference import LiveReference, sequence_logps, split_logps
+from framework.loss.token import TokenLosses, token_loss_fn
 from framework.model.adapters import uses_adapter
 from framework.model.build import build_model
-from framework.model.resolve import model_source
-from framework.train.loss import TokenLosses, token_loss_fn
-from framework.train.preference import LiveReference, sequence_logps, split_logps
 
 SPLITS = ("train", "eval")
 

@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 from framework.config.schema import TrainerConfig
 from framework.data.pack import IGNORE_INDEX, example_bounds
-from framework.train.loss import TokenLosses, token_loss_fn
-from framework.train.preference import PreferenceObjective, loss_at_zero_margin, pair_terms
+from framework.loss.preference import PreferenceObjective, loss_at_zero_margin, pair_terms
+from framework.loss.token import TokenLosses, token_loss_fn
 
 # (relative, absolute in nats) bounds on an example's mean loss, per weight dtype. With
 # unchanged shapes rounding is the same: the neighbour bound is for kernels that are not

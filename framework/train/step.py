@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from framework.config.schema import TrainConfig
-from framework.tracking import SKIP_COUNTS
-from framework.train.loss import backward_scale
+from framework.loss.token import backward_scale
+from framework.tracking.tracker import SKIP_COUNTS
 from framework.train.metrics import ModelShape, clock, gather, peak_memory_gb, summarize
 from framework.train.objective import Objective
 
@@ -98,7 +98,7 @@ def train_step(
 
     The loss is `objective`'s sum over the whole global batch divided by its global weight
     (for sft: the weighted token losses over the sum of loss weights), whatever the split
-    into ranks and micro batches (framework/train/loss.py). `peak` (FLOP/s of one device)
+    into ranks and micro batches (framework/loss/token.py). `peak` (FLOP/s of one device)
     adds MFU to the metrics.
 
     A NaN or infinite loss raises NonFiniteLoss before any weight changes, or with

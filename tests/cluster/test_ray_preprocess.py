@@ -4,10 +4,10 @@ and removed, and the same artifact byte for byte (a local Ray of 2 CPUs)."""
 from pathlib import Path
 
 from framework.cluster.ray_preprocess import ray_mapper
+from framework.commands.prepare import prepare_data
 from framework.data.formats import ErrorPolicy
 from framework.data.parallel import LocalMapper
 from framework.data.sources import load_data
-from framework.prepare import prepare_data
 from tests.helpers import TINY_RUN, compose_config
 
 NEAR = ["data.suite.train_examples=600", "data.curate.near=true", "data.curate.exact_prompt=true"]

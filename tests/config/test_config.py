@@ -6,8 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from framework.commands.compose import CONF_DIR, compose_train_config, hyperparameter_line
 from framework.config.checks import train_config_warnings
-from framework.config.compose import CONF_DIR, compose_train_config, hyperparameter_line
 from framework.config.schema import ConfigError, TrainConfig
 from framework.suite.build import trained_families
 from framework.suite.families import FAMILIES

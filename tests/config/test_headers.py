@@ -1,6 +1,6 @@
 """Every shipped config starts with the commands that run it (`#   python launch/...`):
 each one composes into its script's checked config, as the script would compose it. Only
-composed, never run: tests/test_prepare.py prepares every data recipe for real."""
+composed, never run: tests/commands/test_prepare.py prepares every data recipe for real."""
 
 import re
 import shlex
@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from framework.chat import prompt_flag_as_override
-from framework.config.compose import (
+from framework.commands.chat import prompt_flag_as_override
+from framework.commands.compose import (
     CONF_DIR,
     chat_config,
     compose_train_config,

@@ -3,13 +3,13 @@ import json
 import numpy as np
 import pytest
 
+from framework.commands.prepare import prepare_run
 from framework.data import cache
 from framework.data.dataset import TokenizedDataset
 from framework.data.formats import Conversation, RecordError
 from framework.data.parallel import LocalMapper
 from framework.data.sources import LoadedRecord
-from framework.prepare import prepare_run
-from framework.run_dir import STATS_FILE, artifact_path
+from framework.run.files import STATS_FILE, artifact_path
 from tests.helpers import compose_config
 
 

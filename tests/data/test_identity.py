@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from framework import checkpoint
-from framework.checkpoint import committed, read_progress
+from framework.commands.prepare import prepare_run
 from framework.config.schema import ConfigError
 from framework.data import cache, identity
-from framework.prepare import prepare_run
+from framework.run.checkpoints import committed, read_progress
+from framework.train import checkpoint
 from tests.helpers import RUN, compose_config, run
 
 
@@ -81,7 +81,7 @@ def test_a_resume_on_edited_data_stops_or_continues_as_asked(tmp_path, caplog):
     steps = [f"data.path={data}", "trainer.max_steps=2", "trainer.save_every=2"]
     run(out, cache_dir, *steps, world=1)
     (saved,) = committed(out / "checkpoints")
-    assert read_progress(saved)["data"] == identity.of_run(out)
+    assert read_progress(saved)["data"] == checkpoint.run_data_identity(out)
 
     def resume(*more):
         where = [f"run.output_dir={out}", f"run.cache_dir={cache_dir}"]

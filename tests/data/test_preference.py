@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from framework.commands.prepare import prepare_run
 from framework.config.schema import ConfigError, SourceConfig
 from framework.data.cache import build_artifact
 from framework.data.dataset import TokenizedDataset
@@ -23,7 +24,6 @@ from framework.data.preference import (
     to_pair,
 )
 from framework.data.sources import load_data
-from framework.prepare import prepare_run
 from tests.helpers import SHARED_DATA, TINY_RUN, compose_config, preference_records, write_jsonl
 
 SOURCE = SourceConfig(path="-")

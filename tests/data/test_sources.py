@@ -10,7 +10,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from framework.config.compose import CONF_DIR
+from framework.commands.compose import CONF_DIR
 from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.formats import DataError, ErrorPolicy, RecordError
 from framework.data.sources import (

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from framework.eval.eval_set import EvalSet, eval_loss, greedy_samples, rank_chunks
-from framework.train.loss import token_losses
+from framework.loss.token import token_losses
 from tests.helpers import synthetic_data
 
 

@@ -276,7 +276,7 @@ def test_ifeval_end_to_end_on_the_tiny_model_matches_lm_evals_harness(tiny_model
 
 
 def test_the_training_sample_is_fixed_and_off_unless_asked_on_any_device():
-    from framework.eval.during_training import ifeval_sample
+    from framework.train.evaluation import ifeval_sample
     from tests.helpers import compose_config
 
     assert ifeval_sample(compose_config()) == []
@@ -294,9 +294,9 @@ def test_the_hubs_prompts_are_fetched_by_the_driver_once_for_the_workers(tmp_pat
     """No path: the driver reads the hub at start and hands the workers a file in the run
     directory (compute nodes are often offline); offline, the run stops at start naming
     the key. The hub is stood in for by the benchmark's file (no network here)."""
+    from framework.commands.prepare import prepare_run
     from framework.eval import ifeval
-    from framework.prepare import prepare_run
-    from framework.run_dir import IFEVAL_PROMPTS_FILE
+    from framework.run.files import IFEVAL_PROMPTS_FILE
     from tests.helpers import compose_config
 
     overrides = [f"run.output_dir={tmp_path}", "trainer.eval_ifeval_prompts=5"]

@@ -8,8 +8,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from framework.commands.compose import eval_config
 from framework.config.commands import EvalConfig
-from framework.config.compose import eval_config
 from framework.config.schema import ConfigError, LoggerConfig
 from framework.data.formats import DataError
 from framework.eval.job import run_eval

@@ -22,10 +22,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from framework.config.compose import compose_train_config, register_schemas
+from framework.commands.compose import compose_train_config, register_schemas
 from framework.config.schema import ModelConfig, TrainConfig, TrainerConfig
 from framework.data.dataset import TokenizedDataset
-from framework.run_dir import METRICS_FILE
+from framework.run.files import METRICS_FILE
 from framework.suite.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,7 +298,7 @@ def _train_rank(rank, world, port, cfg):
 
 def run(out: Path, cache: Path, *overrides: str, world: int = 2) -> TrainConfig:
     """RUN (with `overrides`) prepared, then trained in `world` gloo processes."""
-    from framework.prepare import prepare_run
+    from framework.commands.prepare import prepare_run
 
     cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}", *overrides])
     cfg = prepare_run(cfg).cfg

@@ -1,6 +1,7 @@
 import pytest
 
 from framework.config.schema import ConfigError, ModelConfig, TrainConfig
+from framework.hf.resolve import model_source
 from framework.model.build import check_model_source
 
 
@@ -10,29 +11,36 @@ def _train(name_or_path, tmp_path) -> TrainConfig:
     return cfg
 
 
+def _checked(cfg: TrainConfig) -> str | None:
+    """What prepare_run does: the model's name resolved, then the model it names checked."""
+    source = model_source(cfg)
+    check_model_source(cfg, source)
+    return source
+
+
 def test_missing_local_model_dir_is_named(tmp_path):
     missing = tmp_path / "no-model-here"
     with pytest.raises(
         ConfigError, match=r"^model\.name_or_path=\S+no-model-here: no such file or directory"
     ):
-        check_model_source(_train(str(missing), tmp_path))
+        _checked(_train(str(missing), tmp_path))
 
 
 def test_dir_without_model_files_is_named(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(ConfigError, match=r"holds no config\.json, \.gguf or step_\*"):
-        check_model_source(_train(str(tmp_path / "model"), tmp_path))
+        _checked(_train(str(tmp_path / "model"), tmp_path))
 
 
 def test_a_directory_whose_config_cannot_load_is_named(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"could not be loaded .*Give a preset"):
-        check_model_source(_train(str(tmp_path / "model"), tmp_path))
+        _checked(_train(str(tmp_path / "model"), tmp_path))
 
 
 def test_built_in_model_needs_no_source(tmp_path):
-    assert check_model_source(_train(None, tmp_path)) is None
+    assert _checked(_train(None, tmp_path)) is None
 
 
 def test_a_model_that_changes_its_logits_after_the_head_needs_the_full_logit_loss(tmp_path):
@@ -43,7 +51,7 @@ def test_a_model_that_changes_its_logits_after_the_head_needs_the_full_logit_los
     model = tmp_path / "model"
     Gemma2Config(final_logit_softcapping=30.0).save_pretrained(model)
     with pytest.raises(ConfigError, match=r"final_logit_softcapping.*trainer\.loss_positions=all$"):
-        check_model_source(_train(str(model), tmp_path))
+        _checked(_train(str(model), tmp_path))
     cfg = _train(str(model), tmp_path)
     cfg.trainer.loss_positions = "all"
-    assert check_model_source(cfg) == str(model)
+    assert _checked(cfg) == str(model)

@@ -21,7 +21,7 @@ import pytest
 
 from framework.report.page import write_report
 from framework.report.sections import number
-from framework.run_dir import METRICS_FILE, REPORT_FILE, STOP_FILE, SUITE_ANSWERS_FILE
+from framework.run.files import METRICS_FILE, REPORT_FILE, STOP_FILE, SUITE_ANSWERS_FILE
 from tests.helpers import ROOT, preference_records, run, write_jsonl
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -179,7 +179,7 @@ def test_a_run_still_going_stopped_early_or_not_evaluated_gives_what_exists(
 def _leased_by_another_process(path: Path) -> Iterator[None]:
     """`path`'s lease held by a live process other than this one (as a training driver)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from framework.lease import RunLease; "
+        [sys.executable, "-c", "import sys, time; from framework.run.lease import RunLease; "
          f"lease = RunLease({str(path)!r}, 60).acquire(); print('held', flush=True); "
          "time.sleep(120)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -9,10 +9,10 @@ import torch
 
 from framework.config.schema import TrainConfig
 from framework.data.pack import best_fit_decreasing, collate_rows
-from framework.export import gather_state_dict
+from framework.hf.engine_export import gather_state_dict
+from framework.loss.token import TokenCrossEntropy
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.train.engine import build_engine, deepspeed_config
-from framework.train.loss import TokenCrossEntropy
 from framework.train.step import (
     GRADIENT_SKIP,
     LOSS_SKIP,

@@ -10,7 +10,7 @@ from framework.data.dataset import TokenizedDataset
 from framework.data.formats import Conversation
 from framework.data.pack import best_fit_decreasing, collate_rows
 from framework.data.render import render
-from framework.train.loss import token_losses
+from framework.loss.token import token_losses
 from framework.train.selfcheck import PackingCheckFailed, verify_packing
 from tests.helpers import single_process_group, suite_chats, synthetic_data
 

@@ -10,11 +10,11 @@ from transformers import AutoTokenizer
 from framework.config.schema import AdapterConfig, TrainConfig
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import IGNORE_INDEX, best_fit_decreasing, collate_rows
-from framework.export import gather_state_dict
+from framework.hf.engine_export import gather_state_dict
+from framework.loss.token import TokenCrossEntropy, summed_loss, token_losses
 from framework.model.adapters import prepare_for_training
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.train.engine import build_engine, deepspeed_config
-from framework.train.loss import TokenCrossEntropy, summed_loss, token_losses
 from framework.train.step import (
     train_step,
 )

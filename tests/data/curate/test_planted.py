@@ -4,12 +4,12 @@ what they match, and curation settings in the artifact's fingerprint."""
 
 import json
 
+from framework.commands.prepare import prepare_run
 from framework.data import cache
 from framework.data.curate.planted import main as plant
 from framework.data.stats import format_stats
 from framework.model.tokenizer import train_bpe
-from framework.prepare import prepare_run
-from framework.run_dir import STATS_FILE
+from framework.run.files import STATS_FILE
 from tests.helpers import TINY_RUN, compose_config
 
 

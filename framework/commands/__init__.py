@@ -1,0 +1,1 @@
+"""What each launch/ command does: see ARCHITECTURE.md."""

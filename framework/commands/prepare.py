@@ -1,0 +1,196 @@
+"""Driver-side preparation, before any worker starts: checks that fail fast, the resolved
+config, the tokenizer and the preprocessed data artifact. The run directory records where
+the artifact is, so every worker (on any node sharing the paths) reads the same rows."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from framework.config.saved import save_train_config
+from framework.config.schema import TrainConfig
+from framework.data import cache, identity
+from framework.data.formats import ErrorPolicy
+from framework.data.inspect import inspect_example
+from framework.data.loader import micro_steps_per_epoch
+from framework.data.pack import PackingPlan
+from framework.data.parallel import LocalMapper
+from framework.data.preference import PreferencePair
+from framework.data.sources import LoadedData, LoadedRecord, load_data
+from framework.data.templates import apply_template_choice
+from framework.eval import ifeval
+from framework.hf.resolve import model_source
+from framework.model.build import check_model_source
+from framework.model.tokenizer import cached_bpe, pretrained_tokenizer
+from framework.run.files import (
+    CONFIG_FILE,
+    DATASET_POINTER,
+    IFEVAL_PROMPTS_FILE,
+    INSPECT_FILE,
+    STATS_FILE,
+    TOKENIZER_DIR,
+    write_json,
+)
+
+
+@dataclasses.dataclass
+class Prepared:
+    cfg: TrainConfig  # the run's config as the workers get it (sized, paths fetched)
+    artifact: Path
+    stats: dict
+    inspected: list[dict]
+    removed: list[dict]  # data.curate.show records per reason (cache.removed_records)
+
+
+def _corpus(data: LoadedData):
+    for record in data.train:
+        found = record.conversation
+        pair = isinstance(found, PreferencePair)
+        for conversation in (found.chosen, found.rejected) if pair else (found,):
+            if conversation.text is not None:
+                yield conversation.text
+            yield from (message["content"] for message in conversation.messages)
+
+
+def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizerBase:
+    if cfg.model.name_or_path is None:
+        tokenizer = cached_bpe(list(_corpus(data)), cfg.model.vocab_size, cfg.run.cache_dir)
+    else:
+        tokenizer = pretrained_tokenizer(model_source(cfg), cfg.model.trust_remote_code)
+    apply_template_choice(tokenizer, cfg.data.chat_template)
+    return tokenizer
+
+
+def reference_files(cfg: TrainConfig) -> tuple[str, ...]:
+    """Evaluation files of the run besides data.curate.decontaminate_files: IFEval's,
+    when the run scores it from a file (the hub's copy is not read at preparation)."""
+    trainer = cfg.trainer
+    scored = trainer.eval_ifeval_prompts != 0 and trainer.eval_ifeval_path
+    return (trainer.eval_ifeval_path,) if scored else ()
+
+
+def mapper_for(cfg: TrainConfig):
+    """A context giving the Mapper that data.preprocess names (auto: Ray tasks when the
+    run joins a cluster, local processes otherwise)."""
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    mode = cfg.data.preprocess
+    if mode == "ray" or (mode == "auto" and address):
+        from framework.cluster.ray_preprocess import ray_mapper
+
+        return ray_mapper(address)
+    return contextlib.nullcontext(LocalMapper(cfg.data.num_proc or os.cpu_count() or 1))
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, LoadedData | None]:
+    """The tokenizer and the artifact directory, built unless an identical one exists, with
+    its identity.json (data/identity.py). Sources are read only when needed: to build, or
+    to train the built-in tokenizer."""
+    policy = ErrorPolicy(cfg.data.on_error)
+    built_in = cfg.model.name_or_path is None
+    seed, pairs, files = cfg.trainer.seed, cfg.objective.pairs, reference_files(cfg)
+    with mapper_for(cfg) as mapper:
+        load = functools.partial(
+            load_data, cfg.data, seed, policy, pairs, mapper=mapper, reference_files=files
+        )
+        data = load() if built_in else None
+        tokenizer = _tokenizer(cfg, data)
+        found = cache.artifact_identity(cfg.data, tokenizer, seed, pairs, files)
+        key = cache.digest(found)
+        artifact = Path(cfg.run.cache_dir) / "datasets" / key[:20]
+        if not artifact.is_dir():
+            data = data or load()
+            cache.build_artifact(artifact, data, tokenizer, cfg.data, policy, seed, pairs, mapper)
+        identity.write(artifact, identity.summarize(found, cfg.data, key, files))
+    return tokenizer, artifact, data
+
+
+def prepare_run(cfg: TrainConfig) -> Prepared:
+    """Write config.yaml, tokenizer/, dataset.json (the artifact's path) and data_stats.json
+    under `run.output_dir`, and check the data fills at least one step. `cfg` is left as
+    given: Prepared.cfg is the run's config (sized, IFEval's prompts fetched)."""
+    check_model_source(cfg, model_source(cfg))
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer.eval_ifeval_prompts and cfg.trainer.eval_ifeval_path is None:
+        # Before the data, which is decontaminated against it.
+        path = str(ifeval.save_hub_prompts(out / IFEVAL_PROMPTS_FILE))
+        cfg = dataclasses.replace(
+            cfg, trainer=dataclasses.replace(cfg.trainer, eval_ifeval_path=path)
+        )
+    tokenizer, artifact, data = prepare_data(cfg)
+    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    stats = cache.load_stats(artifact)
+    write_json(out / DATASET_POINTER, {"path": str(artifact)})
+    write_json(out / STATS_FILE, stats)
+    cfg = size_the_run(cfg, stats, cache.first_plan(artifact))
+    save_train_config(cfg, out / CONFIG_FILE)
+    inspected = []
+    if cfg.data.inspect:
+        if data is None:
+            data = load_data(
+                cfg.data,
+                cfg.trainer.seed,
+                ErrorPolicy("skip"),
+                cfg.objective.pairs,
+                reference_files=reference_files(cfg),
+            )
+        inspected = [
+            shown
+            for record in data.train[: cfg.data.inspect]
+            for shown in _inspected(tokenizer, record, cfg.data.train_on)
+        ]
+        write_json(out / INSPECT_FILE, inspected)
+    removed = shown_removals(artifact, cfg.data.curate.show)
+    return Prepared(cfg, artifact, stats, inspected, removed)
+
+
+def shown_removals(artifact: Path, per_reason: int) -> list[dict]:
+    """The first `per_reason` removals of each reason, in priority order."""
+    shown: list[dict] = []
+    counts: dict[str, int] = {}
+    for removal in cache.removed_records(artifact) if per_reason else []:
+        counts[removal["reason"]] = counts.get(removal["reason"], 0) + 1
+        if counts[removal["reason"]] <= per_reason:
+            shown.append(removal)
+    return shown
+
+
+def _inspected(tokenizer, record: LoadedRecord, train_on: str) -> list[dict]:
+    """inspect_example of a record: of both sequences for a preference pair."""
+    found = record.conversation
+    if not isinstance(found, PreferencePair):
+        return [inspect_example(tokenizer, found, train_on, record.where)]
+    return [
+        inspect_example(tokenizer, sequence, "assistant", f"{record.where} ({label})")
+        for label, sequence in (("chosen", found.chosen), ("rejected", found.rejected))
+    ]
+
+
+def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> TrainConfig:
+    """A copy of `cfg` with trainer.global_batch_tokens / _examples turned into
+    grad_accum_steps and trainer.epochs into max_steps, as the workers get it (the composed
+    config stays as it was given); fails when the data cannot fill one step."""
+    trainer, workers = cfg.trainer, cfg.cluster.num_workers
+    rows = len(plan) if plan is not None else stats["examples"]
+    micro_steps = micro_steps_per_epoch(rows, trainer.micro_batch_size, workers)
+    per_micro_step = {
+        "tokens": stats["tokens"] / rows * trainer.micro_batch_size * workers,
+        "examples": stats["examples"] / rows * trainer.micro_batch_size * workers,
+    }
+    sized = {}
+    for unit, target in (
+        ("tokens", trainer.global_batch_tokens),
+        ("examples", trainer.global_batch_examples),
+    ):
+        if target is not None:
+            sized["grad_accum_steps"] = max(1, round(target / per_micro_step[unit]))
+    if trainer.epochs is not None:
+        accumulation = sized.get("grad_accum_steps", trainer.grad_accum_steps)
+        sized["max_steps"] = max(1, math.ceil(trainer.epochs * micro_steps / accumulation))
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(trainer, **sized))

@@ -1,0 +1,1 @@
+"""Naming, converting, loading and exporting Hugging Face models: see ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""The loss building blocks of training and evaluation: see ARCHITECTURE.md."""
