@@ -36,13 +36,21 @@ _OFF_CONSOLE = (
 # The cleaner's monitor thread dies with a traceback when the cluster shuts down first.
 _CLEANER_THREAD = "PlacementGroupCleanerMonitor"
 TRAIN_LOG_ENV = "INSTRUCT_SFT_TRAIN_LOG"
+# Ray Train logs each ray.train.report of every worker, its whole metrics dict, at INFO on a
+# logger named after this file (the path of ray/train/v2/_internal/execution/context.py).
+_REPORT_LOGGER_FILE = ("train", "v2", "_internal", "execution", "context.py")
 
 
 def keep_off_console() -> None:
     """Ray's worker_process_setup_hook, in every process of the job (workers, the
     controller): Ray Train's records of a UserError (their tracebacks; the driver prints
-    the message as one line) and of its shutdown go to train.log, not the console."""
+    the message as one line) and of its shutdown go to train.log, not the console; its
+    records of each report are dropped (the metrics are in metrics.jsonl)."""
+    import ray  # loaded already in every process of a Ray job
+
     log = Path(os.environ[TRAIN_LOG_ENV])
+    reports = Path(ray.__file__).parent.joinpath(*_REPORT_LOGGER_FILE)
+    logging.getLogger(str(reports)).setLevel(logging.WARNING)
     for name in _RAY_TRAIN_LOGGERS:
         logging.getLogger(name).addFilter(_ToTrainLog(log))
     console_hook = threading.excepthook
