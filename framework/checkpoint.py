@@ -61,65 +61,65 @@ def read_progress(path: str | Path) -> dict:
     file = Path(path) / PROGRESS_FILE
     if not Path(path).is_dir():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; pass trainer.resume=auto or "
+            f"checkpoint {path} does not exist; pass checkpoint.resume=auto or "
             "the path of a step_* directory under run.checkpoint_dir"
         )
     if not (Path(path) / COMMIT_MARKER).exists():
         raise CheckpointError(
             f"{path} is not a complete checkpoint (no {COMMIT_MARKER} marker: its save never "
-            "finished); pass trainer.resume=<an earlier step_* directory> or auto"
+            "finished); pass checkpoint.resume=<an earlier step_* directory> or auto"
         )
     try:
         return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(
             f"{file} is unreadable ({err}); the checkpoint is damaged: use an earlier "
-            "step_* directory (trainer.resume=<path> to train, model=<path> to export)"
+            "step_* directory (checkpoint.resume=<path> to train, model=<path> to export)"
         ) from None
 
 
 def resume_point(cfg: TrainConfig) -> Path | None:
-    """The checkpoint a start or a restart continues from: trainer.resume's choice, or a
+    """The checkpoint a start or a restart continues from: checkpoint.resume's choice, or a
     newer committed one in run.checkpoint_dir (this run's own, after a worker restart)."""
     found = committed(cfg.run.checkpoint_dir)
     newest = found[-1] if found else None
-    if cfg.trainer.resume in ("auto", "never"):
+    if cfg.checkpoint.resume in ("auto", "never"):
         return newest
-    chosen = Path(cfg.trainer.resume)
+    chosen = Path(cfg.checkpoint.resume)
     if newest is not None and read_progress(newest)["step"] > read_progress(chosen)["step"]:
         return newest
     return chosen
 
 
 def check_resume(cfg: TrainConfig) -> Path | None:
-    """On the driver, before any worker starts: trainer.resume's choice, checked and
-    verified (checkpoint_integrity.py): with trainer.resume=auto a damaged newest one is
+    """On the driver, before any worker starts: checkpoint.resume's choice, checked and
+    verified (checkpoint_integrity.py): with checkpoint.resume=auto a damaged newest one is
     set aside (renamed damaged_step_*, with a warning) for the newest intact one; an
-    explicit damaged trainer.resume=<path> stops the run, naming the file; so do other
+    explicit damaged checkpoint.resume=<path> stops the run, naming the file; so do other
     adapter settings, and other data unless allowed (data/identity.py's check_resume)."""
     found = committed(cfg.run.checkpoint_dir)
-    if cfg.trainer.resume == "never" and found:
+    if cfg.checkpoint.resume == "never" and found:
         raise CheckpointError(
-            f"trainer.resume=never, but run.checkpoint_dir={cfg.run.checkpoint_dir} holds "
-            f"checkpoints of an earlier run ({found[-1].name}); set trainer.resume=auto to "
+            f"checkpoint.resume=never, but run.checkpoint_dir={cfg.run.checkpoint_dir} holds "
+            f"checkpoints of an earlier run ({found[-1].name}); set checkpoint.resume=auto to "
             "continue it, or choose another run.output_dir (or run.checkpoint_dir)"
         )
-    if cfg.trainer.resume == "auto":
+    if cfg.checkpoint.resume == "auto":
         set_aside_damaged(found)
     else:
-        chosen = read_progress(cfg.trainer.resume)["step"]
+        chosen = read_progress(cfg.checkpoint.resume)["step"]
         if found and read_progress(found[-1])["step"] > chosen:
             raise CheckpointError(
-                f"trainer.resume={cfg.trainer.resume} is at step {chosen}, but "
+                f"checkpoint.resume={cfg.checkpoint.resume} is at step {chosen}, but "
                 f"run.checkpoint_dir={cfg.run.checkpoint_dir} holds a later one "
                 f"({found[-1].name}) that new checkpoints would mix with; set "
                 "run.checkpoint_dir to a new directory"
             )
-        problem = damage(Path(cfg.trainer.resume))
+        problem = damage(Path(cfg.checkpoint.resume))
         if problem:
             raise CheckpointError(
-                f"trainer.resume={cfg.trainer.resume} is damaged: {problem}; pass an "
-                "earlier step_* directory, or trainer.resume=auto for the newest intact one"
+                f"checkpoint.resume={cfg.checkpoint.resume} is damaged: {problem}; pass an "
+                "earlier step_* directory, or checkpoint.resume=auto for the newest intact one"
             )
     chosen = resume_point(cfg)
     if chosen is not None:
@@ -138,7 +138,7 @@ def _check_adapter_resume(path: Path, cfg: TrainConfig) -> None:
         raise CheckpointError(
             f"{path} was trained with another adapter ({', '.join(differences)}); resume "
             "with the checkpoint's adapter settings, or start a new run (another "
-            "run.output_dir, or trainer.resume=never with a new run.checkpoint_dir)"
+            "run.output_dir, or checkpoint.resume=never with a new run.checkpoint_dir)"
         )
     written_by = read_progress(path)["world_size"]
     if uses_adapter(cfg.adapter) and written_by != cfg.cluster.num_workers:
@@ -183,7 +183,7 @@ def weights_only_loading() -> Iterator[None]:
         except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
             raise CheckpointError(
                 f"{file} cannot be loaded ({first_line(err)}): the checkpoint is damaged or "
-                "not one of ours; use an earlier step_* directory (trainer.resume=<path> to "
+                "not one of ours; use an earlier step_* directory (checkpoint.resume=<path> to "
                 "train, model=<path> to export)"
             ) from None
 
@@ -237,7 +237,7 @@ def save(
     step, the layout it was written in, the sampler's position and the run's totals),
     config and tokenizer; then the commit marker, which records every file's size and
     CRC-32, each rank reading back the files it wrote (checkpoint_integrity.damage checks
-    them); then checkpoints older than the newest `trainer.keep_checkpoints` go. If any
+    them); then checkpoints older than the newest `checkpoint.keep` go. If any
     rank cannot write (no space, a quota, an I/O error), every rank raises CheckpointError:
     the partial checkpoint is removed and the previous ones stay as they were."""
     root = Path(cfg.run.checkpoint_dir)
@@ -274,7 +274,7 @@ def save(
     if rank == 0:
         write_json(path / COMMIT_MARKER, {"step": step, "files": files})
         # The newest committed checkpoint is the one just written and read back: intact.
-        for old in committed(root)[: -cfg.trainer.keep_checkpoints]:
+        for old in committed(root)[: -cfg.checkpoint.keep]:
             shutil.rmtree(old)
     dist.barrier()
     return path
@@ -395,6 +395,6 @@ def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool, adap
     if loaded is None:
         raise CheckpointError(
             f"DeepSpeed found no model states in {path}; the checkpoint is incomplete: pass "
-            "trainer.resume=<an earlier step_* directory>"
+            "checkpoint.resume=<an earlier step_* directory>"
         )
     return progress

@@ -59,7 +59,7 @@ def summarize(
         (f"data.curate.decontaminate_files[{i}]", path)
         for i, path in enumerate(cfg.curate.decontaminate_files)
     ]
-    named_paths += [("trainer.eval_ifeval_path", path) for path in reference_files]
+    named_paths += [("eval.ifeval_path", path) for path in reference_files]
     found = identity["files"] + identity["reference_files"]
     files = {name: _file_part(path, f) for (name, path), f in zip(named_paths, found, strict=True)}
     settings: dict = {}
@@ -151,20 +151,20 @@ def changes(recorded: dict | None, current: dict | None) -> str | None:
 def check_resume(path: Path, progress: dict, cfg: TrainConfig) -> None:
     """On the driver: the checkpoint at `path` (its `progress`) against the data the run
     prepared. On other data its sampler position points into another packed stream: stop,
-    naming what changed, unless trainer.resume_on_changed_data=continue; then say where
+    naming what changed, unless checkpoint.resume_on_changed_data=continue; then say where
     the run continues (a warning: the console and, under Hydra, train.log)."""
     changed = changes(progress.get("data"), of_run(cfg.run.output_dir))
     if changed is None:
         return
     step, sampler = progress["step"], progress["sampler"]
-    if cfg.trainer.resume_on_changed_data != "continue":
+    if cfg.checkpoint.resume_on_changed_data != "continue":
         raise ConfigError(
             f"{path} was trained on other data: {changed}; set "
-            f"trainer.resume_on_changed_data=continue to continue from step {step} on the "
+            f"checkpoint.resume_on_changed_data=continue to continue from step {step} on the "
             "new data, or start afresh in another run.output_dir"
         )
     logging.getLogger(__name__).warning(
         f"resuming {path} on changed data ({changed}): the run continues at step {step}, "
         f"row {sampler['rows_done']} of epoch {sampler['epoch']} of the new data's packed "
-        "stream (trainer.resume_on_changed_data=continue); not an exact continuation"
+        "stream (checkpoint.resume_on_changed_data=continue); not an exact continuation"
     )

@@ -42,8 +42,8 @@ def test_a_model_that_changes_its_logits_after_the_head_needs_the_full_logit_los
 
     model = tmp_path / "model"
     Gemma2Config(final_logit_softcapping=30.0).save_pretrained(model)
-    with pytest.raises(ConfigError, match=r"final_logit_softcapping.*trainer\.loss_positions=all$"):
+    with pytest.raises(ConfigError, match=r"final_logit_softcapping.*loss\.positions=all$"):
         check_model_source(_train(str(model), tmp_path))
     cfg = _train(str(model), tmp_path)
-    cfg.trainer.loss_positions = "all"
+    cfg.loss.positions = "all"
     assert check_model_source(cfg) == str(model)
