@@ -158,7 +158,7 @@ def test_resume_never_refuses_a_directory_with_checkpoints(straight):
     cfg = compose_config(
         [f"run.checkpoint_dir={straight / 'run' / 'checkpoints'}", "checkpoint.resume=never"]
     )
-    with pytest.raises(CheckpointError, match=r"trainer\.resume=never, but run\.checkpoint_dir"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.resume=never, but run\.checkpoint_dir"):
         checkpoint.check_resume(cfg)
 
 

@@ -77,7 +77,9 @@ def test_a_damaged_newest_checkpoint_is_set_aside_for_the_newest_intact_one(
     explicit = compose_config(
         [f"run.checkpoint_dir={tmp_path / 'new'}", f"checkpoint.resume={aside}"]
     )
-    with pytest.raises(CheckpointError, match=rf"trainer\.resume=.*is damaged: .*/{shard.name} "):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint\.resume=.*is damaged: .*/{shard.name} "
+    ):
         checkpoint.check_resume(explicit)
 
 
