@@ -16,6 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class LossConfig:
+    """How token losses are computed (every objective) and averaged into a step's loss
+    (sft: the preference objectives average over pairs)."""
+
     # token: the step's loss is the mean over every trained token of the global batch.
     # example: each example's mean token loss, averaged over the examples of the global
     # batch (short replies weigh as much as long ones).
@@ -29,6 +32,9 @@ class LossConfig:
 
 @dataclass
 class EvalDuringTrainingConfig:
+    """Evaluation inside the training loop, on every rank (launch/eval.py evaluates a
+    finished model on its own config)."""
+
     # Evaluate on the eval split (data.eval_fraction / data.eval_sources) every this many
     # steps and at the end; 0: at the end only. Greedy replies for `samples` prompts, of
     # up to `max_new_tokens` tokens (and the suite's answers).
@@ -52,6 +58,8 @@ class EvalDuringTrainingConfig:
 
 @dataclass
 class CheckpointConfig:
+    """When a run checkpoints into run.checkpoint_dir, and what it resumes from."""
+
     # Checkpoint every this many steps and at the end; keep the newest `keep`.
     every: int = 100
     keep: int = 2
