@@ -22,20 +22,19 @@ from framework.config.schema import ConfigError, SourceConfig, TrainConfig
 from framework.config.sections import RENAMED_KEYS
 from framework.suite.build import check_family_names, check_suite
 
-SCHEMAS = {
-    "chat_schema": ChatConfig,
-    "eval_schema": EvalConfig,
-    "export_schema": ExportConfig,
-    "improve_schema": ImproveConfig,
-}
-
 
 def register_schemas() -> None:
     """Make the schemas available to the defaults lists of conf/train.yaml,
     launch/conf/*.yaml (chat, eval, export, improve)."""
+    schemas = {
+        "train_schema": _train_schema(),
+        "chat_schema": ChatConfig,
+        "eval_schema": EvalConfig,
+        "export_schema": ExportConfig,
+        "improve_schema": ImproveConfig,
+    }
     store = ConfigStore.instance()
-    store.store(name="train_schema", node=_train_schema())
-    for name, schema in SCHEMAS.items():
+    for name, schema in schemas.items():
         store.store(name=name, node=schema)
 
 
