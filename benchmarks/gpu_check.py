@@ -53,13 +53,13 @@ COMMON = [
     "cluster.num_workers=1",
     "logger=none",
     f"trainer.max_steps={STEPS}",
-    f"trainer.save_every={SAVE_AT}",
+    f"checkpoint.every={SAVE_AT}",
     "trainer.log_every=1",
     "trainer.warmup_steps=2",
     "trainer.lr=3e-4",
-    "trainer.eval_every=0",
-    "trainer.eval_samples=0",
-    "trainer.eval_suite_per_family=0",
+    "eval.every=0",
+    "eval.samples=0",
+    "eval.suite_per_family=0",
     "run.report=false",
 ]
 

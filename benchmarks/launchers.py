@@ -106,8 +106,8 @@ def launcher_overrides(run_dir: Path, cache_dir: Path, steps: int, workers: int)
         f"trainer.max_steps={steps}",
         "trainer.log_every=1",
         # Steps only: no evaluation before, between or after them.
-        "trainer.eval_every=0",
-        "trainer.eval_suite_per_family=0",
+        "eval.every=0",
+        "eval.suite_per_family=0",
     ]
 
 

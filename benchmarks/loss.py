@@ -1,8 +1,8 @@
 """python benchmarks/loss.py
 
-The loss alone, side by side: the full-logit path (trainer.loss_positions=all: the LM
+The loss alone, side by side: the full-logit path (loss.positions=all: the LM
 head and the cross-entropy at every position) against the trained-positions path at
-several chunk sizes (trainer.loss_chunk_tokens), on SmolLM2-135M's head shape (576 x
+several chunk sizes (loss.chunk_tokens), on SmolLM2-135M's head shape (576 x
 49,152), the suite's share of trained positions (11.9%), the default run's micro batch (4
 rows of 512 slots, fp32 and bf16) and a long one (2 rows of 4,096, bf16) where chunks
 matter. Forward and backward from the final hidden states, this machine's threads. Each
@@ -42,7 +42,7 @@ CASES = [
     ("bf16", 4, 512, "frozen"),
     ("bf16", 2, 4096, "trained"),
 ]
-CHUNKS = sorted({128, 256, TrainConfig().trainer.loss_chunk_tokens, 1024})
+CHUNKS = sorted({128, 256, TrainConfig().loss.chunk_tokens, 1024})
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -107,7 +107,7 @@ def projection_lines(bytes_per_logit: float) -> list[str]:
     cross-entropy, the fp32 log-softmax kept for backward and the gradient of the
     logits) times the logits each path holds at once, every position's for the
     full-logit path, one chunk's for ours; the head's gradient comes on top of both."""
-    vocab, chunk = 128_256, TrainConfig().trainer.loss_chunk_tokens
+    vocab, chunk = 128_256, TrainConfig().loss.chunk_tokens
     lines = table_header(
         "tokens per micro batch", "full-logit path", "trained positions, chunked", "ratio"
     )
@@ -142,7 +142,7 @@ def main() -> None:
             full = measure(case, None, repeats)
             if (dtype_name, head) == ("bf16", "frozen"):
                 bytes_per_logit = full["memory_mb"] * 2**20 / (rows * (row_len - 1) * VOCAB)
-            results = [("full-logit (loss_positions=all)", full)]
+            results = [("full-logit (loss.positions=all)", full)]
             for chunk in CHUNKS:
                 progress(f"{case}: chunk {chunk}")
                 results.append((f"trained, chunk {chunk}", measure(case, chunk, repeats)))

@@ -38,7 +38,7 @@ from framework.run.files import METRICS_FILE
 
 TINY_RUN = [
     "model=tiny_llama", "model.num_layers=2", "data.max_seq_len=256", "trainer.max_steps=6",
-    "trainer.eval_every=2", "trainer.eval_suite_per_family=2", "trainer.log_every=1",
+    "eval.every=2", "eval.suite_per_family=2", "trainer.log_every=1",
     "data.suite.train_examples=240", "logger=none", "trainer.precision=fp32",
 ]  # fmt: skip
 STEPS = [100, 1_000, 10_000, 100_000]
@@ -62,7 +62,7 @@ def _training_cost() -> None:
     for report in ("true", "false"):
         with bench_workdir("report-bench-") as tmp:
             progress(f"12 steps with run.report={report}")
-            out = _tiny_run(tmp, "trainer.max_steps=12", "trainer.save_every=3",
+            out = _tiny_run(tmp, "trainer.max_steps=12", "checkpoint.every=3",
                             f"run.report={report}")  # fmt: skip
             summary = json.loads((out / "summary.json").read_text())
             steps = [m["step_time_s"] for m in _lines(out) if "loss" in m]

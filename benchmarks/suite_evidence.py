@@ -104,7 +104,7 @@ def main() -> None:
     for name, families in runs.items():
         if not (work / name / HF_DIR).is_dir():  # a finished run in --work is reused
             steps = [f"trainer.max_steps={args.steps}"]
-            steps.append(f"trainer.eval_every={max(args.steps // 3, 1)}")
+            steps.append(f"eval.every={max(args.steps // 3, 1)}")
             train(work / name, "tiny_llama", families, steps)
     models = {
         "untrained": untrained(work / "untrained", work / "more" / TOKENIZER_DIR),

@@ -79,7 +79,7 @@ BASELINE = "ours, padded"
 DENSE = "ours, packed, dense block mask (sdpa)"
 CONTENDERS: dict[str, Callable[[Setup], Run]] = {
     "ours, packed": ours_packed,
-    "ours, packed, full-logit loss (trainer.loss_positions=all)": ours_packed_full_logits,
+    "ours, packed, full-logit loss (loss.positions=all)": ours_packed_full_logits,
     BASELINE: ours_padded,
     DENSE: ours_packed_dense_mask,
     "HF Trainer, dynamic padding": hf_trainer,

@@ -169,7 +169,7 @@ def ours(setup: Setup, *, packing: bool, attention: str, loss_positions: str = "
     cfg = copy.deepcopy(setup.cfg)
     cfg.data.packing = packing
     cfg.model.attention = attention
-    cfg.trainer.loss_positions = loss_positions
+    cfg.loss.positions = loss_positions
     cfg.trainer.micro_batch_size = PACKED_ROWS if packing else setup.padded_examples
     objective = build_objective(cfg)
     with one_rank_group(setup.device):

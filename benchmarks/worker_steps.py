@@ -64,7 +64,7 @@ TABLES = {
     },
     "choices": {
         "default run (trained positions, 1 thread)": ([], 1, False),
-        "full-logit loss (trainer.loss_positions=all)": (["trainer.loss_positions=all"], 1, False),
+        "full-logit loss (loss.positions=all)": (["loss.positions=all"], 1, False),
         "2 threads per worker": ([], 2, False),
         "gradient checkpointing": (["model.gradient_checkpointing=true"], 1, False),
         "torch.compile": ([], 1, True),

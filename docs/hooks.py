@@ -2,8 +2,9 @@
 they cannot drift from it.
 
 - configuration.md: every key of the training config and of the other commands, read with
-  `ast` from framework/config/schema.py and framework/config/commands.py (names, types,
-  defaults, and the comments above or beside each field). No import: the build needs
+  `ast` from framework/config/schema.py, framework/config/sections.py and
+  framework/config/commands.py (names, types, defaults, and the comments above or beside
+  each field). No import: the build needs
   neither torch nor Hydra.
 - results/*.md: the pages benchmark scripts write in benchmarks/results/, added as they
   are, under a "Results" section of the navigation listing whichever exist.
@@ -23,6 +24,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "framework" / "config" / "schema.py"
+SECTIONS = ROOT / "framework" / "config" / "sections.py"
 COMMANDS = ROOT / "framework" / "config" / "commands.py"
 RESULTS = ROOT / "benchmarks" / "results"
 REFERENCE_PAGE = "configuration.md"
@@ -90,7 +92,7 @@ class _Module:
 
     def fields(self, cls: str, sections: set[str]) -> list[Field]:
         """`cls`'s fields; one without a comment of its own that the last comment names
-        (`keep_checkpoints` under save_every's) points to that comment's field."""
+        (checkpoint's `keep` under `every`'s) points to that comment's field."""
         found, last_doc, last_owner = [], "", ""
         for node in self.classes[cls].body:
             if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
@@ -241,15 +243,16 @@ class _Page:
 
 def config_reference() -> str:
     """The configuration reference page, as Markdown."""
-    schema, commands = _Module(SCHEMA), _Module(COMMANDS)
+    schema, sections, commands = _Module(SCHEMA), _Module(SECTIONS), _Module(COMMANDS)
     commands.names = {**schema.names, **commands.names}  # what commands.py imports from it
-    page = _Page([schema, commands])
+    page = _Page([schema, sections, commands])
     page.add(
         "# Configuration reference",
         "",
         "Generated when the site is built, from the dataclasses of",
-        "`framework/config/schema.py` (training: `launch/train.py`, `launch/prepare.py`)",
-        "and `framework/config/commands.py` (the other commands), and their comments: these",
+        "`framework/config/schema.py` and `framework/config/sections.py` (training:",
+        "`launch/train.py`, `launch/prepare.py`) and `framework/config/commands.py` (the",
+        "other commands), and their comments: these",
         "dataclasses hold every default. Set a key on the command line as `section.key=value`",
         "(`trainer.lr=1e-4`); YAML files under `conf/` and `launch/conf/` set only what an",
         "option changes. A misspelt key or a wrong type stops the command at start-up.",

@@ -208,6 +208,6 @@ def evaluated_run(tmp_path_factory):
     """RUN with report.html on and the suite evaluated every 2 steps (one answer a family):
     6 steps on 2 ranks, a checkpoint every 2; the run directory."""
     root = tmp_path_factory.mktemp("report")
-    more = ["run.report=true", "trainer.eval_every=2", "trainer.eval_suite_per_family=1"]
+    more = ["run.report=true", "eval.every=2", "eval.suite_per_family=1"]
     run(root / "run", root / "cache", *more)
     return root / "run"

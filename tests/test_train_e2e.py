@@ -26,9 +26,9 @@ from tests.helpers.cluster import RayCluster
 
 # 3 IFEval prompts shared over the 2 workers at each evaluation, 8 tokens each.
 IFEVAL_SAMPLE = [
-    "trainer.eval_ifeval_prompts=3",
-    f"trainer.eval_ifeval_path={SHARED_DATA / 'ifeval' / 'input_data.jsonl'}",
-    "trainer.eval_ifeval_max_new_tokens=8",
+    "eval.ifeval_prompts=3",
+    f"eval.ifeval_path={SHARED_DATA / 'ifeval' / 'input_data.jsonl'}",
+    "eval.ifeval_max_new_tokens=8",
 ]
 # One run's life (test_one_runs_life_on_two_workers): 30 steps, evaluated before training
 # and every 20 steps, a checkpoint every 10, resumable after a lost worker.
@@ -37,10 +37,10 @@ LIFE = [
     "run.report=true",
     "trainer.max_steps=30",
     "trainer.log_every=1",
-    "trainer.save_every=10",
+    "checkpoint.every=10",
     "trainer.warmup_steps=5",
-    "trainer.eval_every=20",
-    "trainer.eval_suite_per_family=2",
+    "eval.every=20",
+    "eval.suite_per_family=2",
     *IFEVAL_SAMPLE,
     "data.suite.train_examples=600",
     "cluster.max_failures=1",
@@ -137,7 +137,7 @@ def _assert_it_learned_evaluated_and_reported(out, text: str) -> None:
     assert len(answers) == 3 * len(FAMILIES) * 2  # every family's first 2 items, 3 times
     assert {a["group"] for a in answers if a["held_out"]} == set(DEFAULT_HELD_OUT)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in samples] == [0] * 3 + [20] * 3 + [30] * 3  # eval_samples=3
+    assert [s["step"] for s in samples] == [0] * 3 + [20] * 3 + [30] * 3  # eval.samples=3
     assert all(s["reference"] for s in samples)
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens_per_s",
             "packing_efficiency", "data_wait_s", "compute_s", "optimizer_s", "step_time_skew",
@@ -295,7 +295,7 @@ def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster
 
     blocked, out = tmp_path / "a-file", tmp_path / "run"
     blocked.write_text("")
-    overrides = ["trainer.max_steps=2", "trainer.eval_every=0", "logger=none"]
+    overrides = ["trainer.max_steps=2", "eval.every=0", "logger=none"]
     result = train(
         out, *overrides, f"run.checkpoint_dir={blocked}/checkpoints", cluster=ray_cluster
     )
@@ -310,7 +310,7 @@ def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster
     # Diverged at step 2 (trainer.on_non_finite=stop): one line naming the step; step 1's
     # checkpoint stays the result, and no export pretends the run finished.
     diverged, steep = tmp_path / "diverged", ["trainer.lr=1e6", "trainer.warmup_steps=0"]
-    result = train(diverged, *overrides, *steep, "trainer.save_every=1", cluster=ray_cluster)
+    result = train(diverged, *overrides, *steep, "checkpoint.every=1", cluster=ray_cluster)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert re.search(r"error: step 2: the (gradient norm|loss) is NaN or infinite", result.stderr)
     assert [p.name for p in committed(diverged / "checkpoints")] == ["step_00000001"]
@@ -368,7 +368,7 @@ def test_the_real_model_trains_exports_and_answers_through_eval_and_chat(
     out = tmp_path / "run"
     short = ["trainer.max_steps=2", "trainer.log_every=1", "data.max_seq_len=128"]
     short.append("trainer.micro_batch_size=1")
-    quiet = ["trainer.eval_every=0", "trainer.eval_suite_per_family=0", "logger=none"]
+    quiet = ["eval.every=0", "eval.suite_per_family=0", "logger=none"]
     result = train(
         out, "model=smollm2_135m", f"run.cache_dir={cache}", "data.suite.train_examples=64",
         *short, *quiet, "run.report=true", cluster=ray_cluster, timeout=600,

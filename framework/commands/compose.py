@@ -13,29 +13,57 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.config.checks import check_chat_config, check_eval_config, check_train_config
 from framework.config.commands import ChatConfig, EvalConfig, ExportConfig, ImproveConfig
 from framework.config.presets import CONF_DIR
 from framework.config.schema import ConfigError, SourceConfig, TrainConfig
+from framework.config.sections import RENAMED_KEYS
 from framework.suite.build import check_family_names, check_suite
-
-SCHEMAS = {
-    "train_schema": TrainConfig,
-    "chat_schema": ChatConfig,
-    "eval_schema": EvalConfig,
-    "export_schema": ExportConfig,
-    "improve_schema": ImproveConfig,
-}
 
 
 def register_schemas() -> None:
     """Make the schemas available to the defaults lists of conf/train.yaml,
     launch/conf/*.yaml (chat, eval, export, improve)."""
+    schemas = {
+        "train_schema": _train_schema(),
+        "chat_schema": ChatConfig,
+        "eval_schema": EvalConfig,
+        "export_schema": ExportConfig,
+        "improve_schema": ImproveConfig,
+    }
     store = ConfigStore.instance()
-    for name, schema in SCHEMAS.items():
+    for name, schema in schemas.items():
         store.store(name=name, node=schema)
+
+
+def _train_schema() -> DictConfig:
+    """TrainConfig's schema plus each renamed key (RENAMED_KEYS) as a reference to its new
+    key: Hydra then takes an old key from a command line or a YAML file, for from_hydra to
+    name its new key in one line (instead of Hydra's unknown-key error over several lines),
+    and `--cfg job` shows where each old key went."""
+    schema = OmegaConf.structured(TrainConfig)
+    for old, new in RENAMED_KEYS.items():
+        section, name = old.split(".")
+        with open_dict(schema[section]):
+            schema[section][name] = _reference(new)
+    return schema
+
+
+def _reference(key: str) -> str:
+    return "${" + key + "}"
+
+
+def _without_renamed_keys(raw: DictConfig) -> DictConfig:
+    """`raw` on TrainConfig's own schema: ConfigError naming the new key of any renamed key
+    given a value of its own."""
+    values = OmegaConf.to_container(raw)  # interpolations kept, resolved on TrainConfig
+    for old, new in RENAMED_KEYS.items():
+        section, name = old.split(".")
+        if values[section].pop(name) != _reference(new):
+            raise ConfigError(f"{old} is now {new}")
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), values)
 
 
 def compose_train_config(overrides: list[str]) -> TrainConfig:
@@ -50,12 +78,12 @@ def compose_train_config(overrides: list[str]) -> TrainConfig:
 
 def from_hydra(raw: DictConfig) -> TrainConfig:
     """Resolve a composed Hydra config into checked dataclasses with absolute paths."""
-    cfg: TrainConfig = OmegaConf.to_object(raw)
+    cfg: TrainConfig = OmegaConf.to_object(_without_renamed_keys(raw))
     cfg.run.output_dir = _absolute(cfg.run.output_dir)
     cfg.run.cache_dir = _absolute(cfg.run.cache_dir)
     cfg.run.checkpoint_dir = _absolute(cfg.run.checkpoint_dir)
-    if cfg.trainer.resume not in ("auto", "never"):
-        cfg.trainer.resume = _absolute(cfg.trainer.resume)
+    if cfg.checkpoint.resume not in ("auto", "never"):
+        cfg.checkpoint.resume = _absolute(cfg.checkpoint.resume)
     if cfg.data.path is not None:
         cfg.data.sources = [SourceConfig(path=cfg.data.path)]
         cfg.data.path = None

@@ -70,9 +70,8 @@ def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizer
 def reference_files(cfg: TrainConfig) -> tuple[str, ...]:
     """Evaluation files of the run besides data.curate.decontaminate_files: IFEval's,
     when the run scores it from a file (the hub's copy is not read at preparation)."""
-    trainer = cfg.trainer
-    scored = trainer.eval_ifeval_prompts != 0 and trainer.eval_ifeval_path
-    return (trainer.eval_ifeval_path,) if scored else ()
+    scored = cfg.eval.ifeval_prompts != 0 and cfg.eval.ifeval_path
+    return (cfg.eval.ifeval_path,) if scored else ()
 
 
 def mapper_for(cfg: TrainConfig):
@@ -117,12 +116,10 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     check_model_source(cfg, model_source(cfg))
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.trainer.eval_ifeval_prompts and cfg.trainer.eval_ifeval_path is None:
+    if cfg.eval.ifeval_prompts and cfg.eval.ifeval_path is None:
         # Before the data, which is decontaminated against it.
         path = str(ifeval.save_hub_prompts(out / IFEVAL_PROMPTS_FILE))
-        cfg = dataclasses.replace(
-            cfg, trainer=dataclasses.replace(cfg.trainer, eval_ifeval_path=path)
-        )
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, ifeval_path=path))
     tokenizer, artifact, data = prepare_data(cfg)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     stats = cache.load_stats(artifact)

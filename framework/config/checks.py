@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from framework.config.commands import ChatConfig, EvalConfig
-from framework.config.schema import ConfigError, SourceConfig, TrainConfig, TrainerConfig
+from framework.config.schema import ConfigError, SourceConfig, TrainConfig
+from framework.config.sections import EvalDuringTrainingConfig
 
 _CHOICES = {
     "model.attention": (
@@ -24,10 +25,10 @@ _CHOICES = {
     "data.on_error": ("raise", "skip"),
     "data.preprocess": ("auto", "local", "ray"),
     "trainer.precision": ("auto", "fp32", "bf16"),
-    "trainer.loss_average": ("token", "example"),
-    "trainer.loss_positions": ("trained", "all"),
+    "loss.average": ("token", "example"),
+    "loss.positions": ("trained", "all"),
     "trainer.on_non_finite": ("stop", "skip"),
-    "trainer.resume_on_changed_data": ("stop", "continue"),
+    "checkpoint.resume_on_changed_data": ("stop", "continue"),
     "trainer.lr_schedule": ("cosine", "linear", "constant"),
     "objective.name": ("sft", "dpo", "ipo", "simpo", "orpo"),
     "objective.reference": ("precomputed", "live"),
@@ -44,11 +45,11 @@ _POSITIVE = (
     "trainer.grad_accum_steps",
     "trainer.lr",
     "trainer.log_every",
-    "trainer.save_every",
-    "trainer.keep_checkpoints",
+    "checkpoint.every",
+    "checkpoint.keep",
     "data.max_seq_len",
-    "trainer.eval_batch_size",
-    "trainer.loss_chunk_tokens",
+    "eval.batch_size",
+    "loss.chunk_tokens",
     "cluster.num_workers",
     "cluster.cpus_per_worker",
     "cluster.gpus_per_worker",
@@ -72,10 +73,10 @@ def check_train_config(cfg: TrainConfig) -> None:
     for key in _POSITIVE:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
-    evals = ("eval_every", "eval_samples", "eval_max_new_tokens", "eval_suite_per_family")
-    if min(getattr(cfg.trainer, key) for key in evals) < 0:
-        raise ConfigError(f"trainer.{', trainer.'.join(evals)} must be >= 0")
-    _check_ifeval_sample(cfg.trainer)
+    evals = ("every", "samples", "max_new_tokens", "suite_per_family")
+    if min(getattr(cfg.eval, key) for key in evals) < 0:
+        raise ConfigError(f"eval.{', eval.'.join(evals)} must be >= 0")
+    _check_ifeval_sample(cfg.eval)
     if cfg.trainer.warmup_steps < 0 or cfg.trainer.max_grad_norm < 0:
         raise ConfigError("trainer.warmup_steps and trainer.max_grad_norm must be >= 0")
     offload = cfg.parallelism.offload_optimizer or cfg.parallelism.offload_params
@@ -154,10 +155,10 @@ def _check_objective(cfg: TrainConfig) -> None:
             "suite has none): use data=dpo_demo, or data.path=<file of prompt / chosen / "
             "rejected records>"
         )
-    if cfg.trainer.loss_average != "token":
+    if cfg.loss.average != "token":
         raise ConfigError(
-            f"trainer.loss_average={cfg.trainer.loss_average} applies to sft; {name} "
-            "averages over pairs: leave trainer.loss_average=token"
+            f"loss.average={cfg.loss.average} applies to sft; {name} "
+            "averages over pairs: leave loss.average=token"
         )
     live_copy = objective.reference == "live" and cfg.adapter.method == "none"
     if live_copy and objective.needs_reference and cfg.parallelism.zero_stage == 3:
@@ -254,15 +255,15 @@ NO_EVAL_MODEL = (
 )
 
 
-def _check_ifeval_sample(trainer: TrainerConfig) -> None:
-    prompts, path = trainer.eval_ifeval_prompts, trainer.eval_ifeval_path
+def _check_ifeval_sample(evaluation: EvalDuringTrainingConfig) -> None:
+    prompts, path = evaluation.ifeval_prompts, evaluation.ifeval_path
     if prompts < 0:
-        raise ConfigError(f"trainer.eval_ifeval_prompts={prompts} must be >= 0 (0: off)")
-    if trainer.eval_ifeval_max_new_tokens <= 0:
-        raise ConfigError("trainer.eval_ifeval_max_new_tokens must be > 0")
+        raise ConfigError(f"eval.ifeval_prompts={prompts} must be >= 0 (0: off)")
+    if evaluation.ifeval_max_new_tokens <= 0:
+        raise ConfigError("eval.ifeval_max_new_tokens must be > 0")
     if path is not None and not Path(path).is_file():
         raise ConfigError(
-            f"trainer.eval_ifeval_path={path}: no such file; give IFEval's input_data.jsonl, "
+            f"eval.ifeval_path={path}: no such file; give IFEval's input_data.jsonl, "
             "or null for the hub's google/IFEval"
         )
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.config.schema import ConfigError, TrainConfig
+from framework.config.sections import move_renamed_keys
 
 
 def save_train_config(cfg: TrainConfig, file: str | Path) -> None:
@@ -18,9 +19,11 @@ def save_train_config(cfg: TrainConfig, file: str | Path) -> None:
 
 
 def load_train_config(file: str | Path) -> TrainConfig:
-    """The TrainConfig a run saved: keys added to the schema since take their defaults."""
+    """The TrainConfig a run saved: keys added to the schema since take their defaults,
+    keys renamed since (RENAMED_KEYS) their new names."""
     try:
         saved = OmegaConf.load(file)
+        move_renamed_keys(saved)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
     except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
         reason = " ".join(str(err).split())  # one line, as every user error is

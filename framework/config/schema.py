@@ -1,5 +1,6 @@
 """Typed configuration: one dataclass per Hydra config group of a training run, and the
-schemas of the chat, eval and export commands. The defaults here are the only ones: the
+schemas of the chat, eval and export commands; the loss, eval and checkpoint sections of a
+training run are config/sections.py's. The defaults there and here are the only ones: the
 YAML files of `conf/` set only what an option changes.
 
 Hydra composes YAML from `conf/` onto these schemas (commands/compose.py), so an unknown key
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from framework.config.sections import CheckpointConfig, EvalDuringTrainingConfig, LossConfig
 from framework.config.sizes import fill_device_sizes
 
 
@@ -220,49 +222,10 @@ class TrainerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every: int = 10
-    # Checkpoint every this many steps and at the end; keep the newest keep_checkpoints.
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    # auto: continue from the newest complete checkpoint in run.checkpoint_dir, if any;
-    # never: start afresh (refused while run.checkpoint_dir holds checkpoints);
-    # or the path of one checkpoint (a step_* directory).
-    resume: str = "auto"
-    # The checkpoint's data, tokenizer or template changed: stop (naming it) or continue.
-    resume_on_changed_data: str = "stop"
-    # Under Slurm, checkpoint and stop this long before the job's time limit (more when
-    # a step plus a save has been seen to take longer).
-    stop_before_deadline_s: float = 300.0
-    # Evaluate on the eval split (data.eval_fraction / data.eval_sources) every this many
-    # steps and at the end; 0: at the end only. Greedy replies for eval_samples prompts.
-    eval_every: int = 50
-    eval_samples: int = 3
-    eval_max_new_tokens: int = 64
-    # At each evaluation (and before the first step when eval_every > 0): greedy answers
-    # to this many validation items of every suite family, scored per family and for
-    # trained vs held-out families (suite/* metrics); 0 turns it off.
-    eval_suite_per_family: int = 4
-    # At each evaluation: greedy replies to a fixed sample of this many IFEval prompts
-    # (eval_ifeval_path: its JSONL; null: the hub's google/IFEval, fetched by the driver),
-    # shared over the workers and judged by the official checkers (ifeval/* metrics).
-    # 0: off (replies of up to eval_ifeval_max_new_tokens: an hour on a CPU).
-    eval_ifeval_prompts: int = 0
-    eval_ifeval_path: str | None = None
-    eval_ifeval_max_new_tokens: int = 1280
-    # Prompts generated together in one batch.
-    eval_batch_size: int = 32
     # auto: bf16 on GPUs with bf16 units, and on CPUs with them (AVX512-BF16, AMX) where a
     # bf16 matmul is measured faster; fp32 elsewhere (bf16 emulated is 7-15x slower).
     # bf16 keeps fp32 master weights and accumulates and reduces gradients in fp32.
     precision: str = "auto"
-    # token: the step's loss is the mean over every trained token of the global batch.
-    # example: each example's mean token loss, averaged over the examples of the global
-    # batch (short replies weigh as much as long ones).
-    loss_average: str = "token"
-    # trained: the LM head and the cross-entropy run only where a label is trained,
-    # loss_chunk_tokens positions at a time, recomputed in backward (no logits of the
-    # whole micro batch); all: logits at every position, as the model's forward gives.
-    loss_positions: str = "trained"
-    loss_chunk_tokens: int | None = None  # null: sized for the device (device_sizes)
     # Run the first micro batch unpacked too and stop if the losses disagree.
     verify_packing: bool = True
     # A NaN or infinite loss or gradient norm: "stop" the run before the weights change, or
@@ -301,7 +264,7 @@ PREFERENCE_OBJECTIVES = {"dpo": True, "ipo": True, "simpo": False, "orpo": False
 @dataclass
 class ObjectiveConfig:
     # What a training step minimises: sft, the weighted token cross-entropy of the trained
-    # tokens, normalised as trainer.loss_average says (framework/loss/token.py); or a
+    # tokens, normalised as loss.average says (framework/loss/token.py); or a
     # preference loss over chosen / rejected pairs, the mean over the global batch's pairs
     # (framework/loss/preference.py; the README's table gives each formula):
     # dpo (sigmoid), ipo, simpo (length-normalised, no reference), orpo (SFT plus an odds
@@ -389,6 +352,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -1,5 +1,5 @@
 """The sizes that depend on the device class: what null stands for in
-trainer.micro_batch_size, trainer.loss_chunk_tokens and model.gradient_checkpointing
+trainer.micro_batch_size, loss.chunk_tokens and model.gradient_checkpointing
 (applied by TrainConfig when it is built, printed at the start of a run)."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ def device_sizes(*, gpu: bool, max_seq_len: int) -> dict[str, int | bool]:
     if not gpu:
         return {
             "trainer.micro_batch_size": 4,
-            "trainer.loss_chunk_tokens": 256,
+            "loss.chunk_tokens": 256,
             "model.gradient_checkpointing": False,
         }
     return {
         "trainer.micro_batch_size": max(1, GPU_MICRO_BATCH_TOKENS // max_seq_len),
-        "trainer.loss_chunk_tokens": 2048,
+        "loss.chunk_tokens": 2048,
         "model.gradient_checkpointing": max_seq_len >= GPU_CHECKPOINTING_ROW_TOKENS,
     }
 

@@ -58,7 +58,7 @@ def summarize(
         (f"data.curate.decontaminate_files[{i}]", path)
         for i, path in enumerate(cfg.curate.decontaminate_files)
     ]
-    named_paths += [("trainer.eval_ifeval_path", path) for path in reference_files]
+    named_paths += [("eval.ifeval_path", path) for path in reference_files]
     found = identity["files"] + identity["reference_files"]
     files = {name: _file_part(path, f) for (name, path), f in zip(named_paths, found, strict=True)}
     settings: dict = {}

@@ -171,7 +171,7 @@ def run_batches(
         world_size=world_size,
         seed=cfg.trainer.seed,
         pad_id=pad_id,
-        per_example=cfg.trainer.loss_average == "example",
+        per_example=cfg.loss.average == "example",
         first_plan=first_plan(artifact),
         pairs=cfg.objective.pairs,
     )

@@ -32,7 +32,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from framework.config.schema import ObjectiveConfig, TrainerConfig
+from framework.config.schema import ObjectiveConfig
+from framework.config.sections import LossConfig
 from framework.data.dataset import TokenizedDataset
 from framework.data.pack import IGNORE_INDEX, best_fit_decreasing, collate_rows
 from framework.data.preference import pair_fields, pair_lengths, sequence_plan
@@ -136,10 +137,8 @@ def metrics_of(sums: torch.Tensor, prefix: str = "") -> dict[str, float]:
 class PreferenceObjective:
     """A preference loss: the sum of its pairs' losses, over the global pair count."""
 
-    def __init__(
-        self, cfg: ObjectiveConfig, trainer: TrainerConfig, live: LiveReference | None = None
-    ):
-        self.cfg, self.trainer, self.live = cfg, trainer, live
+    def __init__(self, cfg: ObjectiveConfig, loss: LossConfig, live: LiveReference | None = None):
+        self.cfg, self.loss, self.live = cfg, loss, live
         self.sums: torch.Tensor | None = None
 
     def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
@@ -152,7 +151,7 @@ class PreferenceObjective:
 
     def logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PairLogps:
         """The micro batch's pairs through `model`, and their reference when there is one."""
-        losses = token_loss_fn(model, self.trainer)(
+        losses = token_loss_fn(model, self.loss)(
             batch["input_ids"], batch["position_ids"], batch["labels"]
         )
         policy, counts = sequence_logps(losses, batch)

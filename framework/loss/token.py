@@ -4,12 +4,12 @@ accumulation steps (train/objective.py chooses the objective).
 
 `sft`: the weighted token cross-entropy over trained positions
 (labels != IGNORE_INDEX), divided by the global sum of loss weights (the trained-token
-count when every weight is 1; with trainer.loss_average=example the collator scales each
+count when every weight is 1; with loss.average=example the collator scales each
 example's weights to sum to 1, giving the mean over examples).
 
-Token losses are computed where a label is trained only (trainer.loss_positions=trained):
+Token losses are computed where a label is trained only (loss.positions=trained):
 the final hidden states at those positions go through the LM head and the cross-entropy
-`trainer.loss_chunk_tokens` rows at a time, each chunk's logits recomputed in backward
+`loss.chunk_tokens` rows at a time, each chunk's logits recomputed in backward
 rather than kept, so no [tokens, vocabulary] tensor exists for the micro batch. `all`
 computes the logits of every position, as the model's own forward does."""
 
@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from framework.config.schema import TrainerConfig
+from framework.config.sections import LossConfig
 from framework.data.pack import IGNORE_INDEX
 from framework.model.attention import packed_hidden_states, packed_logits
 
@@ -84,11 +84,11 @@ def chunked_cross_entropy(
     return torch.cat(pieces)
 
 
-def token_loss_fn(model: torch.nn.Module, cfg: TrainerConfig) -> TokenLosses:
+def token_loss_fn(model: torch.nn.Module, cfg: LossConfig) -> TokenLosses:
     """The token losses of packed rows through `model` (a DeepSpeed engine or a plain
     model), at trained positions only or from every position's logits, as
-    trainer.loss_positions says."""
-    if cfg.loss_positions == "all":
+    loss.positions says."""
+    if cfg.positions == "all":
         logits = packed_logits(model)
         return lambda ids, positions, labels: token_losses(logits(ids, positions), labels)
     hidden_states = packed_hidden_states(model)
@@ -98,7 +98,7 @@ def token_loss_fn(model: torch.nn.Module, cfg: TrainerConfig) -> TokenLosses:
         targets = labels[:, 1:]
         trained = targets != IGNORE_INDEX
         picked = chunked_cross_entropy(
-            hidden[:, :-1][trained], targets[trained], head, chunk_tokens=cfg.loss_chunk_tokens
+            hidden[:, :-1][trained], targets[trained], head, chunk_tokens=cfg.chunk_tokens
         )
         # masked_scatter keeps the graph through `picked` even when nothing is trained.
         return picked.new_zeros(trained.shape).masked_scatter(trained, picked)
@@ -117,7 +117,7 @@ def summed_loss(losses: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tens
 class TokenCrossEntropy:
     """sft: the weighted cross-entropy of every trained token."""
 
-    def __init__(self, cfg: TrainerConfig):
+    def __init__(self, cfg: LossConfig):
         self.cfg = cfg
 
     def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:

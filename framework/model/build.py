@@ -49,11 +49,11 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 def _check_plain_head(cfg: TrainConfig, config: PreTrainedConfig) -> None:
     text = config.get_text_config()
     changed = [name for name in _LOGIT_TRANSFORMS if getattr(text, name, None) is not None]
-    if changed and cfg.trainer.loss_positions == "trained":
+    if changed and cfg.loss.positions == "trained":
         raise ConfigError(
             f"model.name_or_path={cfg.model.name_or_path!r} changes its logits after the LM "
-            f"head ({', '.join(changed)}), which trainer.loss_positions=trained does not "
-            "apply: set trainer.loss_positions=all"
+            f"head ({', '.join(changed)}), which loss.positions=trained does not "
+            "apply: set loss.positions=all"
         )
 
 

@@ -39,31 +39,31 @@ def read_progress(path: str | Path) -> dict:
     file = Path(path) / PROGRESS_FILE
     if not Path(path).is_dir():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; pass trainer.resume=auto or "
+            f"checkpoint {path} does not exist; pass checkpoint.resume=auto or "
             "the path of a step_* directory under run.checkpoint_dir"
         )
     if not (Path(path) / COMMIT_MARKER).exists():
         raise CheckpointError(
             f"{path} is not a complete checkpoint (no {COMMIT_MARKER} marker: its save never "
-            "finished); pass trainer.resume=<an earlier step_* directory> or auto"
+            "finished); pass checkpoint.resume=<an earlier step_* directory> or auto"
         )
     try:
         return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(
             f"{file} is unreadable ({err}); the checkpoint is damaged: use an earlier "
-            "step_* directory (trainer.resume=<path> to train, model=<path> to export)"
+            "step_* directory (checkpoint.resume=<path> to train, model=<path> to export)"
         ) from None
 
 
 def resume_point(cfg: TrainConfig) -> Path | None:
-    """The checkpoint a start or a restart continues from: trainer.resume's choice, or a
+    """The checkpoint a start or a restart continues from: checkpoint.resume's choice, or a
     newer committed one in run.checkpoint_dir (this run's own, after a worker restart)."""
     found = committed(cfg.run.checkpoint_dir)
     newest = found[-1] if found else None
-    if cfg.trainer.resume in ("auto", "never"):
+    if cfg.checkpoint.resume in ("auto", "never"):
         return newest
-    chosen = Path(cfg.trainer.resume)
+    chosen = Path(cfg.checkpoint.resume)
     if newest is not None and read_progress(newest)["step"] > read_progress(chosen)["step"]:
         return newest
     return chosen
@@ -104,7 +104,7 @@ def weights_only_loading() -> Iterator[None]:
         except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
             raise CheckpointError(
                 f"{file} cannot be loaded ({first_line(err)}): the checkpoint is damaged or "
-                "not one of ours; use an earlier step_* directory (trainer.resume=<path> to "
+                "not one of ours; use an earlier step_* directory (checkpoint.resume=<path> to "
                 "train, model=<path> to export)"
             ) from None
 

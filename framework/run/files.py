@@ -38,7 +38,7 @@ TOKENIZER_DIR = "tokenizer"
 DATASET_POINTER = "dataset.json"
 STATS_FILE = "data_stats.json"
 INSPECT_FILE = "data_inspect.json"
-# trainer.eval_ifeval_prompts from the hub: the prompts the driver fetched for the workers.
+# eval.ifeval_prompts from the hub: the prompts the driver fetched for the workers.
 IFEVAL_PROMPTS_FILE = "ifeval_prompts.jsonl"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"

@@ -49,34 +49,34 @@ from framework.run.integrity import damage, manifest, set_aside_damaged
 
 
 def check_resume(cfg: TrainConfig) -> Path | None:
-    """On the driver, before any worker starts: trainer.resume's choice, checked and
-    verified (framework/run/integrity.py): with trainer.resume=auto a damaged newest one is
+    """On the driver, before any worker starts: checkpoint.resume's choice, checked and
+    verified (framework/run/integrity.py): with checkpoint.resume=auto a damaged newest one is
     set aside (renamed damaged_step_*, with a warning) for the newest intact one; an
-    explicit damaged trainer.resume=<path> stops the run, naming the file; so do other
+    explicit damaged checkpoint.resume=<path> stops the run, naming the file; so do other
     adapter settings, and other data unless allowed (_check_data_resume)."""
     found = committed(cfg.run.checkpoint_dir)
-    if cfg.trainer.resume == "never" and found:
+    if cfg.checkpoint.resume == "never" and found:
         raise CheckpointError(
-            f"trainer.resume=never, but run.checkpoint_dir={cfg.run.checkpoint_dir} holds "
-            f"checkpoints of an earlier run ({found[-1].name}); set trainer.resume=auto to "
+            f"checkpoint.resume=never, but run.checkpoint_dir={cfg.run.checkpoint_dir} holds "
+            f"checkpoints of an earlier run ({found[-1].name}); set checkpoint.resume=auto to "
             "continue it, or choose another run.output_dir (or run.checkpoint_dir)"
         )
-    if cfg.trainer.resume == "auto":
+    if cfg.checkpoint.resume == "auto":
         set_aside_damaged(found)
     else:
-        chosen = read_progress(cfg.trainer.resume)["step"]
+        chosen = read_progress(cfg.checkpoint.resume)["step"]
         if found and read_progress(found[-1])["step"] > chosen:
             raise CheckpointError(
-                f"trainer.resume={cfg.trainer.resume} is at step {chosen}, but "
+                f"checkpoint.resume={cfg.checkpoint.resume} is at step {chosen}, but "
                 f"run.checkpoint_dir={cfg.run.checkpoint_dir} holds a later one "
                 f"({found[-1].name}) that new checkpoints would mix with; set "
                 "run.checkpoint_dir to a new directory"
             )
-        problem = damage(Path(cfg.trainer.resume))
+        problem = damage(Path(cfg.checkpoint.resume))
         if problem:
             raise CheckpointError(
-                f"trainer.resume={cfg.trainer.resume} is damaged: {problem}; pass an "
-                "earlier step_* directory, or trainer.resume=auto for the newest intact one"
+                f"checkpoint.resume={cfg.checkpoint.resume} is damaged: {problem}; pass an "
+                "earlier step_* directory, or checkpoint.resume=auto for the newest intact one"
             )
     chosen = resume_point(cfg)
     if chosen is not None:
@@ -95,7 +95,7 @@ def _check_adapter_resume(path: Path, cfg: TrainConfig) -> None:
         raise CheckpointError(
             f"{path} was trained with another adapter ({', '.join(differences)}); resume "
             "with the checkpoint's adapter settings, or start a new run (another "
-            "run.output_dir, or trainer.resume=never with a new run.checkpoint_dir)"
+            "run.output_dir, or checkpoint.resume=never with a new run.checkpoint_dir)"
         )
     written_by = read_progress(path)["world_size"]
     if uses_adapter(cfg.adapter) and written_by != cfg.cluster.num_workers:
@@ -121,22 +121,22 @@ def run_data_identity(output_dir: str | Path) -> dict | None:
 def _check_data_resume(path: Path, progress: dict, cfg: TrainConfig) -> None:
     """On the driver: the checkpoint at `path` (its `progress`) against the data the run
     prepared. On other data its sampler position points into another packed stream: stop,
-    naming what changed, unless trainer.resume_on_changed_data=continue; then say where
+    naming what changed, unless checkpoint.resume_on_changed_data=continue; then say where
     the run continues (a warning: the console and, under Hydra, train.log)."""
     changed = changes(progress.get("data"), run_data_identity(cfg.run.output_dir))
     if changed is None:
         return
     step, sampler = progress["step"], progress["sampler"]
-    if cfg.trainer.resume_on_changed_data != "continue":
+    if cfg.checkpoint.resume_on_changed_data != "continue":
         raise ConfigError(
             f"{path} was trained on other data: {changed}; set "
-            f"trainer.resume_on_changed_data=continue to continue from step {step} on the "
+            f"checkpoint.resume_on_changed_data=continue to continue from step {step} on the "
             "new data, or start afresh in another run.output_dir"
         )
     logging.getLogger(__name__).warning(
         f"resuming {path} on changed data ({changed}): the run continues at step {step}, "
         f"row {sampler['rows_done']} of epoch {sampler['epoch']} of the new data's packed "
-        "stream (trainer.resume_on_changed_data=continue); not an exact continuation"
+        "stream (checkpoint.resume_on_changed_data=continue); not an exact continuation"
     )
 
 
@@ -183,7 +183,7 @@ def save(
     step, the layout it was written in, the sampler's position and the run's totals),
     config and tokenizer; then the commit marker, which records every file's size and
     CRC-32, each rank reading back the files it wrote (framework/run/integrity.py's damage checks
-    them); then checkpoints older than the newest `trainer.keep_checkpoints` go. If any
+    them); then checkpoints older than the newest `checkpoint.keep` go. If any
     rank cannot write (no space, a quota, an I/O error), every rank raises CheckpointError:
     the partial checkpoint is removed and the previous ones stay as they were."""
     root = Path(cfg.run.checkpoint_dir)
@@ -220,7 +220,7 @@ def save(
     if rank == 0:
         write_json(path / COMMIT_MARKER, {"step": step, "files": files})
         # The newest committed checkpoint is the one just written and read back: intact.
-        for old in committed(root)[: -cfg.trainer.keep_checkpoints]:
+        for old in committed(root)[: -cfg.checkpoint.keep]:
             shutil.rmtree(old)
     dist.barrier()
     return path
@@ -334,6 +334,6 @@ def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool, adap
     if loaded is None:
         raise CheckpointError(
             f"DeepSpeed found no model states in {path}; the checkpoint is incomplete: pass "
-            "trainer.resume=<an earlier step_* directory>"
+            "checkpoint.resume=<an earlier step_* directory>"
         )
     return progress

@@ -30,9 +30,9 @@ from framework.suite.families import FAMILIES
 
 
 def suite_sample(cfg: TrainConfig) -> list[Question]:
-    """trainer.eval_suite_per_family validation items of every suite family; trained and
+    """eval.suite_per_family validation items of every suite family; trained and
     held-out families are told apart when the run trains on the suite."""
-    per_family = cfg.trainer.eval_suite_per_family
+    per_family = cfg.eval.suite_per_family
     if not per_family:
         return []
     items = eval_items(list(FAMILIES), "validation", per_family, cfg.data.suite.seed)
@@ -42,12 +42,12 @@ def suite_sample(cfg: TrainConfig) -> list[Question]:
 
 
 def ifeval_sample(cfg: TrainConfig) -> list[ifeval.IFEvalPrompt]:
-    """trainer.eval_ifeval_prompts IFEval prompts, the same ones at every evaluation and in
+    """eval.ifeval_prompts IFEval prompts, the same ones at every evaluation and in
     every run (a seeded sample, in key order)."""
-    count = cfg.trainer.eval_ifeval_prompts
+    count = cfg.eval.ifeval_prompts
     if not count:
         return []
-    prompts = ifeval.load_prompts(cfg.trainer.eval_ifeval_path)
+    prompts = ifeval.load_prompts(cfg.eval.ifeval_path)
     chosen = random.Random(0).sample(prompts, min(count, len(prompts)))
     return sorted(chosen, key=lambda p: p.key)
 
@@ -90,7 +90,7 @@ def pair_eval(
     over them) and eval_rewards/..., eval_logps/..., in the reference pass's layout (at
     step 0 the rewards are then 0 to the bit)."""
     policy, counts = split_logps(
-        token_loss_fn(engine, cfg.trainer),
+        token_loss_fn(engine, cfg.loss),
         evalset.dataset,
         rows_per_batch=cfg.trainer.micro_batch_size,
         max_seq_len=cfg.data.max_seq_len,
@@ -114,7 +114,7 @@ def _eval_split(engine, tokenizer, inputs: TrainingEval, cfg: TrainConfig, **whe
             engine, inputs.evalset, inputs.reference, cfg, pad_id=tokenizer.pad_token_id, **where
         )
     return eval_loss(
-        token_loss_fn(engine, cfg.trainer),
+        token_loss_fn(engine, cfg.loss),
         inputs.evalset,
         micro_batch_size=cfg.trainer.micro_batch_size,
         pad_id=tokenizer.pad_token_id,
@@ -150,14 +150,14 @@ def evaluate(
                     engine.module,
                     tokenizer,
                     evalset,
-                    count=cfg.trainer.eval_samples,
-                    max_new_tokens=cfg.trainer.eval_max_new_tokens,
+                    count=cfg.eval.samples,
+                    max_new_tokens=cfg.eval.max_new_tokens,
                     synced=synced,
                     device=device,
                     every=2 if cfg.objective.pairs else 1,
                 )
     # How the suite's questions and IFEval's prompts are shared out and generated.
-    shared = {"rank": rank, "world": world_size, "batch_size": cfg.trainer.eval_batch_size}
+    shared = {"rank": rank, "world": world_size, "batch_size": cfg.eval.batch_size}
     shared["synced"] = synced
     if questions:
         with _timed(times, "suite"):
@@ -165,7 +165,7 @@ def evaluate(
                 engine.module,
                 tokenizer,
                 questions,
-                max_new_tokens=cfg.trainer.eval_max_new_tokens,
+                max_new_tokens=cfg.eval.max_new_tokens,
                 **shared,
             )
         if rank == 0:
@@ -177,7 +177,7 @@ def evaluate(
                 engine.module,
                 tokenizer,
                 inputs.ifeval_prompts,
-                max_new_tokens=cfg.trainer.eval_ifeval_max_new_tokens,
+                max_new_tokens=cfg.eval.ifeval_max_new_tokens,
                 **shared,
             )
         if rank == 0:

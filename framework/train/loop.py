@@ -63,7 +63,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     where = {"rank": ctx.rank, "device": ctx.device}
     precision = "bf16" if engine.bfloat16_enabled() else "fp32"
     peak = peak_flops(ctx.device, cfg.trainer.peak_tflops, precision)
-    stop = StopCheck(out, ctx.deadline, cfg.trainer.stop_before_deadline_s)
+    stop = StopCheck(out, ctx.deadline, cfg.checkpoint.stop_before_deadline_s)
     totals = progress.get("totals")
     with Tracker(cfg, enabled=ctx.rank == 0, start_step=start, totals=totals) as tracker:
 
@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             )
             tracker.log_eval(step, *scores)
 
-        if evaluation.enabled and cfg.trainer.eval_every and start == 0:  # untrained baseline
+        if evaluation.enabled and cfg.eval.every and start == 0:  # untrained baseline
             evaluate_and_log(0)
         metrics: dict = {}
         skipped_in_a_row = 0
@@ -88,11 +88,11 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             last = step == cfg.trainer.max_steps
             if logged := step % cfg.trainer.log_every == 0 or last or metrics["skipped"]:
                 tracker.log(step, metrics)
-            every = cfg.trainer.eval_every
+            every = cfg.eval.every
             if evaluation.enabled and ((every and step % every == 0) or last):
                 evaluate_and_log(step)
             stopped = stop.reason(ctx.rank, ctx.device)
-            if step % cfg.trainer.save_every == 0 or last or stopped:
+            if step % cfg.checkpoint.every == 0 or last or stopped:
                 checkpoint.save(
                     engine, cfg, step, sampler_state=sampler.state_dict(),
                     totals=tracker.totals, tokenizer=tokenizer,
@@ -122,7 +122,7 @@ def _checked(batches, cfg: TrainConfig, engine, objective, reference, *, start: 
     policy starts equal to it)."""
     where = {"rank": ctx.rank, "device": ctx.device}
     if cfg.trainer.verify_packing and cfg.data.packing and start < cfg.trainer.max_steps:
-        batches = checked_first_batch(engine, batches, cfg.trainer, **where)
+        batches = checked_first_batch(engine, batches, cfg.loss, **where)
     if reference and cfg.objective.verify_reference and start == 0:
         batches = checked_reference(engine, batches, objective, **where)
     return batches

@@ -28,5 +28,5 @@ class Objective(Protocol):
 def build_objective(cfg: TrainConfig, live: LiveReference | None = None) -> Objective:
     """The run's objective; `live` gives reference log-probs when objective.reference=live."""
     if cfg.objective.pairs:
-        return PreferenceObjective(cfg.objective, cfg.trainer, live)
-    return TokenCrossEntropy(cfg.trainer)
+        return PreferenceObjective(cfg.objective, cfg.loss, live)
+    return TokenCrossEntropy(cfg.loss)

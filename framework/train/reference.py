@@ -58,7 +58,7 @@ def reference_key(cfg: TrainConfig, engine) -> str:
         "seed": cfg.trainer.seed if cfg.model.name_or_path is None else None,
         "dtype": str(next(module.parameters()).dtype),
         "attention": module.config._attn_implementation,
-        "loss_positions": cfg.trainer.loss_positions,
+        "loss_positions": cfg.loss.positions,
         "quantized": cfg.adapter.method == "qlora",
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
@@ -78,7 +78,7 @@ def reference_losses(cfg: TrainConfig, engine, frozen: torch.nn.Module | None) -
     """Token losses of the reference, without gradients: `frozen` (a live full fine-tune's
     copy), the engine with its adapters disabled, or the engine as it is (the precomputed
     pass before the first step)."""
-    losses = token_loss_fn(frozen if frozen is not None else engine, cfg.trainer)
+    losses = token_loss_fn(frozen if frozen is not None else engine, cfg.loss)
     adapters = uses_adapter(cfg.adapter) and frozen is None
 
     def reference(ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from framework.config.schema import TrainerConfig
+from framework.config.sections import LossConfig
 from framework.data.pack import IGNORE_INDEX, example_bounds
 from framework.loss.preference import PreferenceObjective, loss_at_zero_margin, pair_terms
 from framework.loss.token import TokenLosses, token_loss_fn
@@ -208,14 +208,14 @@ def without_dropout(module: torch.nn.Module) -> Iterator[None]:
 def checked_first_batch(
     engine,
     batches: Iterator[dict[str, torch.Tensor]],
-    cfg: TrainerConfig,
+    cfg: LossConfig,
     *,
     rank: int,
     device: torch.device,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Collective. `batches`, unchanged, once its first micro batch has passed
     verify_packing through `engine`, in the precision of its weights, with the token
-    losses training computes (trainer.loss_positions)."""
+    losses training computes (loss.positions)."""
     first = next(batches)
     on_device = {k: v.to(device) for k, v in first.items()}
     dtype = next(engine.module.parameters()).dtype

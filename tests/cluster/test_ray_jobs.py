@@ -25,7 +25,7 @@ SECRET = "sentinel-secret-3b7e1d"
 SMALL_RUN = [
     "trainer.max_steps=4",
     "trainer.log_every=1",
-    "trainer.save_every=2",
+    "checkpoint.every=2",
     "trainer.warmup_steps=1",
     "data.suite.train_examples=200",
     *TINY_RUN,

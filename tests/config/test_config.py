@@ -38,6 +38,7 @@ def test_a_preset_carries_its_fine_tuning_defaults_and_the_tiny_model_keeps_its_
         schema.trainer.lr,
         schema.trainer.max_steps,
     )
+    assert (real.eval.max_new_tokens, tiny.eval.max_new_tokens) == (32, schema.eval.max_new_tokens)
     assert train_config_warnings(real) == [] and train_config_warnings(tiny) == []
 
 
@@ -93,7 +94,7 @@ def test_documented_overrides_apply():
             "trainer.grad_accum_steps=4",
             "trainer.lr=1e-4",
             "trainer.log_every=2",
-            "trainer.save_every=5",
+            "checkpoint.every=5",
             "data.max_seq_len=256",
             "data.packing=false",
             "parallelism=zero3_offload",
@@ -106,7 +107,7 @@ def test_documented_overrides_apply():
     )
     assert (cfg.trainer.max_steps, cfg.trainer.seed, cfg.trainer.micro_batch_size) == (7, 3, 2)
     assert (cfg.trainer.grad_accum_steps, cfg.trainer.lr) == (4, 1e-4)
-    assert (cfg.trainer.log_every, cfg.trainer.save_every) == (2, 5)
+    assert (cfg.trainer.log_every, cfg.checkpoint.every) == (2, 5)
     assert (cfg.data.max_seq_len, cfg.data.packing) == (256, False)
     assert cfg.parallelism.zero_stage == 3 and cfg.parallelism.offload_params
     assert (cfg.cluster.num_workers, cfg.cluster.use_gpu, cfg.cluster.address) == (1, True, "auto")
@@ -119,6 +120,32 @@ def test_unknown_key_is_rejected():
         compose_config(["trainer.max_stepz=3"])
     assert isinstance(err.value.__cause__, ConfigAttributeError)
     assert "max_stepz" in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.eval_every=5", "trainer.eval_every is now eval.every"),
+        ("trainer.eval_ifeval_path=null", "trainer.eval_ifeval_path is now eval.ifeval_path"),
+        ("trainer.resume=never", "trainer.resume is now checkpoint.resume"),
+        ("trainer.loss_chunk_tokens=64", "trainer.loss_chunk_tokens is now loss.chunk_tokens"),
+    ],
+)
+def test_a_key_moved_out_of_trainer_names_its_new_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        compose_config([override])
+    assert str(err.value) == message
+
+
+def test_a_yaml_file_setting_a_moved_key_names_its_new_key(tmp_path):
+    """A preset of the user's own (on Hydra's search path), written before the split."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text(
+        "# @package _global_\ntrainer:\n  lr: 1e-3\n  save_every: 7\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        compose_config([f"hydra.searchpath=[file://{tmp_path}]", "model=mine"])
+    assert str(err.value) == "trainer.save_every is now checkpoint.every"
 
 
 def test_wrong_type_is_rejected():
@@ -174,7 +201,7 @@ def test_cluster_placement_and_gpus_per_worker():
         ("data.suite.train_families=[add,subtract]", "both name ['subtract']"),
         ("data.suite.train_examples=0", "data.suite.train_examples=0 must be > 0"),
         ("data.suite.multi_turn=1.5", "data.suite.multi_turn=1.5 must be in [0, 1]"),
-        ("trainer.eval_suite_per_family=-1", "trainer.eval_suite_per_family must be >= 0"),
+        ("eval.suite_per_family=-1", "eval.suite_per_family must be >= 0"),
     ],
 )
 def test_bad_suite_settings_name_their_key(override, message):
@@ -194,17 +221,17 @@ def test_trained_families_are_the_chosen_ones_or_all_but_the_held_out():
 
 def test_sizes_left_null_are_the_device_classs_and_given_ones_win():
     cpu = compose_config()
-    assert (cpu.trainer.micro_batch_size, cpu.trainer.loss_chunk_tokens) == (4, 256)
+    assert (cpu.trainer.micro_batch_size, cpu.loss.chunk_tokens) == (4, 256)
     assert cpu.model.gradient_checkpointing is False
     gpu = compose_config(["cluster.use_gpu=true", "data.max_seq_len=4096"])
-    assert (gpu.trainer.micro_batch_size, gpu.trainer.loss_chunk_tokens) == (2, 2048)
+    assert (gpu.trainer.micro_batch_size, gpu.loss.chunk_tokens) == (2, 2048)
     assert gpu.model.gradient_checkpointing is True  # long rows
     short = compose_config(["cluster.use_gpu=true", "data.max_seq_len=512"])
     assert short.trainer.micro_batch_size == 16 and short.model.gradient_checkpointing is False
     given = compose_config(["cluster.use_gpu=true", "trainer.micro_batch_size=3"])
     assert given.trainer.micro_batch_size == 3
     assert given.sized_for_device == [
-        "trainer.loss_chunk_tokens=2048",
+        "loss.chunk_tokens=2048",
         "model.gradient_checkpointing=False",
     ]
     preset = compose_config(["model=llama3_8b", "cluster.use_gpu=true"])

@@ -1,5 +1,5 @@
 """A checkpoint records what its run's data was; a resume on other data stops, naming what
-changed, or (trainer.resume_on_changed_data=continue) says where it continues."""
+changed, or (checkpoint.resume_on_changed_data=continue) says where it continues."""
 
 import copy
 import json
@@ -75,10 +75,10 @@ def test_changes_name_each_kind_of_change(tmp_path, tokenizer):
 def test_a_resume_on_edited_data_stops_or_continues_as_asked(tmp_path, caplog):
     """A 2-step run on a JSONL file, checkpointed; the same data resumes silently; half the
     records removed, the resume stops naming the file (and the tokenizer, trained on it);
-    with trainer.resume_on_changed_data=continue it goes on from step 2, and says so."""
+    with checkpoint.resume_on_changed_data=continue it goes on from step 2, and says so."""
     data = _write_chats(tmp_path / "chats.jsonl", 200)
     out, cache_dir = tmp_path / "run", tmp_path / "cache"
-    steps = [f"data.path={data}", "trainer.max_steps=2", "trainer.save_every=2"]
+    steps = [f"data.path={data}", "trainer.max_steps=2", "checkpoint.every=2"]
     run(out, cache_dir, *steps, world=1)
     (saved,) = committed(out / "checkpoints")
     assert read_progress(saved)["data"] == checkpoint.run_data_identity(out)
@@ -100,16 +100,16 @@ def test_a_resume_on_edited_data_stops_or_continues_as_asked(tmp_path, caplog):
     assert str(refused.value) == (
         f"{saved} was trained on other data: data.sources[0] {data} changed (size {size} -> "
         f"{data.stat().st_size} bytes); the tokenizer changed; set "
-        "trainer.resume_on_changed_data=continue to continue from step 2 on the new data, "
+        "checkpoint.resume_on_changed_data=continue to continue from step 2 on the new data, "
         "or start afresh in another run.output_dir"
     )
     with caplog.at_level(logging.WARNING):
-        assert resume("trainer.max_steps=4", "trainer.resume_on_changed_data=continue") == saved
+        assert resume("trainer.max_steps=4", "checkpoint.resume_on_changed_data=continue") == saved
     (said,) = [r.getMessage() for r in caplog.records]
     assert said.startswith(f"resuming {saved} on changed data (data.sources[0] {data} changed")
     assert said.endswith(
         "the run continues at step 2, row 4 of epoch 0 of the new data's packed stream "
-        "(trainer.resume_on_changed_data=continue); not an exact continuation"
+        "(checkpoint.resume_on_changed_data=continue); not an exact continuation"
     )
     with pytest.raises(ConfigError, match="resume_on_changed_data='carry_on' is not one of"):
-        compose_config(["trainer.resume_on_changed_data=carry_on"])
+        compose_config(["checkpoint.resume_on_changed_data=carry_on"])

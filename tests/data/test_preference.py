@@ -145,8 +145,8 @@ def test_preference_objectives_need_preference_data(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.sources is empty"):
         compose_config([*TINY_RUN, "objective=dpo"])
     path = write_jsonl(tmp_path / "p.jsonl", preference_records(4))
-    with pytest.raises(ConfigError, match=r"trainer\.loss_average"):
-        compose_config(["objective=simpo", f"data.path={path}", "trainer.loss_average=example"])
+    with pytest.raises(ConfigError, match=r"loss\.average"):
+        compose_config(["objective=simpo", f"data.path={path}", "loss.average=example"])
 
 
 def test_the_dpo_demo_recipe_reads_every_pair_and_counts_what_it_cuts(tmp_path):

@@ -281,9 +281,7 @@ def test_the_training_sample_is_fixed_and_off_unless_asked_on_any_device():
 
     assert ifeval_sample(compose_config()) == []
     assert ifeval_sample(compose_config(["cluster.use_gpu=true"])) == []
-    chosen = compose_config(
-        [f"trainer.eval_ifeval_path={IFEVAL_FILE}", "trainer.eval_ifeval_prompts=7"]
-    )
+    chosen = compose_config([f"eval.ifeval_path={IFEVAL_FILE}", "eval.ifeval_prompts=7"])
     sample = ifeval_sample(chosen)
     assert len(sample) == 7 and sample == ifeval_sample(chosen)
     assert [p.key for p in sample] == sorted(p.key for p in sample)
@@ -299,22 +297,22 @@ def test_the_hubs_prompts_are_fetched_by_the_driver_once_for_the_workers(tmp_pat
     from framework.run.files import IFEVAL_PROMPTS_FILE
     from tests.helpers import compose_config
 
-    overrides = [f"run.output_dir={tmp_path}", "trainer.eval_ifeval_prompts=5"]
+    overrides = [f"run.output_dir={tmp_path}", "eval.ifeval_prompts=5"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match=re.escape("offline, give path=<input_data.jsonl>")):
         prepare_run(compose_config(overrides))
     monkeypatch.setattr(ifeval, "_hub_rows", lambda: ifeval._file_rows(str(IFEVAL_FILE)))
     cfg = prepare_run(compose_config(overrides)).cfg
-    assert cfg.trainer.eval_ifeval_path == str(tmp_path / IFEVAL_PROMPTS_FILE)
-    assert load_prompts(cfg.trainer.eval_ifeval_path) == load_prompts(str(IFEVAL_FILE))
+    assert cfg.eval.ifeval_path == str(tmp_path / IFEVAL_PROMPTS_FILE)
+    assert load_prompts(cfg.eval.ifeval_path) == load_prompts(str(IFEVAL_FILE))
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.eval_ifeval_prompts=-1", "trainer.eval_ifeval_prompts=-1 must be >= 0"),
-        ("trainer.eval_ifeval_path=/no/such.jsonl", "trainer.eval_ifeval_path=/no/such.jsonl"),
-        ("trainer.eval_ifeval_max_new_tokens=0", "trainer.eval_ifeval_max_new_tokens must be"),
+        ("eval.ifeval_prompts=-1", "eval.ifeval_prompts=-1 must be >= 0"),
+        ("eval.ifeval_path=/no/such.jsonl", "eval.ifeval_path=/no/such.jsonl"),
+        ("eval.ifeval_max_new_tokens=0", "eval.ifeval_max_new_tokens must be"),
     ],
 )
 def test_bad_training_sample_settings_name_their_key(override, message):

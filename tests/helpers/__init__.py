@@ -23,7 +23,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from framework.commands.compose import compose_train_config, register_schemas
-from framework.config.schema import ModelConfig, TrainConfig, TrainerConfig
+from framework.config.schema import ModelConfig, TrainConfig
+from framework.config.sections import LossConfig
 from framework.data.dataset import TokenizedDataset
 from framework.run.files import METRICS_FILE
 from framework.suite.families import FAMILIES
@@ -34,9 +35,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 
 
-def cpu_trainer(**fields) -> TrainerConfig:
-    """A TrainerConfig as a CPU run composes it: the fields left null sized for a CPU."""
-    return TrainConfig(trainer=TrainerConfig(**fields)).trainer
+def cpu_loss(**fields) -> LossConfig:
+    """A LossConfig as a CPU run composes it: the fields left null sized for a CPU."""
+    return TrainConfig(loss=LossConfig(**fields)).loss
 
 
 # Overrides for a training that takes seconds: the same 2-layer Llama, short rows, no wandb.
@@ -50,8 +51,8 @@ TINY_RUN = [
     "data.max_seq_len=256",
     "trainer.micro_batch_size=2",
     # Evaluation at the end only, without the suite's answers: tests that need them ask.
-    "trainer.eval_every=0",
-    "trainer.eval_suite_per_family=0",
+    "eval.every=0",
+    "eval.suite_per_family=0",
     "logger=none",
     # report.html costs seconds a run: the report tests ask for it.
     "run.report=false",
@@ -64,14 +65,14 @@ RUN = [
     *TINY_RUN,
     "data.suite.train_examples=240",
     "trainer.max_steps=6",
-    "trainer.save_every=2",
-    "trainer.keep_checkpoints=10",
+    "checkpoint.every=2",
+    "checkpoint.keep=10",
     "trainer.log_every=1",
     "trainer.warmup_steps=2",
 ]
 
 # conftest's zero3_run: RUN under ZeRO-3 for 4 steps, the suite answered at the end.
-ZERO3_RUN = ["parallelism=zero3", "trainer.max_steps=4", "trainer.eval_suite_per_family=1"]
+ZERO3_RUN = ["parallelism=zero3", "trainer.max_steps=4", "eval.suite_per_family=1"]
 
 
 def adapter_run(model_dir: Path, method: str, *more: str) -> list[str]:

@@ -131,7 +131,7 @@ def test_each_adapter_under_every_zero_stage_learns_and_exports(
     run(
         out, tmp_path / "cache", *adapter_run(tiny_model_dir, method),
         f"parallelism={parallelism}", f"trainer.precision={precision}",
-        "trainer.max_steps=3", "trainer.save_every=3",
+        "trainer.max_steps=3", "checkpoint.every=3",
     )  # fmt: skip
     steps = losses(out)
     assert steps[3] < steps[1], steps
@@ -158,7 +158,7 @@ def test_lora_on_the_real_architecture_with_its_tied_embeddings(tmp_path, real_s
         *adapter_run(real_slice_dir, "lora"),
         "trainer.lr=2e-3",
         "trainer.max_steps=4",
-        "trainer.save_every=4",
+        "checkpoint.every=4",
         "data.max_seq_len=128",
         world=1,
     )

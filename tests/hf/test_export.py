@@ -215,7 +215,7 @@ def trained(request, tmp_path_factory, cache):
     if request.param == "zero3":
         return request.getfixturevalue("zero3_run") / "run"
     out = tmp_path_factory.mktemp(request.param) / "run"
-    run(out, cache, f"parallelism={request.param}", "trainer.max_steps=4", "trainer.save_every=2")
+    run(out, cache, f"parallelism={request.param}", "trainer.max_steps=4", "checkpoint.every=2")
     return out
 
 

@@ -25,7 +25,7 @@ from tests.helpers import (
     TINY,
     alone,
     assert_same,
-    cpu_trainer,
+    cpu_loss,
     join_group,
     leave_group,
     pair_dataset,
@@ -97,7 +97,7 @@ def _batches(data, reference, packing: bool):
 def test_each_loss_is_the_published_formula_summed_over_pairs(pairs, tiny_model, name, packing):
     data, (policy, counts), reference = pairs
     cfg = OBJECTIVES[name]
-    objective = PreferenceObjective(cfg, cpu_trainer(loss_chunk_tokens=7))
+    objective = PreferenceObjective(cfg, cpu_loss(chunk_tokens=7))
     seen, total = [], 0.0
     for batch in _batches(data, reference, packing):
         total += objective.summed_loss(tiny_model, batch).item()
@@ -118,9 +118,9 @@ def test_each_loss_is_the_published_formula_summed_over_pairs(pairs, tiny_model,
 def test_the_step_zero_check_finds_ln2_and_catches_a_wrong_reference(pairs, tiny_model):
     data, _, _ = pairs
     single_process_group()
-    objective = PreferenceObjective(ObjectiveConfig(name="dpo"), cpu_trainer())
+    objective = PreferenceObjective(ObjectiveConfig(name="dpo"), cpu_loss())
     own, _ = split_logps(
-        token_loss_fn(tiny_model, cpu_trainer()), data, rows_per_batch=4,
+        token_loss_fn(tiny_model, cpu_loss()), data, rows_per_batch=4,
         max_seq_len=ROW_LEN, rank=0, world=1, pad_id=0, device=torch.device("cpu"),
     )  # fmt: skip
     batch = _batches(data, own, packing=True)[0]

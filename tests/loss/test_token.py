@@ -10,7 +10,7 @@ from framework.data.pack import IGNORE_INDEX, collate_rows
 from framework.loss.token import summed_loss, token_loss_fn, token_losses
 from framework.model.adapters import prepare_for_training
 from framework.model.build import build_model
-from tests.helpers import TINY, cpu_trainer, suite_chats
+from tests.helpers import TINY, cpu_loss, suite_chats
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,10 @@ def test_all_masked_batch_has_zero_loss_and_zero_grads(setup):
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
-def _path_losses_and_grads(model, batch, **trainer):
+def _path_losses_and_grads(model, batch, **settings):
     """(token losses, summed loss, gradients) through token_loss_fn with these settings."""
     model.zero_grad()
-    losses = token_loss_fn(model, cpu_trainer(**trainer))(
+    losses = token_loss_fn(model, cpu_loss(**settings))(
         batch["input_ids"], batch["position_ids"], batch["labels"]
     )
     loss, _ = summed_loss(losses, batch["loss_weights"])
@@ -105,9 +105,9 @@ def _path_losses_and_grads(model, batch, **trainer):
     return losses.detach(), loss.detach(), grads
 
 
-def _assert_same_path(model, batch, **trainer):
-    losses, loss, grads = _path_losses_and_grads(model, batch, loss_positions="all")
-    c_losses, c_loss, c_grads = _path_losses_and_grads(model, batch, **trainer)
+def _assert_same_path(model, batch, **settings):
+    losses, loss, grads = _path_losses_and_grads(model, batch, positions="all")
+    c_losses, c_loss, c_grads = _path_losses_and_grads(model, batch, **settings)
     torch.testing.assert_close(c_losses, losses, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(c_loss, loss, rtol=1e-6, atol=0)
     assert c_grads.keys() == grads.keys() and grads
@@ -132,7 +132,7 @@ def test_trained_positions_give_the_full_logit_losses_and_gradients(setup, kind,
     """Packed, padded and per-example-weighted batches; the chunk size (one position, a
     size that leaves a partial chunk, one chunk for all) changes nothing."""
     model, data = setup
-    loss = _assert_same_path(model, BATCHES[kind](data), loss_chunk_tokens=chunk)
+    loss = _assert_same_path(model, BATCHES[kind](data), chunk_tokens=chunk)
     assert loss > 0
 
 
@@ -175,4 +175,4 @@ def test_trained_positions_on_the_real_model(real_slice, real_tokenizer):
     """SmolLM2's 49,152-token head, tied to its embeddings: the same losses and gradients
     as the full-logit path."""
     data = suite_chats(real_tokenizer, 4)
-    _assert_same_path(real_slice, _batch(data, [[0, 1], [2, 3]]), loss_chunk_tokens=64)
+    _assert_same_path(real_slice, _batch(data, [[0, 1], [2, 3]]), chunk_tokens=64)

@@ -50,8 +50,8 @@ def test_a_model_that_changes_its_logits_after_the_head_needs_the_full_logit_los
 
     model = tmp_path / "model"
     Gemma2Config(final_logit_softcapping=30.0).save_pretrained(model)
-    with pytest.raises(ConfigError, match=r"final_logit_softcapping.*trainer\.loss_positions=all$"):
+    with pytest.raises(ConfigError, match=r"final_logit_softcapping.*loss\.positions=all$"):
         _checked(_train(str(model), tmp_path))
     cfg = _train(str(model), tmp_path)
-    cfg.trainer.loss_positions = "all"
+    cfg.loss.positions = "all"
     assert _checked(cfg) == str(model)

@@ -75,8 +75,12 @@ def test_a_damaged_newest_checkpoint_is_set_aside_for_the_newest_intact_one(
     assert f"{shard} " in warning and "damaged" in warning
     aside = root / f"{DAMAGED_PREFIX}{step_dir(root, 6).name}"
     assert aside.is_dir() and not step_dir(root, 6).exists()  # renamed, nothing deleted
-    explicit = compose_config([f"run.checkpoint_dir={tmp_path / 'new'}", f"trainer.resume={aside}"])
-    with pytest.raises(CheckpointError, match=rf"trainer\.resume=.*is damaged: .*/{shard.name} "):
+    explicit = compose_config(
+        [f"run.checkpoint_dir={tmp_path / 'new'}", f"checkpoint.resume={aside}"]
+    )
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint\.resume=.*is damaged: .*/{shard.name} "
+    ):
         checkpoint.check_resume(explicit)
 
 
@@ -88,7 +92,7 @@ def test_a_run_resumes_exactly_from_the_checkpoint_it_fell_back_to(straight, tmp
     damage_file(next(step_dir(root, 4).glob("*model_states.pt")), "changed")
     cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}"])
     assert checkpoint.check_resume(cfg) == step_dir(root, 2)
-    run(out, tmp_path / "cache", "trainer.keep_checkpoints=1")
+    run(out, tmp_path / "cache", "checkpoint.keep=1")
     assert_same_run(out, straight / "run", steps=[3, 4, 5, 6], rtol=1e-6)
     # Rotation kept the newest (intact) checkpoint only; the damaged one was set aside.
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
@@ -160,7 +164,7 @@ def test_each_rank_checksums_exactly_the_files_it_wrote(tmp_path, stage):
         pytest.skip("each rank writes as its own group: needs root (setegid)")
     out, report = tmp_path / "run", tmp_path / "report"
     report.mkdir()
-    overrides = [f"parallelism=zero{stage}", "trainer.max_steps=2", "trainer.eval_every=0"]
+    overrides = [f"parallelism=zero{stage}", "trainer.max_steps=2", "eval.every=0"]
     cfg = compose_config(
         [*RUN, *overrides, f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}"]
     )

@@ -90,7 +90,7 @@ def test_resume_on_one_rank_then_back_on_two(straight, tmp_path):
     run(
         one,
         straight / "cache",
-        f"trainer.resume={step_dir(straight / 'run' / 'checkpoints', 2)}",
+        f"checkpoint.resume={step_dir(straight / 'run' / 'checkpoints', 2)}",
         "trainer.grad_accum_steps=2",
         world=1,
     )
@@ -98,7 +98,7 @@ def test_resume_on_one_rank_then_back_on_two(straight, tmp_path):
     assert_same_run_other_layout(one, straight / "run", [3, 4, 5, 6])
 
     two = tmp_path / "two"
-    run(two, straight / "cache", f"trainer.resume={step_dir(one / 'checkpoints', 4)}")
+    run(two, straight / "cache", f"checkpoint.resume={step_dir(one / 'checkpoints', 4)}")
     assert sorted(losses(two)) == [5, 6]
     assert_same_run_other_layout(two, straight / "run", [5, 6])
 
@@ -112,7 +112,7 @@ def test_a_zero3_checkpoint_of_two_ranks_resumes_on_one_with_its_weights(
     cache, straight_dir, one = zero3_run / "cache", zero3_run / "run", tmp_path / "one"
     checkpoints = straight_dir / "checkpoints"
     zero3_on_one_rank = ["parallelism=zero3", "trainer.max_steps=4", "trainer.grad_accum_steps=2"]
-    run(one, cache, f"trainer.resume={step_dir(checkpoints, 2)}", *zero3_on_one_rank, world=1)
+    run(one, cache, f"checkpoint.resume={step_dir(checkpoints, 2)}", *zero3_on_one_rank, world=1)
     assert ZERO3_OTHER_LAYOUT_WARNING in capfd.readouterr().out
     assert losses(one)[3] == pytest.approx(losses(straight_dir)[3], rel=1e-6)
     assert losses(one)[4] == pytest.approx(losses(straight_dir)[4], rel=1e-4)
@@ -163,14 +163,14 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 def test_resume_never_refuses_a_directory_with_checkpoints(straight):
     cfg = compose_config(
-        [f"run.checkpoint_dir={straight / 'run' / 'checkpoints'}", "trainer.resume=never"]
+        [f"run.checkpoint_dir={straight / 'run' / 'checkpoints'}", "checkpoint.resume=never"]
     )
-    with pytest.raises(CheckpointError, match=r"trainer\.resume=never, but run\.checkpoint_dir"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.resume=never, but run\.checkpoint_dir"):
         checkpoint.check_resume(cfg)
 
 
 def test_resume_from_a_path_that_is_not_a_checkpoint_is_named(tmp_path):
-    cfg = compose_config([f"trainer.resume={tmp_path / 'nowhere'}"])
+    cfg = compose_config([f"checkpoint.resume={tmp_path / 'nowhere'}"])
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.check_resume(cfg)
 
@@ -254,7 +254,7 @@ def test_resuming_with_another_adapter_is_refused_naming_the_keys(
             *RUN,
             *adapter_run(tiny_model_dir, method, *change),
             f"run.output_dir={tmp_path}",
-            f"trainer.resume={step_dir(out / 'checkpoints', 4)}",
+            f"checkpoint.resume={step_dir(out / 'checkpoints', 4)}",
         ]
     )
     with pytest.raises(CheckpointError, match=named):
@@ -271,7 +271,7 @@ def test_an_adapter_checkpoint_resumes_only_on_the_ranks_that_wrote_it(
             *adapter_run(tiny_model_dir, "lora"),
             "cluster.num_workers=1",
             f"run.output_dir={tmp_path}",
-            f"trainer.resume={step_dir(out / 'checkpoints', 4)}",
+            f"checkpoint.resume={step_dir(out / 'checkpoints', 4)}",
         ]
     )
     with pytest.raises(CheckpointError, match=r"of 2 ranks.*set cluster.num_workers=2"):

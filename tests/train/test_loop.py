@@ -9,10 +9,10 @@ from tests.helpers import losses, run
 REAL_SLICE_RUN = [
     "data.max_seq_len=128",
     "trainer.max_steps=12",
-    "trainer.save_every=12",
+    "checkpoint.every=12",
     "trainer.lr=2e-4",
     "trainer.warmup_steps=2",
-    "trainer.eval_samples=0",
+    "eval.samples=0",
 ]
 # Largest relative gap between a bf16 and an fp32 step loss over those steps. Measured
 # 2.9% (mean 1.2%) over 24 steps of 256-token rows: bf16 rounding of weights and

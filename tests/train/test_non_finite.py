@@ -20,10 +20,10 @@ from framework.train.step import (
     guarded_step,
     train_step,
 )
-from tests.helpers import TINY, cpu_trainer, single_process_group, synthetic_data
+from tests.helpers import TINY, cpu_loss, single_process_group, synthetic_data
 
 ROW_LEN = 96
-SFT = TokenCrossEntropy(cpu_trainer())
+SFT = TokenCrossEntropy(cpu_loss())
 
 
 def _one_rank_engine(tokenizer, zero_stage: int, accum: int = 1, precision: str = "fp32"):

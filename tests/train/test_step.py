@@ -21,7 +21,7 @@ from framework.train.step import (
 from tests.helpers import (
     TINY,
     assert_same,
-    cpu_trainer,
+    cpu_loss,
     join_group,
     leave_group,
     spawn,
@@ -30,11 +30,11 @@ from tests.helpers import (
 )
 
 ROWS_PER_STEP, STEPS, ROW_LEN = 8, 2, 96
-SFT = TokenCrossEntropy(cpu_trainer())
+SFT = TokenCrossEntropy(cpu_loss())
 # The full-logit path, and the trained-positions one in chunks of 5 positions: ranks and
 # micro batches then run different numbers of chunks.
-FULL_LOGITS = TokenCrossEntropy(cpu_trainer(loss_positions="all"))
-SMALL_CHUNKS = TokenCrossEntropy(cpu_trainer(loss_chunk_tokens=5))
+FULL_LOGITS = TokenCrossEntropy(cpu_loss(positions="all"))
+SMALL_CHUNKS = TokenCrossEntropy(cpu_loss(chunk_tokens=5))
 FULL = AdapterConfig()
 # Without dropout: its random draws follow the layout's micro batch shapes.
 LORA = AdapterConfig(method="lora", dropout=0.0)
@@ -130,7 +130,7 @@ def run_layout(
     tok_dir = tmp_path / "tokenizer"
     if not tok_dir.exists():
         tokenizer.save_pretrained(tok_dir)
-    positions, chunk = objective.cfg.loss_positions, objective.cfg.loss_chunk_tokens
+    positions, chunk = objective.cfg.positions, objective.cfg.chunk_tokens
     name = f"{type(objective).__name__}-{positions}-{chunk}"
     out = (
         tmp_path / f"{world}x{accum}x{mbs}-z{zero_stage}-{per_example}-{masked}-{name}-{precision}-"
@@ -167,7 +167,7 @@ def test_two_steps_are_identical_whatever_the_layout(tmp_path, tokenizer, zero_s
         assert_same(reference, layout, weight_rtol=LAYOUT_WEIGHT_RTOL)
     # The bound still catches a wrong normalisation, by a wide margin.
     wrong = run_layout(
-        tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight(cpu_trainer())
+        tmp_path, tokenizer, 2, 2, 2, zero_stage, objective=PerRankWeight(cpu_loss())
     )
     gaps = weight_gaps(reference["state"], wrong["state"])
     assert max(gaps.values()) > 10 * LAYOUT_WEIGHT_RTOL, max(gaps.values())
@@ -207,7 +207,7 @@ def test_bf16_steps_are_the_same_whatever_the_layout_within_bf16_rounding(tmp_pa
             print(key, layout[key], reference[key])
             np.testing.assert_allclose(layout[key], reference[key], rtol=BF16_LAYOUT_RTOL)
     wrong = run_layout(
-        tmp_path, tokenizer, 2, 2, 2, objective=PerRankWeight(cpu_trainer()), precision="bf16"
+        tmp_path, tokenizer, 2, 2, 2, objective=PerRankWeight(cpu_loss()), precision="bf16"
     )
     print("wrong", wrong["grad_norms"], reference["grad_norms"])
     gap = abs(wrong["grad_norms"][0] / reference["grad_norms"][0] - 1)

@@ -1,0 +1,104 @@
+"""The sections of a training run's config beside `trainer` (config/schema.py's
+TrainConfig holds them): how the loss is taken, what is evaluated during training, when
+checkpoints are written and how a run resumes from them. Their defaults are the only ones.
+
+RENAMED_KEYS maps the keys these sections took out of `trainer` to their new names: an old
+key in a command line or a YAML file stops the run naming its new key (config/compose.py),
+and a run directory's config.yaml saved before the split loads on the new keys
+(config/saved.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class LossConfig:
+    """How token losses are computed (every objective) and averaged into a step's loss
+    (sft: the preference objectives average over pairs)."""
+
+    # token: the step's loss is the mean over every trained token of the global batch.
+    # example: each example's mean token loss, averaged over the examples of the global
+    # batch (short replies weigh as much as long ones).
+    average: str = "token"
+    # trained: the LM head and the cross-entropy run only where a label is trained,
+    # chunk_tokens positions at a time, recomputed in backward (no logits of the
+    # whole micro batch); all: logits at every position, as the model's forward gives.
+    positions: str = "trained"
+    chunk_tokens: int | None = None  # null: sized for the device (device_sizes)
+
+
+@dataclass
+class EvalDuringTrainingConfig:
+    """Evaluation inside the training loop, on every rank (launch/eval.py evaluates a
+    finished model on its own config)."""
+
+    # Evaluate on the eval split (data.eval_fraction / data.eval_sources) every this many
+    # steps and at the end; 0: at the end only. Greedy replies for `samples` prompts, of
+    # up to `max_new_tokens` tokens (and the suite's answers).
+    every: int = 50
+    samples: int = 3
+    max_new_tokens: int = 64
+    # At each evaluation (and before the first step when every > 0): greedy answers
+    # to this many validation items of every suite family, scored per family and for
+    # trained vs held-out families (suite/* metrics); 0 turns it off.
+    suite_per_family: int = 4
+    # At each evaluation: greedy replies to a fixed sample of this many IFEval prompts
+    # (ifeval_path: its JSONL; null: the hub's google/IFEval, fetched by the driver),
+    # shared over the workers and judged by the official checkers (ifeval/* metrics).
+    # 0: off (replies of up to ifeval_max_new_tokens: an hour on a CPU).
+    ifeval_prompts: int = 0
+    ifeval_path: str | None = None
+    ifeval_max_new_tokens: int = 1280
+    # Prompts generated together in one batch.
+    batch_size: int = 32
+
+
+@dataclass
+class CheckpointConfig:
+    """When a run checkpoints into run.checkpoint_dir, and what it resumes from."""
+
+    # Checkpoint every this many steps and at the end; keep the newest `keep`.
+    every: int = 100
+    keep: int = 2
+    # auto: continue from the newest complete checkpoint in run.checkpoint_dir, if any;
+    # never: start afresh (refused while run.checkpoint_dir holds checkpoints);
+    # or the path of one checkpoint (a step_* directory).
+    resume: str = "auto"
+    # The checkpoint's data, tokenizer or template changed: stop (naming it) or continue.
+    resume_on_changed_data: str = "stop"
+    # Under Slurm, checkpoint and stop this long before the job's time limit (more when
+    # a step plus a save has been seen to take longer).
+    stop_before_deadline_s: float = 300.0
+
+
+# Keys that left `trainer` for the sections above: old key -> new key.
+RENAMED_KEYS = {
+    "trainer.eval_every": "eval.every",
+    "trainer.eval_samples": "eval.samples",
+    "trainer.eval_max_new_tokens": "eval.max_new_tokens",
+    "trainer.eval_suite_per_family": "eval.suite_per_family",
+    "trainer.eval_ifeval_prompts": "eval.ifeval_prompts",
+    "trainer.eval_ifeval_path": "eval.ifeval_path",
+    "trainer.eval_ifeval_max_new_tokens": "eval.ifeval_max_new_tokens",
+    "trainer.eval_batch_size": "eval.batch_size",
+    "trainer.save_every": "checkpoint.every",
+    "trainer.keep_checkpoints": "checkpoint.keep",
+    "trainer.resume": "checkpoint.resume",
+    "trainer.resume_on_changed_data": "checkpoint.resume_on_changed_data",
+    "trainer.stop_before_deadline_s": "checkpoint.stop_before_deadline_s",
+    "trainer.loss_average": "loss.average",
+    "trainer.loss_positions": "loss.positions",
+    "trainer.loss_chunk_tokens": "loss.chunk_tokens",
+}
+
+
+def move_renamed_keys(saved: DictConfig) -> None:
+    """Move the old keys a config.yaml written before the split holds to their new names,
+    in place."""
+    for old, new in RENAMED_KEYS.items():
+        section, name = old.split(".")
+        if name in saved.get(section, {}):
+            OmegaConf.update(saved, new, saved[section].pop(name), force_add=True)
