@@ -105,7 +105,7 @@ def machine() -> str:
 
 def write_results_page(out: Path, title: str, body: list[str]) -> None:
     """`body` (markdown lines) on stdout, and the page `out`: `title`, then the date, commit,
-    machine, the load other work put on it and the command that made it, then `body`."""
+    machine, its load and the command that made it, then `body`."""
     import datetime
     import subprocess
 
@@ -124,8 +124,9 @@ def write_results_page(out: Path, title: str, body: list[str]) -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- commit: {commit}",
         f"- machine: {machine()}",
-        f"- other load when it started: 1-minute load average {LOAD_AT_START:.1f} on "
-        f"{os.cpu_count()} cores (wall times are noisy when other work shares the cores)",
+        f"- load: 1-minute load average {LOAD_AT_START:.1f} when it started (other work), "
+        f"{os.getloadavg()[0]:.1f} when it ended (its own processes included), on "
+        f"{os.cpu_count()} cores: wall times are noisy when other work shares the cores",
         f"- command: `{command}`",
         "",
     ]
