@@ -20,6 +20,8 @@ larger of the two ranks') and tokens/s over steps 2..n (the median step time).
   the longer), and the precomputed reference against a live one; the reference pass's
   one-time cost is the `reference` column (computed in the first row, read back after).
   80 of the 300 pairs (a sample by seed), so that the reference pass takes minutes.
+
+Each table is a results page of its own, worker_steps_<table>.md in benchmarks/results.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ TABLES = {
             False,
         ),
     },
+}
+
+TITLES = {
+    "zero": "The real model's step by ZeRO stage, full fine-tuning and LoRA",
+    "choices": "What each CPU setting buys the real model's step",
+    "preference": "DPO steps: packed vs padded pairs, precomputed vs live reference",
 }
 
 
@@ -159,13 +167,6 @@ def run_variant(work: Path, overrides: list[str], threads: int, compiled: bool, 
         / sum(s["tokens"] / s["packing_efficiency"] for s in measured),
         "reference_s": result["reference_s"],
     }
-
-
-TITLES = {
-    "zero": "The real model's step by ZeRO stage, full fine-tuning and LoRA",
-    "choices": "What each CPU setting buys the real model's step",
-    "preference": "DPO steps: packed vs padded pairs, precomputed vs live reference",
-}
 
 
 def main() -> None:
