@@ -117,8 +117,8 @@ def throughput_table(runs: dict[str, Path]) -> list[str]:
     lines = table_header("run", *columns)
     for name, out in runs.items():
         summary = json.loads((out / SUMMARY_FILE).read_text())
-        lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-        baseline = next(m for m in lines if m["step"] == 0)
+        metrics = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+        baseline = next(m for m in metrics if m["step"] == 0)
         launched = out / "launched_at"
         startup = (
             f"{baseline['time'] - float(launched.read_text()):.0f}" if launched.is_file() else "-"
