@@ -16,13 +16,13 @@ conf/adapter/lora.yaml's for LoRA and DoRA) unless --lrs gives others. A finishe
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from common import arg_parser, table_header, write_results_page
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from framework.config.schema import DEFAULT_CACHE_DIR, AdapterConfig, ModelConfig
@@ -61,9 +61,7 @@ def checkpoint_bytes(out: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__, "adapters")
     parser.add_argument("--work", required=True, help="directory for the runs")
     parser.add_argument("--methods", default="none,lora,dora")
     parser.add_argument("--zero", default="2,3", help="ZeRO stages")
@@ -79,7 +77,12 @@ def main() -> None:
                 rows.append((name, method, json.loads((out / SUMMARY_FILE).read_text()), out))
     columns = ["run", "trainable params", "tokens/s", "peak RSS/worker (GB)", "checkpoint"]
     columns += ["final loss", "eval loss", *(f"suite {s}" for s in SUITE)]
-    print(f"| {' | '.join(columns)} |\n|" + "---|" * len(columns))
+    lines = [
+        f"{MODEL}, the default run's data and steps, 2 Ray workers; tokens/s from each run's "
+        "summary.json (wall times); suite scores: normalized match.",
+        "",
+        *table_header(*columns),
+    ]
     for name, method, summary, out in rows:
         trainable, total = trainable_parameters(method)
         cells = [
@@ -92,7 +95,8 @@ def main() -> None:
             f"{summary['eval_loss']:.4f}",
             *(f"{summary[f'suite/{s}/normalized']:.1%}" for s in SUITE),
         ]
-        print(f"| {' | '.join(cells)} |")
+        lines.append(f"| {' | '.join(cells)} |")
+    write_results_page(args.out, "Full fine-tuning vs LoRA vs DoRA", lines)
 
 
 if __name__ == "__main__":

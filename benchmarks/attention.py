@@ -73,7 +73,9 @@ def timed(forward, batch, backward: bool) -> float:
 
 
 def main() -> None:
-    args = arg_parser(__doc__, "2 repeats of rows of 512 tokens (a smoke run)").parse_args()
+    args = arg_parser(
+        __doc__, "attention", "2 repeats of rows of 512 tokens (a smoke run)"
+    ).parse_args()
     repeats, row_tokens = (2, 512) if args.quick else (5, ROW_TOKENS)
     tokenizer = train_bpe([f"word{i} and more text {i * 7}" for i in range(2000)], 2048)
     batch = packed_batch(len(tokenizer), row_tokens)
@@ -115,9 +117,7 @@ def main() -> None:
     for label, forward_s, train_s in rows:
         train = f"{train_s:.3f} | {train_s / reference[2]:.2f}" if train_s else "n/a | n/a"
         lines.append(f"| {label} | {forward_s:.3f} | {forward_s / reference[1]:.2f} | {train} |")
-    print("\n".join(lines))
-    if not args.quick:
-        write_results_page("attention", "Packed attention on CPU", lines)
+    write_results_page(args.out, "Packed attention on CPU", lines)
 
 
 if __name__ == "__main__":

@@ -281,16 +281,14 @@ def paper(crc: float) -> list[str]:
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "one repeat each")
+    parser = arg_parser(__doc__, "checkpoint_verify", "one repeat each")
     parser.add_argument("--zero", type=int, choices=(2, 3), default=2)
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
     with bench_workdir("bench-checkpoint-verify-") as work:
         result = measure(work, args.zero, repeats)
     body = [*measured_table(result, args.zero), "", *paper(per_core(result))]
-    print("\n".join(body))
-    page = write_results_page("checkpoint_verify", "Checkpoint verification: what it costs", body)
-    progress(f"written: {page}")
+    write_results_page(args.out, "Checkpoint verification: what it costs", body)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,27 @@ DATA_OVERRIDES = [
     f"data.max_seq_len={MAX_SEQ_LEN}",
     "logger=none",
 ]
+# Each benchmark writes its results page here, as <script name>.md: one current page per
+# question (the history is in git).
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+# Other work on the machine when this benchmark started: wall times are noisy under it.
+LOAD_AT_START = os.getloadavg()[0]
 
 
-def arg_parser(doc: str, quick: str) -> argparse.ArgumentParser:
-    """The script's docstring as its --help, and `--quick` described by `quick`."""
+def arg_parser(doc: str, page: str, quick: str | None = None) -> argparse.ArgumentParser:
+    """The script's docstring as its --help; `--out`, the results page it writes (by default
+    RESULTS_DIR/<page>.md); and `--quick` described by `quick`, where the script has one."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help=quick)
+    if quick:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument(
+        "--out",
+        type=lambda path: Path(path).absolute(),  # before bench_workdir changes directory
+        default=RESULTS_DIR / f"{page}.md",
+        help=f"the results page to write (default: benchmarks/results/{page}.md)",
+    )
     return parser
 
 
@@ -73,11 +86,6 @@ def table_header(*columns: str) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
 
 
-# Each benchmark that writes a results page writes it here, as <script name>.md: one current
-# page per question (the history is in git).
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-
-
 def machine() -> str:
     """This machine in one line: CPU model, cores, bf16 units (they decide bf16 speed), memory."""
     import platform
@@ -95,9 +103,9 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {units}, {memory:.0f} GB memory"
 
 
-def write_results_page(script: str, title: str, body: list[str]) -> Path:
-    """RESULTS_DIR/<script>.md: `title`, then the date, commit, machine and command that
-    made it, then `body` (markdown lines). Returns its path."""
+def write_results_page(out: Path, title: str, body: list[str]) -> None:
+    """`body` (markdown lines) on stdout, and the page `out`: `title`, then the date, commit,
+    machine, its load and the command that made it, then `body`."""
     import datetime
     import subprocess
 
@@ -116,10 +124,13 @@ def write_results_page(script: str, title: str, body: list[str]) -> Path:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- commit: {commit}",
         f"- machine: {machine()}",
+        f"- load: 1-minute load average {LOAD_AT_START:.1f} when it started (other work), "
+        f"{os.getloadavg()[0]:.1f} when it ended (its own processes included), on "
+        f"{os.cpu_count()} cores: wall times are noisy when other work shares the cores",
         f"- command: `{command}`",
         "",
     ]
-    RESULTS_DIR.mkdir(exist_ok=True)
-    page = RESULTS_DIR / f"{script}.md"
-    page.write_text("\n".join([*header, *body]) + "\n")
-    return page
+    print("\n".join(body))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join([*header, *body]) + "\n")
+    progress(f"written: {out}")

@@ -7,7 +7,8 @@ Run from the repository root:
 
 A synthetic two-source mixture (words drawn by their frequency in the shared alpaca
 file) with planted exact duplicates, near-duplicate pairs over a range of Jaccard
-similarities, suite test prompts and broken replies. Prints three markdown tables:
+similarities, suite test prompts and broken replies. Writes three markdown tables to its
+results page (--out) and stdout:
 
 1. the whole curation stage (every default filter plus MinHash near duplicates) on all
    the records, through local processes: records/s and peak memory;
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from benchmarks.common import arg_parser  # noqa: E402
+from benchmarks.common import arg_parser, progress, write_results_page  # noqa: E402
 from framework.cluster.ray_preprocess import ray_mapper  # noqa: E402
 from framework.config.schema import CurateConfig, SuiteConfig  # noqa: E402
 from framework.data.cache import render_all  # noqa: E402
@@ -203,7 +204,7 @@ def mapper_rows(mix: Mixture) -> list[str]:
             f"| {name} | {len(records) / curation_s:,.0f} | {len(records) / render_s:,.0f} "
             f"| {peak / 2**30:.2f} | {len(removals):,} |"
         )
-        print(rows[-1], flush=True)
+        progress(rows[-1])
     return rows
 
 
@@ -262,7 +263,7 @@ def _unplanted_line(mix: Mixture, pairs: list[tuple[str, str]]) -> str:
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "20k records, and a 5k-record mapper comparison")
+    parser = arg_parser(__doc__, "curation", "20k records, and a 5k-record mapper comparison")
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--compare", type=int, default=50_000, help="records per mapper")
     args = parser.parse_args()
@@ -270,31 +271,34 @@ def main() -> None:
     compare = 5_000 if args.quick else args.compare
     start = time.perf_counter()
     mix = mixture(total)
-    print(
-        f"built {total:,} records in {time.perf_counter() - start:.0f} s; "
-        f"planted {dict(mix.planted)}",
-        flush=True,
-    )
+    progress(f"built {total:,} records in {time.perf_counter() - start:.0f} s")
     seconds, peak, removals = timed_curation(mix, LocalMapper(2))
     reasons = collections.Counter(r.reason for r in removals)
-    print(f"\n### Curation of {total:,} records, 2 local processes\n")
-    print("| records | seconds | records/s | peak memory (GiB) | removed by reason |")
-    print("|---:|---:|---:|---:|---|")
-    print(
+    body = [
+        f"A synthetic mixture of {total:,} records over the sources {[s[0] for s in SOURCES]}, "
+        f"planted: {dict(mix.planted)}. Wall times.",
+        "",
+        f"## Curation of {total:,} records, 2 local processes",
+        "",
+        "| records | seconds | records/s | peak memory (GiB) | removed by reason |",
+        "|---:|---:|---:|---:|---|",
         f"| {total:,} | {seconds:.0f} | {total / seconds:,.0f} | {peak / 2**30:.2f} "
-        f"| {dict(reasons)} |"
-    )
-    print(
-        "\n### Near duplicates by the planted pair's true Jaccard (threshold "
-        f"{CURATE.near_threshold}, {CURATE.near_num_perm} permutations)\n"
-    )
-    print("| true Jaccard | pairs | one side removed | share | should be |")
-    print("|---|---:|---:|---:|---|")
-    print("\n".join(recall_rows(mix, removals)))
-    print(f"\n### Each Mapper on {compare:,} of the records\n")
-    print("| mapper | curation records/s | tokenizing records/s | peak memory (GiB) | removed |")
-    print("|---|---:|---:|---:|---:|")
-    mapper_rows(_slice(mix, compare))
+        f"| {dict(reasons)} |",
+        "",
+        "## Near duplicates by the planted pair's true Jaccard (threshold "
+        f"{CURATE.near_threshold}, {CURATE.near_num_perm} permutations)",
+        "",
+        "| true Jaccard | pairs | one side removed | share | should be |",
+        "|---|---:|---:|---:|---|",
+        *recall_rows(mix, removals),
+        "",
+        f"## Each Mapper on {compare:,} of the records",
+        "",
+        "| mapper | curation records/s | tokenizing records/s | peak memory (GiB) | removed |",
+        "|---|---:|---:|---:|---:|",
+        *mapper_rows(_slice(mix, compare)),
+    ]
+    write_results_page(args.out, "Curation: throughput, memory and near duplicates", body)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def row(label: str, result: dict, checked: str) -> str:
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "unused")
+    parser = arg_parser(__doc__, "gpu_check")
     parser.add_argument("--rehearse-on-cpu", action="store_true")
     args = parser.parse_args()
     import torch
@@ -180,11 +180,12 @@ def main() -> None:
             lines.append(row(label, result, "self-check passed" if result["self_check"] else ""))
     device = torch.cuda.get_device_name() if gpu else "CPU rehearsal (tiny model: no GPU result)"
     page = [f"{device}; {versions()}; the suite packed into rows, {STEPS} steps a run.", "", *lines]
-    print("\n".join(page))
-    if gpu:
-        write_results_page("gpu_check", "The GPU check (benchmarks/gpu_check.sh)", page)
-        if os.environ.get("OUT"):
-            shutil.copy(ROOT / "benchmarks" / "results" / "gpu_check.md", os.environ["OUT"])
+    if not gpu:
+        print("\n".join(page))
+        return
+    write_results_page(args.out, "The GPU check (benchmarks/gpu_check.sh)", page)
+    if os.environ.get("OUT"):
+        shutil.copy(args.out, os.environ["OUT"])
 
 
 if __name__ == "__main__":

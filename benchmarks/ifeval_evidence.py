@@ -13,11 +13,11 @@ Finished runs and evaluations in --work are reused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from common import arg_parser, table_header, write_results_page
 from real_model_evidence import CACHE, MODEL, evaluate
 from suite_evidence import train
 
@@ -71,9 +71,7 @@ def suite_means(summary: dict) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__, "ifeval_evidence")
     parser.add_argument("--work", required=True, help="directory for runs and evaluations")
     parser.add_argument("--limit", type=int, default=None, help="IFEval prompts (all: 541)")
     parser.add_argument("--per-family", type=int, default=20, help="suite test items")
@@ -90,21 +88,34 @@ def main() -> None:
             ifeval(model, work / f"ifeval-{i}", args.limit),
             suite_means(evaluate(model, work / f"suite-{i}", args.per_family)["summary"]),
         )
-    print(f"\nIFEval ({args.limit or 541} prompts), suite test split ({args.per_family}/family):")
+    body = [
+        f"IFEval ({args.limit or 541} prompts) and the suite's test split "
+        f"({args.per_family} items per family); IFEval time is a wall time.",
+        "",
+        *score_table(rows),
+        "",
+        "## Strict accuracy per instruction kind, the kinds that moved most first",
+        "",
+        *kind_table({name: ife for name, (ife, _) in rows.items()}),
+    ]
+    write_results_page(args.out, "IFEval before and after fine-tuning", body)
+
+
+def score_table(rows: dict[str, tuple[dict, dict]]) -> list[str]:
     columns = ["prompt strict", "inst strict", "prompt loose", "inst loose", "avg strict"]
     columns += ["suite trained", "held-out knowledge", "held-out twists", "IFEval time"]
-    print(f"| model | {' | '.join(columns)} |\n|---|" + "---|" * len(columns))
+    lines = table_header("model", *columns)
     for name, (ife, suite) in rows.items():
         average = (ife["prompt_strict"] + ife["inst_strict"]) / 2
         cells = [f"{ife[k]:.1%}" for k in ("prompt_strict", "inst_strict")]
         cells += [f"{ife[k]:.1%}" for k in ("prompt_loose", "inst_loose")]
         cells += [f"{average:.1%}", *(f"{v:.1%}" for v in suite.values())]
-        print(f"| {name} | {' | '.join(cells)} | {ife['seconds']:.0f} s |")
-    print(f"| published (model card) | | | | | {PUBLISHED}% | | | | |")
-    kind_table({name: ife for name, (ife, _) in rows.items()})
+        lines.append(f"| {name} | {' | '.join(cells)} | {ife['seconds']:.0f} s |")
+    lines.append(f"| published (model card) | | | | | {PUBLISHED}% | | | | |")
+    return lines
 
 
-def kind_table(results: dict[str, dict]) -> None:
+def kind_table(results: dict[str, dict]) -> list[str]:
     """Strict accuracy per instruction kind, the kinds that moved most first."""
     names = list(results)
     kinds = results[names[0]]["kinds"]
@@ -113,10 +124,11 @@ def kind_table(results: dict[str, dict]) -> None:
         - min(r["kinds"][kind]["strict"] for r in results.values())
         for kind in kinds
     }
-    print(f"\n| instruction kind | n | {' | '.join(names)} |\n|---|---|" + "---|" * len(names))
+    lines = table_header("instruction kind", "n", *names)
     for kind in sorted(kinds, key=lambda k: -spread[k]):
         cells = [f"{results[n]['kinds'][kind]['strict']:.0%}" for n in names]
-        print(f"| {kind} | {kinds[kind]['n']} | {' | '.join(cells)} |")
+        lines.append(f"| {kind} | {kinds[kind]['n']} | {' | '.join(cells)} |")
+    return lines
 
 
 if __name__ == "__main__":

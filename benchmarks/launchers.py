@@ -9,9 +9,9 @@ machine. Run from the repository root:
     python benchmarks/launchers.py            # full: 3 rounds of 30 steps per launcher
     python benchmarks/launchers.py --quick    # a smoke run: 1 round of 6 steps
 
-Prints one markdown table (workers x launcher: median step time, tokens/s, Ray's overhead
+Writes one markdown table (workers x launcher: median step time, tokens/s, Ray's overhead
 against torchrun per round, time to first step, MFU) with notes and the exact commands it
-launched; progress and failures go to stderr.
+launched to its results page (--out) and stdout; progress and failures go to stderr.
 """
 
 from __future__ import annotations
@@ -239,14 +239,15 @@ def overhead_notes(steps: int, skip: int, rounds: int, commands: list[str]) -> l
 
 
 def main() -> None:
-    args = common.arg_parser(__doc__, "a smoke run: 1 round of 6 steps per launcher").parse_args()
+    args = common.arg_parser(
+        __doc__, "launchers", "a smoke run: 1 round of 6 steps per launcher"
+    ).parse_args()
     mode = QUICK if args.quick else FULL
     steps, skip, rounds = mode["steps"], mode["skip"], mode["rounds"]
     with common.bench_workdir("bench-launchers-") as workdir:
         measured, failed, commands = run_rounds(workdir, steps, skip, rounds)
-        print("\n".join(overhead_table(measured, failed)))
-        print()
-        print("\n".join(overhead_notes(steps, skip, rounds, commands)))
+    body = [*overhead_table(measured, failed), "", *overhead_notes(steps, skip, rounds, commands)]
+    common.write_results_page(args.out, "Ray Train's per-step overhead over torchrun", body)
 
 
 if __name__ == "__main__":

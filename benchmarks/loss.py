@@ -26,7 +26,7 @@ import statistics
 import time
 
 import torch
-from common import arg_parser, bench_workdir, progress, table_header
+from common import arg_parser, bench_workdir, progress, table_header, write_results_page
 
 from framework.config.schema import TrainConfig
 from framework.data.pack import IGNORE_INDEX
@@ -122,8 +122,7 @@ def projection_lines(bytes_per_logit: float) -> list[str]:
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "one repeat per variant")
-    args = parser.parse_args()
+    args = arg_parser(__doc__, "loss", "one repeat per variant").parse_args()
     repeats = 1 if args.quick else 5
     with bench_workdir("bench-loss-"):
         lines = table_header(
@@ -153,16 +152,14 @@ def main() -> None:
                     f"| {r['seconds'] * 1e3:,.0f} ms "
                     f"| {full['seconds'] / r['seconds']:.2f}x |"
                 )
-        print("\n".join(lines))
-        print()
-        print(
-            f"Head {WIDTH} x {VOCAB:,}; {TRAINED:.1%} of positions trained; medians of "
-            f"{repeats} repeats after a warm-up; {torch.get_num_threads()} threads. "
-            f"Measured: {bytes_per_logit:.1f} bytes per logit on the bf16 full-logit path."
-        )
-        print()
-        print("Projection, Llama-3 8B (128,256-token vocabulary, bf16 logits), per GPU:")
-        print("\n".join(projection_lines(bytes_per_logit)))
+    conditions = (
+        f"Head {WIDTH} x {VOCAB:,}; {TRAINED:.1%} of positions trained; medians of "
+        f"{repeats} repeats after a warm-up; {torch.get_num_threads()} threads. "
+        f"Measured: {bytes_per_logit:.1f} bytes per logit on the bf16 full-logit path."
+    )
+    body = [conditions, "", "## Memory and time of the loss, per micro batch", "", *lines]
+    body += ["", "## Projection: Llama-3 8B (128,256-token vocabulary, bf16 logits), per GPU"]
+    write_results_page(args.out, "The loss alone", [*body, "", *projection_lines(bytes_per_logit)])
 
 
 if __name__ == "__main__":

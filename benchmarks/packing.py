@@ -5,12 +5,12 @@ Run from the repository root:
     python benchmarks/packing.py            # full: alpaca demo, OpenChat V1, synthetic 1M
     python benchmarks/packing.py --quick    # synthetic set shrunk to 100k
 
-Prints one markdown table (strategy x length set) with notes and the targets below it.
+Writes one markdown table (strategy x length set) with notes and the targets below it to
+its results page (--out) and stdout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import arg_parser, write_results_page  # noqa: E402
 from framework.data.loader import deal_rows, row_costs  # noqa: E402
 from framework.data.pack import PackingPlan, best_fit_decreasing, length_grouped  # noqa: E402
 
@@ -297,7 +298,7 @@ def notes(n_synthetic: int) -> list[str]:
         f"micro_batch_size {MICRO_BATCH_SIZE} ({ROWS_PER_STEP} consecutive rows per micro step, "
         "whole steps only). Time: the packing call alone (building the plan; for TRL, "
         "pack_dataset on a prebuilt dataset), best of 3 below 100k sequences, one run "
-        "otherwise; machine: 2 CPU cores.",
+        "otherwise (wall times).",
         "- alpaca demo: alpaca_en_demo.json (999 records), lengths from a byte-level BPE "
         "(framework.model.tokenizer.train_bpe, 8,000 tokens) trained on the file's own texts, "
         "chat = [user: instruction + input, assistant: output] through the ChatML template; "
@@ -330,9 +331,7 @@ def notes(n_synthetic: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="synthetic set of 100k, not 1M")
-    args = parser.parse_args()
+    args = arg_parser(__doc__, "packing", "synthetic set of 100k, not 1M").parse_args()
     n_synthetic = 100_000 if args.quick else 1_000_000
 
     sets = [
@@ -344,11 +343,9 @@ def main() -> None:
     lines = [HEADER, "|" + " --- |" * 9]
     for set_name, lengths in sets:
         lines += table_rows(set_name, lengths, measured)
-    print("\n".join(lines))
-    print()
-    print("\n".join(notes(n_synthetic)))
-    print()
-    print("\n".join(targets(measured, sets[1][0], sets[2][0], n_synthetic)))
+    body = [*lines, "", *notes(n_synthetic), ""]
+    body += targets(measured, sets[1][0], sets[2][0], n_synthetic)
+    write_results_page(args.out, "Packing strategies side by side", body)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ two (framework/model/precision.py), printed at start. A finished run in --work i
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import arg_parser, write_results_page
 from real_model_evidence import MODEL, evaluate, throughput_table, zero_shot_table
 from suite_evidence import train
 
@@ -35,9 +35,7 @@ def run(work: Path, precision: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__, "precision")
     parser.add_argument("--work", required=True, help="directory for runs and evaluations")
     parser.add_argument("--per-family", type=int, default=10)
     args = parser.parse_args()
@@ -48,11 +46,22 @@ def main() -> None:
         for name, out in runs.items()
     }
     choice, reason = auto_precision(torch.device("cpu"))
-    print(f"\nauto here: {choice} ({reason})")
-    print(f"suite test split, {args.per_family} items per family, answered in auto's dtype:")
     trained = [f for f in FAMILIES if f not in DEFAULT_HELD_OUT]
-    zero_shot_table(results, dict.fromkeys(results, trained))
-    throughput_table(runs)
+    body = [
+        f"`auto` on this machine: {choice} ({reason}).",
+        "",
+        "## Suite scores after the same steps",
+        "",
+        f"The suite's test split, {args.per_family} items per family, answered in auto's "
+        "dtype; normalized match (exact).",
+        "",
+        *zero_shot_table(results, dict.fromkeys(results, trained)),
+        "",
+        "## Throughput and memory (wall times)",
+        "",
+        *throughput_table(runs),
+    ]
+    write_results_page(args.out, "The default run in fp32 and in bf16", body)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Run from the repository root:
 
     python benchmarks/preprocess.py
 
-Prints one markdown table (data set x pipeline x processes) with notes below it.
+Writes one markdown table (data set x pipeline x processes) with notes below it to its
+results page (--out) and stdout.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import arg_parser, write_results_page  # noqa: E402
 from framework.config.schema import DataConfig, SourceConfig  # noqa: E402
 from framework.data.cache import render_all  # noqa: E402
 from framework.data.formats import ErrorPolicy  # noqa: E402
@@ -261,9 +262,8 @@ def measure_set(set_name: str, path: Path) -> tuple[list[str], dict]:
 
 def notes(facts: dict) -> list[str]:
     lines = [
-        f"Best of {REPEATS} runs per cell; machine: {os.cpu_count()} CPU cores (shared with "
-        "other work, so expect some noise). Each set's records are converted by our loader "
-        "(framework.data.sources.load_data, on_error raise) and cycled in order to "
+        f"Best of {REPEATS} runs per cell (wall times). Each set's records are converted by "
+        "our loader (framework.data.sources.load_data, on_error raise) and cycled in order to "
         f"{TARGET:,} conversations for stable timings (repeats tokenize the same texts again, "
         "for both pipelines alike).",
         f"- Tokenizer: framework.model.tokenizer.train_bpe (byte-level BPE, {VOCAB_SIZE:,} tokens) "
@@ -280,9 +280,8 @@ def notes(facts: dict) -> list[str]:
         "the generation prompt) and the prefix through it, so 1 + 2 x (assistant turns) "
         "Jinja renders per conversation, each over a longer prefix (O(turns^2) text), then one "
         "tokenization with offsets and a bisect per token for the weights.",
-        "- TRL: accelerate is not installed in this venv, so trl.trainer.sft_trainer (which "
-        "imports it) cannot be imported and SFTTrainer._prepare_dataset cannot be called. "
-        "The benchmark reproduces its two maps for this case (TRL 1.16, "
+        "- TRL: SFTTrainer._prepare_dataset is a method of a built trainer (model and "
+        "arguments), so the benchmark reproduces its two maps for this case (TRL 1.16, "
         "trl/trainer/sft_trainer.py, SFTTrainer._prepare_dataset: the nested `tokenize_fn`, "
         "language-modeling branch, calling TRL's own trl.data_utils._tokenize = "
         "apply_chat_template(messages, tokenize=True, return_dict=True, "
@@ -309,6 +308,7 @@ def notes(facts: dict) -> list[str]:
 
 
 def main() -> None:
+    args = arg_parser(__doc__, "preprocess").parse_args()
     import datasets
 
     datasets.disable_caching()
@@ -318,9 +318,8 @@ def main() -> None:
     for set_name, path in SETS:
         set_lines, facts[set_name] = measure_set(set_name, path)
         lines += set_lines
-    print("\n".join(lines))
-    print()
-    print("\n".join(notes(facts)))
+    body = [*lines, "", *notes(facts)]
+    write_results_page(args.out, "Preprocessing: our render stage against TRL's", body)
 
 
 if __name__ == "__main__":

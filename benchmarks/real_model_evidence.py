@@ -15,13 +15,13 @@ code path. A finished run or evaluation in --work is reused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from common import arg_parser, table_header, write_results_page
 from suite_evidence import FEWER, majority_answers, train
 
 from framework.config.commands import EvalConfig
@@ -64,14 +64,14 @@ def _means(summary: dict, families: list[str], metric: str) -> float:
     return sum(summary["groups"][f][metric] for f in families) / len(families)
 
 
-def zero_shot_table(results: dict[str, dict], seen: dict[str, list[str]]) -> None:
-    """Normalized match (exact match in brackets), means over families."""
+def zero_shot_table(results: dict[str, dict], seen: dict[str, list[str]]) -> list[str]:
+    """Normalized match (exact match in brackets), means over families; then per held-out
+    family."""
     held = {
         "held_out_knowledge": list(KNOWLEDGE_FAMILIES),
         "held_out_twists": [f for f in DEFAULT_HELD_OUT if f not in KNOWLEDGE_FAMILIES],
     }
-    header = f"| model | families trained | {' | '.join(COLUMNS)} |"
-    print(header + "\n|" + "---|" * (len(COLUMNS) + 2))
+    lines = table_header("model", "families trained", *COLUMNS)
     for name, summary in results.items():
         cells = []
         for column in COLUMNS:
@@ -79,17 +79,19 @@ def zero_shot_table(results: dict[str, dict], seen: dict[str, list[str]]) -> Non
             normalized, exact = (_means(summary, families, m) for m in ("normalized", "exact"))
             cells.append(f"{normalized:.1%} ({exact:.1%})")
         count = len(seen[name]) if name not in ("base", "majority") else 0
-        print(f"| {name} | {count} | {' | '.join(cells)} |")
-    print("\nper held-out family, normalized match:")
+        lines.append(f"| {name} | {count} | {' | '.join(cells)} |")
+    lines += ["", "Per held-out family, normalized match:", ""]
+    lines += table_header("held-out family", *results)
     for family in DEFAULT_HELD_OUT:
-        cells = [f"{n} {s['groups'][family]['normalized']:.0%}" for n, s in results.items()]
-        print(f"  {family:<18}" + "  ".join(cells))
+        cells = [f"{s['groups'][family]['normalized']:.0%}" for s in results.values()]
+        lines.append(f"| {family} | {' | '.join(cells)} |")
+    return lines
 
 
-def side_by_side(before: dict, after: dict) -> None:
+def side_by_side(before: dict, after: dict) -> list[str]:
     """Per knowledge family, the first test item the default run gets right that the base
     model got wrong, and the first it gets wrong."""
-    print("\nanswers before (base) and after (default run), held-out knowledge:")
+    lines = ["Answers before (base) and after (default run), held-out knowledge:", ""]
     base = {a["prompt"]: a for a in before["answers"]}
     for family in KNOWLEDGE_FAMILIES:
         answers = [a for a in after["answers"] if a["group"] == family]
@@ -97,40 +99,41 @@ def side_by_side(before: dict, after: dict) -> None:
         wrong = [a for a in answers if not a["normalized"]]
         for label, chosen in (("right", right[:1]), ("wrong", wrong[:1])):
             for answer in chosen:
-                print(f"  [{family}, {label}] {answer['prompt']}  -> {answer['reference']}")
-                print(
-                    f"    base:    {' '.join(base[answer['prompt']]['prediction'].split())[:100]}"
-                )
-                print(f"    default: {' '.join(answer['prediction'].split())[:100]}")
+                before_text = " ".join(base[answer["prompt"]]["prediction"].split())[:100]
+                lines += [
+                    f"- [{family}, {label}] {answer['prompt']}  -> {answer['reference']}",
+                    f"  - base: {before_text}",
+                    f"  - default: {' '.join(answer['prediction'].split())[:100]}",
+                ]
+    return lines
 
 
-def throughput_table(runs: dict[str, Path]) -> None:
+def throughput_table(runs: dict[str, Path]) -> list[str]:
     """From each run's summary.json and metrics.jsonl. Start-up: launch to the end of the
     baseline evaluation, the start of the first step (model conversion when not cached,
     data, Ray, model and engine build, the evaluation)."""
     columns = ("steps", "tokens/s", "trained tokens/s", "peak RSS/worker (GB)")
     columns += ("start-up (s)", "s/step", "training (s)")
-    print(f"\n| run | {' | '.join(columns)} |\n|---|" + "---|" * len(columns))
+    lines = table_header("run", *columns)
     for name, out in runs.items():
         summary = json.loads((out / SUMMARY_FILE).read_text())
-        lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-        baseline = next(m for m in lines if m["step"] == 0)
+        metrics = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+        baseline = next(m for m in metrics if m["step"] == 0)
         launched = out / "launched_at"
         startup = (
             f"{baseline['time'] - float(launched.read_text()):.0f}" if launched.is_file() else "-"
         )
         seconds = summary["training_time_s"]
-        print(
+        lines.append(
             f"| {name} | {summary['steps']} | {summary['tokens_per_s']:.0f} | "
             f"{summary['trained_tokens'] / seconds:.1f} | {summary['peak_memory_gb']:.2f} | "
             f"{startup} | {seconds / summary['steps']:.1f} | {seconds:.0f} |"
         )
+    return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__, "real_model_evidence")
     parser.add_argument("--work", required=True, help="directory for runs and evaluations")
     parser.add_argument("--steps", type=int, default=40, help="steps of the longer runs")
     parser.add_argument("--per-family", type=int, default=20)
@@ -148,13 +151,21 @@ def main() -> None:
         evaluations[name] = evaluate(str(out / HF_DIR), work / f"{name}-eval", args.per_family)
     results |= {name: e["summary"] for name, e in evaluations.items()}
     seen = {name: trained_default for name in results} | {"fewer": FEWER}
-    print(
-        f"\nsuite test split, {args.per_family} items per family; normalized match (exact); "
-        f"default = the preset's steps, more/fewer = {args.steps} steps"
-    )
-    zero_shot_table(results, seen)
-    side_by_side(evaluations["base"], evaluations["default"])
-    throughput_table(runs)
+    body = [
+        "## Zero-shot scores",
+        "",
+        f"The suite's test split, {args.per_family} items per family; normalized match "
+        f"(exact); default = the preset's steps, more/fewer = {args.steps} steps.",
+        "",
+        *zero_shot_table(results, seen),
+        "",
+        *side_by_side(evaluations["base"], evaluations["default"]),
+        "",
+        "## Throughput and memory of the runs (wall times)",
+        "",
+        *throughput_table(runs),
+    ]
+    write_results_page(args.out, "Zero-shot gains of SmolLM2-135M-Instruct", body)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, arg_parser, bench_workdir, progress, table_header
+from common import ROOT, arg_parser, bench_workdir, progress, table_header, write_results_page
 
 from framework.report import page
 from framework.report.runs import read_run
@@ -45,20 +45,35 @@ STEPS = [100, 1_000, 10_000, 100_000]
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "100 and 1,000 logged steps only")
+    parser = arg_parser(__doc__, "report", "100 and 1,000 logged steps only")
     parser.add_argument("--run", type=Path, help="a run directory to lengthen")
     args = parser.parse_args()
     with bench_workdir("report-bench-") as tmp:
         source = args.run or _tiny_run(tmp)
         rows = [_measure(source, tmp / f"steps-{n}", n) for n in STEPS[: 2 if args.quick else None]]
-    print("\n".join(table_header("logged steps", "evaluations", "read s", "draw s", "page MB")))
-    print("\n".join(rows))
+    body = [
+        "## Drawing the page as runs get longer",
+        "",
+        f"The {'run ' + str(args.run) if args.run else 'tiny run'} lengthened to N logged "
+        "training steps with an evaluation every N / 10; one read and one draw each.",
+        "",
+        *table_header("logged steps", "evaluations", "read s", "draw s", "page MB"),
+        *rows,
+    ]
     if args.run is None:
-        _training_cost()
+        body += ["", *_training_cost()]
+    write_results_page(args.out, "What report.html costs", body)
 
 
-def _training_cost() -> None:
-    lines = table_header("run.report", "training time s", "slowest step s")
+def _training_cost() -> list[str]:
+    lines = [
+        "## What the redraw after each checkpoint costs the steps",
+        "",
+        "The tiny run for 12 steps with a checkpoint every 3, 2 workers on this machine's "
+        "cores, with and without the report (wall times).",
+        "",
+        *table_header("run.report", "training time s", "slowest step s"),
+    ]
     for report in ("true", "false"):
         with bench_workdir("report-bench-") as tmp:
             progress(f"12 steps with run.report={report}")
@@ -67,7 +82,7 @@ def _training_cost() -> None:
             summary = json.loads((out / "summary.json").read_text())
             steps = [m["step_time_s"] for m in _lines(out) if "loss" in m]
             lines.append(f"| {report} | {summary['training_time_s']:.2f} | {max(steps):.2f} |")
-    print("\n" + "\n".join(lines))
+    return lines
 
 
 def _lines(out: Path) -> list[dict]:

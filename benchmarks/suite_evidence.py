@@ -13,7 +13,6 @@ same test items; held-out families are never trained on by any run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from common import arg_parser, table_header, write_results_page
 from transformers import AutoTokenizer
 
 from framework.config.commands import EvalConfig
@@ -94,7 +94,7 @@ def scores(model: Path, per_family: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_parser(__doc__, "suite_evidence")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--per-family", type=int, default=50)
     parser.add_argument("--work", default=None, help="directory for the runs (default: temp)")
@@ -116,14 +116,15 @@ def main() -> None:
         summary = scores(model, args.per_family)
         losses = last_eval_losses(work / name) if name in runs else {}
         rows.append((name, summary, losses))
-    print_table(rows, args)
+    write_results_page(args.out, "Instruction following on the tiny model", results(rows, args))
 
 
 def _mean(summary: dict, families: list[str], metric: str) -> float:
     return sum(summary["groups"][f][metric] for f in families) / len(families)
 
 
-def print_table(rows, args) -> None:
+def results(rows, args) -> list[str]:
+    """The scores table, the families above the majority answer, the held-out families."""
     default_families = [f for f in FAMILIES if f not in DEFAULT_HELD_OUT]
     # "seen": the families the run trained on (the default run's for the untrained model).
     seen = {
@@ -133,25 +134,25 @@ def print_table(rows, args) -> None:
         "fewer": FEWER,
     }
     held = list(DEFAULT_HELD_OUT)
-    print(
-        f"\nsuite test split, {args.per_family} items per family, {args.steps} training steps; "
-        f"held out: {', '.join(held)}"
-    )
-    header = (
-        f"{'model':<11}{'families':>9}{'seen norm':>11}{'seen R-L':>10}"
-        f"{'held-out norm':>15}{'held-out R-L':>14}{'loss seen':>11}{'loss held-out':>15}"
-    )
-    print(header + "\n" + "-" * len(header))
+    lines = [
+        f"The suite's test split, {args.per_family} items per family, {args.steps} training "
+        f"steps; held out: {', '.join(held)}.",
+        "",
+        *table_header(
+            "model", "families", "seen norm", "seen R-L", "held-out norm", "held-out R-L",
+            "loss seen", "loss held-out",
+        ),
+    ]  # fmt: skip
     for name, summary, losses in rows:
-        print(
-            f"{name:<11}{len(seen[name]) if name in ('more', 'fewer') else 0:>9}"
-            f"{_mean(summary, seen[name], 'normalized'):>11.1%}"
-            f"{_mean(summary, seen[name], 'rouge_l'):>10.3f}"
-            f"{_mean(summary, held, 'normalized'):>15.1%}{_mean(summary, held, 'rouge_l'):>14.3f}"
-            f"{losses.get('eval_loss/suite-trained', float('nan')):>11.3f}"
-            f"{losses.get('eval_loss/suite-held-out', float('nan')):>15.3f}"
+        lines.append(
+            f"| {name} | {len(seen[name]) if name in ('more', 'fewer') else 0} "
+            f"| {_mean(summary, seen[name], 'normalized'):.1%} "
+            f"| {_mean(summary, seen[name], 'rouge_l'):.3f} "
+            f"| {_mean(summary, held, 'normalized'):.1%} | {_mean(summary, held, 'rouge_l'):.3f} "
+            f"| {losses.get('eval_loss/suite-trained', float('nan')):.3f} "
+            f"| {losses.get('eval_loss/suite-held-out', float('nan')):.3f} |"
         )
-    print("\nfamilies above the majority answer (normalized match, model vs majority):")
+    lines += ["", "Families above the majority answer (normalized match, model vs majority):", ""]
     baseline = rows[0][1]["groups"]
     for name, summary, _ in rows[1:]:
         better = [
@@ -159,14 +160,16 @@ def print_table(rows, args) -> None:
             for f, g in summary["groups"].items()
             if g["normalized"] > baseline[f]["normalized"]
         ]
-        print(f"  {name:<10}" + (", ".join(better) or "none"))
-    print("\nheld-out families, normalized match / ROUGE-L:")
+        lines.append(f"- {name}: " + (", ".join(better) or "none"))
+    lines += ["", "Held-out families, normalized match / ROUGE-L:", ""]
+    lines += table_header("held-out family", *(name for name, _, _ in rows))
     for family in held:
         cells = [
-            f"{name} {s['groups'][family]['normalized']:.0%} / {s['groups'][family]['rouge_l']:.3f}"
-            for name, s, _ in rows
+            f"{s['groups'][family]['normalized']:.0%} / {s['groups'][family]['rouge_l']:.3f}"
+            for _, s, _ in rows
         ]
-        print(f"  {family:<16}" + "   ".join(cells))
+        lines.append(f"| {family} | {' | '.join(cells)} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ interleaved rounds (the first one a warm-up). Run from the repository root; need
     python benchmarks/throughput.py --model smollm2  # SmolLM2-135M, suite + alpaca: ~25 min
     python benchmarks/throughput.py --quick          # a smoke run of a minute or two
 
-Prints one markdown table (per contender: slot efficiency, trained tokens/s, tokens/s,
+Writes one markdown table (per contender: slot efficiency, trained tokens/s, tokens/s,
 speed ratio and realisation factor against ours padded, time to first step, peak resident
-memory, MFU) with notes on what was run and how each column is measured; progress goes
-to stderr. fp32 on CPUs, the runs' automatic precision on GPUs.
+memory, MFU) with notes on what was run and how each column is measured to its results
+page (--out) and stdout; progress goes to stderr. fp32 on CPUs, the runs' automatic
+precision on GPUs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from common import (
     median,
     progress,
     table_header,
+    write_results_page,
 )
 from throughput_contenders import (
     PACKED_ROWS,
@@ -276,7 +278,7 @@ def throughput_table(results: dict[str, list[dict]], problems: dict[str, str]) -
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "a smoke run of a minute or two")
+    parser = arg_parser(__doc__, "throughput", "a smoke run of a minute or two")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--tokens", type=int, help="real tokens per contender run")
     parser.add_argument("--rounds", type=int, help="interleaved rounds, the first is warm-up")
@@ -289,9 +291,8 @@ def main() -> None:
         results, problems = interleaved(setup, rounds, args.model, names)
         if args.model != "tiny":
             problems |= {name: f"not run: {why}" for name, why in REAL_SKIPPED.items()}
-        print("\n".join(throughput_table(results, problems)))
-        print()
-        print("\n".join(notes(setup, results, problems, rounds)))
+        body = [*throughput_table(results, problems), "", *notes(setup, results, problems, rounds)]
+    write_results_page(args.out, "Training throughput side by side", body)
 
 
 if __name__ == "__main__":

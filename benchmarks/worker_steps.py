@@ -20,6 +20,8 @@ larger of the two ranks') and tokens/s over steps 2..n (the median step time).
   the longer), and the precomputed reference against a live one; the reference pass's
   one-time cost is the `reference` column (computed in the first row, read back after).
   80 of the 300 pairs (a sample by seed), so that the reference pass takes minutes.
+
+Each table is a results page of its own, worker_steps_<table>.md in benchmarks/results.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from common import arg_parser, bench_workdir, free_port, progress, table_header
+from common import (
+    RESULTS_DIR,
+    arg_parser,
+    bench_workdir,
+    free_port,
+    progress,
+    table_header,
+    write_results_page,
+)
 
 from framework.commands.compose import compose_train_config
 from framework.commands.prepare import prepare_run
@@ -78,6 +88,12 @@ TABLES = {
             False,
         ),
     },
+}
+
+TITLES = {
+    "zero": "The real model's step by ZeRO stage, full fine-tuning and LoRA",
+    "choices": "What each CPU setting buys the real model's step",
+    "preference": "DPO steps: packed vs padded pairs, precomputed vs live reference",
 }
 
 
@@ -154,9 +170,11 @@ def run_variant(work: Path, overrides: list[str], threads: int, compiled: bool, 
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "2 variants of the table only")
+    parser = arg_parser(__doc__, "worker_steps_TABLE", "2 variants of the table only")
     parser.add_argument("--table", choices=sorted(TABLES), required=True)
     args = parser.parse_args()
+    if args.out == parser.get_default("out"):  # a page per table
+        args.out = RESULTS_DIR / f"worker_steps_{args.table}.md"
     variants = list(TABLES[args.table].items())[: 2 if args.quick else None]
     with bench_workdir("bench-worker-steps-") as work:
         lines = table_header(
@@ -175,13 +193,12 @@ def main() -> None:
                 f"| {r['slot_efficiency']:.1%} | {r['reference_s']:.0f} s |"
             )
             progress(lines[-1])
-        print("\n".join(lines))
-        print()
-        print(
-            f"{WORLD} gloo ranks on {os.cpu_count()} cores, {STEPS[args.table]} steps each "
-            "(the first excluded from tokens/s), the default run's data, micro batch and "
-            "precision."
-        )
+    conditions = (
+        f"{WORLD} gloo ranks on {os.cpu_count()} cores, {STEPS[args.table]} steps each "
+        "(the first excluded from tokens/s), the default run's data, micro batch and "
+        "precision; wall times."
+    )
+    write_results_page(args.out, TITLES[args.table], [conditions, "", *lines])
 
 
 if __name__ == "__main__":
