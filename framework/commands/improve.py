@@ -28,7 +28,7 @@ from framework.suite.families import FAMILIES
 
 ROUNDS_FILE = "rounds.jsonl"
 PAIRS_FILE = "pairs.jsonl"
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "launch" / "train.py"
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "launch" / "train.py"
 # What each round's table row shows: normalised exact match per group of families.
 GROUPS = ("trained", "held_out_knowledge", "held_out_twists")
 
