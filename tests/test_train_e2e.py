@@ -284,15 +284,10 @@ def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
 
 @pytest.mark.slow
 def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster):
-    """More workers than the cluster's CPUs: refused before any worker starts. A checkpoint
-    directory that cannot be made (a file is in the way): the workers stop together with
-    our error line; Ray's worker and controller tracebacks stay off the console, the full
-    ones are in train.log."""
-    result = train(tmp_path / "big", "cluster.num_workers=16", "logger=none", cluster=ray_cluster)
-    assert result.returncode != 0
-    assert "error: cluster.num_workers=16 needs 16 CPUs" in result.stderr
-    assert "Traceback" not in result.stderr
-
+    """A checkpoint directory that cannot be made (a file is in the way): the workers stop
+    together with our error line; Ray's worker and controller tracebacks stay off the
+    console, the full ones are in train.log. (More workers than the cluster's CPUs is
+    refused in tests/cluster/test_ray_jobs.py, through the same driver.)"""
     blocked, out = tmp_path / "a-file", tmp_path / "run"
     blocked.write_text("")
     overrides = ["trainer.max_steps=2", "eval.every=0", "logger=none"]
@@ -310,7 +305,8 @@ def test_errors_on_the_cluster_are_one_line_on_the_console(tmp_path, ray_cluster
     # Diverged at step 2 (trainer.on_non_finite=stop): one line naming the step; step 1's
     # checkpoint stays the result, and no export pretends the run finished.
     diverged, steep = tmp_path / "diverged", ["trainer.lr=1e6", "trainer.warmup_steps=0"]
-    result = train(diverged, *overrides, *steep, "checkpoint.every=1", cluster=ray_cluster)
+    one_worker = ["checkpoint.every=1", "cluster.num_workers=1"]
+    result = train(diverged, *overrides, *steep, *one_worker, cluster=ray_cluster)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert re.search(r"error: step 2: the (gradient norm|loss) is NaN or infinite", result.stderr)
     assert [p.name for p in committed(diverged / "checkpoints")] == ["step_00000001"]

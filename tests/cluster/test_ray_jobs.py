@@ -79,6 +79,7 @@ def test_runs_stream_their_logs_and_exit_with_the_job_status(cluster, tmp_path):
     assert too_big.returncode == 1, too_big.stdout[-3000:] + too_big.stderr[-3000:]
     assert "error: cluster.num_workers=5 needs 5 CPUs and 0 GPUs" in too_big.stdout
     assert "node 0: 2 CPUs, 0 GPUs (room for 2)" in too_big.stdout
+    assert "Traceback" not in too_big.stdout + too_big.stderr
     assert f"{job_id(too_big)} FAILED (exit code 1)" in too_big.stdout
     # Without the check, Ray would wait for the missing CPUs with no end.
     assert failed_in_s < 60
