@@ -30,7 +30,10 @@ _CHOICES = {
     "trainer.on_non_finite": ("stop", "skip"),
     "checkpoint.resume_on_changed_data": ("stop", "continue"),
     "trainer.lr_schedule": ("cosine", "linear", "constant"),
-    "objective.name": ("sft", "dpo", "ipo", "simpo", "orpo"),
+    "objective.name": ("sft", "dpo", "ipo", "simpo", "orpo", "grpo"),
+    "objective.baseline": ("mean", "leave_one_out"),
+    "objective.aggregation": ("token", "sequence", "constant"),
+    "rollout.generator": ("colocated",),
     "objective.reference": ("precomputed", "live"),
     "adapter.method": ("none", "lora", "dora", "qlora"),
     "logger.backend": ("wandb", "none"),
@@ -56,6 +59,11 @@ _POSITIVE = (
     "adapter.rank",
     "adapter.alpha",
     "objective.beta",
+    "objective.updates_per_batch",
+    "rollout.max_new_tokens",
+    "rollout.generate_batch",
+    "rollout.verifier_timeout_s",
+    "rollout.max_logp_gap",
     "run.lease_stale_s",
 )
 
@@ -146,6 +154,8 @@ def _check_objective(cfg: TrainConfig) -> None:
         )
     if objective.orpo_lambda < 0 or objective.simpo_gamma < 0:
         raise ConfigError("objective.orpo_lambda and objective.simpo_gamma must be >= 0")
+    if objective.online:
+        _check_online(cfg)
     if not objective.pairs:
         return
     name = f"objective={objective.name}"
@@ -166,6 +176,43 @@ def _check_objective(cfg: TrainConfig) -> None:
             "objective.reference=live with full fine-tuning holds a whole second model on "
             "every rank, which ZeRO-3 is chosen to avoid: use objective.reference=precomputed "
             "or an adapter"
+        )
+
+
+def _check_online(cfg: TrainConfig) -> None:
+    objective, rollout = cfg.objective, cfg.rollout
+    if not cfg.data.sources:
+        raise ConfigError(
+            "objective=grpo samples replies to prompts that verifiers check, but data.sources "
+            "is empty: use data=rl_demo, or sources whose records (or data.sources[i].verifier) "
+            "name a verifier"
+        )
+    if rollout.group_size < 2:
+        raise ConfigError(
+            f"rollout.group_size={rollout.group_size}: advantages compare the completions of "
+            "one prompt with each other; give at least 2"
+        )
+    groups, workers = divmod(rollout.batch_completions, rollout.group_size)
+    if workers or groups < cfg.cluster.num_workers:
+        raise ConfigError(
+            f"rollout.batch_completions={rollout.batch_completions} must be a multiple of "
+            f"rollout.group_size={rollout.group_size} with at least one group per worker "
+            f"(cluster.num_workers={cfg.cluster.num_workers}): each rank samples whole groups"
+        )
+    if not 0.0 <= objective.clip_low < 1.0 or objective.clip_high < 0 or objective.kl_coef < 0:
+        raise ConfigError(
+            "objective.clip_low must be in [0, 1), objective.clip_high and objective.kl_coef >= 0"
+        )
+    if rollout.max_new_tokens >= cfg.data.max_seq_len:
+        raise ConfigError(
+            f"rollout.max_new_tokens={rollout.max_new_tokens} leaves no room for a prompt in "
+            f"data.max_seq_len={cfg.data.max_seq_len}: raise data.max_seq_len"
+        )
+    full_copy = objective.kl_coef > 0 and cfg.adapter.method == "none"
+    if full_copy and cfg.parallelism.zero_stage == 3:
+        raise ConfigError(
+            "objective.kl_coef > 0 with full fine-tuning holds a whole reference model on "
+            "every rank, which ZeRO-3 is chosen to avoid: use an adapter or kl_coef=0"
         )
 
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from framework.config.sections import CheckpointConfig, EvalDuringTrainingConfig, LossConfig
+from framework.config.sections import (
+    CheckpointConfig,
+    EvalDuringTrainingConfig,
+    LossConfig,
+    RolloutConfig,
+)
 from framework.config.sizes import fill_device_sizes
 
 
@@ -268,7 +273,8 @@ class ObjectiveConfig:
     # preference loss over chosen / rejected pairs, the mean over the global batch's pairs
     # (framework/loss/preference.py; the README's table gives each formula):
     # dpo (sigmoid), ipo, simpo (length-normalised, no reference), orpo (SFT plus an odds
-    # ratio, no reference).
+    # ratio, no reference); or grpo, online RL on sampled completions scored by
+    # verifiers (framework/loss/policy_gradient.py; rollout.* samples them).
     name: str = "sft"
     # dpo, ipo, simpo: the strength of the preference (IPO's tau); orpo: see orpo_lambda.
     beta: float = 0.1
@@ -287,6 +293,31 @@ class ObjectiveConfig:
     # reference's (so the loss is its zero-margin value, ln 2 for dpo, and the rewards 0)
     # on the first micro batch, and stop if not.
     verify_reference: bool = True
+    # grpo: each completion's advantage is its reward minus its group's mean (mean: GRPO)
+    # or minus the mean of the others (leave_one_out: RLOO), divided by the group's
+    # standard deviation when scale_rewards (Dr. GRPO: false).
+    baseline: str = "mean"
+    scale_rewards: bool = True
+    # grpo: the importance ratio is clipped to [1 - clip_low, 1 + clip_high] (DAPO's
+    # clip-higher raises clip_high to 0.28).
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    # grpo: the weight of the k3 KL to the starting model (0: no reference, as in TRL).
+    kl_coef: float = 0.0
+    # grpo: token, the mean over the global batch's completion tokens (DAPO); sequence,
+    # each completion's token mean averaged over completions (GRPO); constant, the token
+    # sum over completions x rollout.max_new_tokens (Dr. GRPO).
+    aggregation: str = "token"
+    # grpo: optimizer steps on each generation batch (mu), against its sampling log-probs.
+    updates_per_batch: int = 1
+    # grpo: groups whose rewards are all equal teach nothing: leave them out of the loss
+    # (DAPO, without resampling). Counted either way.
+    drop_uniform_groups: bool = False
+
+    @property
+    def online(self) -> bool:
+        """Whether the objective trains on completions sampled during training (grpo)."""
+        return self.name == "grpo"
 
     @property
     def pairs(self) -> bool:
@@ -356,6 +387,7 @@ class TrainConfig:
     eval: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

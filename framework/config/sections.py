@@ -74,6 +74,32 @@ class CheckpointConfig:
     stop_before_deadline_s: float = 300.0
 
 
+@dataclass
+class RolloutConfig:
+    """objective=grpo: how completions are sampled and rewarded (framework/train/rollouts.py).
+    Sampling is at temperature 1 with no top-k or top-p: the policy's own distribution, so
+    the sampling log-probs are the policy's and the importance ratio starts at 1."""
+
+    # Completions sampled per prompt (G), compared within their group; at least 2.
+    group_size: int = 8
+    # Completions of one generation batch over all ranks: a multiple of group_size, with
+    # at least one group per rank (each rank samples whole groups).
+    batch_completions: int = 32
+    # A completion that has not ended after this many tokens is cut (counted: truncated).
+    max_new_tokens: int = 128
+    # Completions per generate call on a rank.
+    generate_batch: int = 16
+    # Where completions are sampled: colocated, by the learners with their own weights
+    # (no weight transfer; under ZeRO-3 every rank generates in step).
+    generator: str = "colocated"
+    # Each verifier call's time limit; a slower one is stopped and its reward is 0.
+    verifier_timeout_s: float = 10.0
+    # At the first update on a fresh generation batch the learner's log-probs of the
+    # sampled tokens must equal the generator's (the ratio is 1): stop the run when their
+    # mean absolute gap exceeds this (nats). The gap is logged every step either way.
+    max_logp_gap: float = 0.05
+
+
 # Keys that left `trainer` for the sections above: old key -> new key.
 RENAMED_KEYS = {
     "trainer.eval_every": "eval.every",

@@ -64,7 +64,7 @@ def generate_reply_ids(
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    calls = _calls_everywhere(len(batches), model.device) if synced else len(batches)
+    calls = calls_everywhere(len(batches), model.device) if synced else len(batches)
     stop = stop_token_ids(tokenizer, model.generation_config.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
@@ -84,7 +84,7 @@ def generate_reply_ids(
     for call in tqdm(range(calls), desc="generating", unit="batch", disable=not progress):
         batch = batches[call] if call < len(batches) else []
         rows = [ids[i] for i in batch] or [[pad]]  # a dummy batch keeps the ranks in step
-        input_ids, mask = _left_padded(rows, pad, model.device)
+        input_ids, mask = left_padded(rows, pad, model.device)
         cache = preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
         tokens = _decoded(generate, input_ids, mask, cache, stop, max_new_tokens, segment)
         for index, new in zip(batch, tokens, strict=False):
@@ -201,7 +201,7 @@ def preallocated_cache(model: PreTrainedModel, capacity: int) -> DynamicCache:
     return cache
 
 
-def _left_padded(
+def left_padded(
     rows: list[list[int]], pad: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
@@ -213,7 +213,7 @@ def _left_padded(
     return input_ids.to(device), mask.to(device)
 
 
-def _calls_everywhere(calls: int, device: torch.device) -> int:
+def calls_everywhere(calls: int, device: torch.device) -> int:
     count = torch.tensor(calls, device=device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     return int(count.item())

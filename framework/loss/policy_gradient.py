@@ -21,6 +21,11 @@ compute the same numbers:
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+
+from framework.config.sections import LossConfig
+from framework.data.pack import IGNORE_INDEX
+from framework.loss.token import token_loss_fn
 
 BASELINES = ("mean", "leave_one_out")
 AGGREGATIONS = ("token", "sequence", "constant")
@@ -73,9 +78,9 @@ def clipped_token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token, -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) with r the ratio of the
     policy's to the sampling policy's probability, and whether the clipped term was taken
-    (the clip fraction). `logps` and `old_logps` are [rows, tokens]; `advantages` [rows]."""
+    (the clip fraction). `advantages` broadcasts to `logps` and `old_logps`."""
     ratio = torch.exp(logps - old_logps)
-    advantage = advantages.unsqueeze(-1)
+    advantage = advantages
     unclipped = ratio * advantage
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantage
     return -torch.minimum(unclipped, clipped), clipped < unclipped
@@ -88,25 +93,105 @@ def k3_kl(logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-def token_weights(completion_mask: torch.Tensor, aggregation: str) -> torch.Tensor:
-    """The weight of each token's loss in a micro batch's summed loss ([rows, tokens]; 0
-    off the completions)."""
+def token_weight(completion_tokens: int, aggregation: str) -> float:
+    """The weight of each token's loss of a completion of `completion_tokens` tokens in
+    its micro batch's summed loss."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r}: give one of {AGGREGATIONS}")
-    mask = completion_mask.to(torch.float64)
     if aggregation == "sequence":
-        return mask / mask.sum(dim=-1, keepdim=True).clamp(min=1)
-    return mask
+        return 1.0 / max(completion_tokens, 1)
+    return 1.0
 
 
 def normaliser_units(
-    completion_mask: torch.Tensor, aggregation: str, max_completion_tokens: int
+    completion_tokens: list[int], aggregation: str, max_completion_tokens: int
 ) -> float:
-    """This micro batch's share of the step's normaliser; summed over every micro batch of
-    every rank, it divides the summed loss."""
-    completions = int((completion_mask.sum(dim=-1) > 0).sum())
+    """The share of the step's normaliser of a micro batch holding completions of these
+    lengths; summed over every micro batch of every rank, it divides the summed loss."""
     if aggregation == "token":
-        return float(completion_mask.sum())
+        return float(sum(completion_tokens))
     if aggregation == "sequence":
-        return float(completions)
-    return float(completions * max_completion_tokens)
+        return float(len(completion_tokens))
+    return float(len(completion_tokens) * max_completion_tokens)
+
+
+class PolicyGradientObjective:
+    """grpo: the clipped importance-ratio loss of sampled completions (micro batches from
+    framework/train/rollouts.py), plus objective.kl_coef x k3 KL to the reference,
+    normalised as objective.aggregation says. Checks on every fresh batch that the
+    learner's log-probs of the sampled tokens equal the sampler's (rollout.max_logp_gap)."""
+
+    def __init__(self, cfg, loss: LossConfig, max_logp_gap: float, round_metrics):
+        self.cfg, self.loss, self.max_logp_gap = cfg, loss, max_logp_gap
+        self.round_metrics = round_metrics  # collective: the current round's metrics
+        self._sums = torch.zeros(len(_SUMS), dtype=torch.float64)
+        self._gap_max = torch.zeros((), dtype=torch.float64)
+
+    def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+        total = torch.stack([b["units"] for b in micro_batches]).sum().double()
+        dist.all_reduce(total)
+        return total.item()
+
+    def summed_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch["labels"]
+        losses = token_loss_fn(model, self.loss)(batch["input_ids"], batch["position_ids"], labels)
+        logps, trained = -losses, labels[:, 1:] != IGNORE_INDEX
+        old = batch["old_logps"][:, 1:]
+        per_token, clipped = clipped_token_losses(
+            logps, old, batch["advantages"][:, 1:],
+            clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
+        )  # fmt: skip
+        kl = torch.zeros_like(per_token)
+        if self.cfg.kl_coef:
+            kl = k3_kl(logps, batch["reference_logps"][:, 1:])
+            per_token = per_token + self.cfg.kl_coef * kl
+        self._observe(logps.detach(), old, trained, clipped, kl.detach(), batch["fresh"])
+        return (per_token * batch["loss_weights"][:, 1:]).sum()
+
+    def _observe(self, logps, old, trained, clipped, kl, fresh) -> None:
+        gap = (logps - old).abs()[trained]
+        count = float(trained.sum())
+        fresh_count = count * float(fresh)
+        ratio = torch.exp(logps - old)[trained]
+        self._sums += torch.tensor(
+            [count, float(clipped[trained].sum()), float(kl[trained].sum()),
+             float(ratio.sum()), fresh_count, float(gap.sum()) * float(fresh)],
+            dtype=torch.float64,
+        )  # fmt: skip
+        if fresh and gap.numel():
+            self._gap_max = torch.maximum(self._gap_max, gap.max().double().cpu())
+
+    def step_metrics(self, device: torch.device) -> dict[str, float]:
+        sums, gap_max = self._sums.clone().to(device), self._gap_max.clone().to(device)
+        dist.all_reduce(sums)
+        dist.all_reduce(gap_max, op=dist.ReduceOp.MAX)
+        self._sums.zero_()
+        self._gap_max.zero_()
+        found = dict(zip(_SUMS, sums.tolist(), strict=True))
+        tokens = max(found["tokens"], 1.0)
+        metrics = {
+            "clip_fraction": found["clipped"] / tokens,
+            "kl": found["kl"] / tokens,
+            "ratio": found["ratio"] / tokens,
+            **self.round_metrics(),
+        }
+        if found["fresh_tokens"]:
+            metrics["logp_gap"] = found["gap"] / found["fresh_tokens"]
+            metrics["logp_gap_max"] = gap_max.item()
+            if metrics["logp_gap"] > self.max_logp_gap:
+                raise LogpGapError(
+                    f"the learner's log-probs of the sampled tokens differ from the sampler's "
+                    f"by {metrics['logp_gap']:.3g} nats on average (max "
+                    f"{metrics['logp_gap_max']:.3g}), over rollout.max_logp_gap="
+                    f"{self.max_logp_gap}: sampling and training disagree (precision or "
+                    "attention kernel), which biases the gradient; check trainer.precision "
+                    "and model.attention, or raise rollout.max_logp_gap knowingly"
+                )
+        return metrics
+
+
+_SUMS = ("tokens", "clipped", "kl", "ratio", "fresh_tokens", "gap")
+
+
+class LogpGapError(RuntimeError):
+    """On a fresh batch the learner's log-probs are not the sampler's: the ratio is not 1."""

@@ -135,9 +135,15 @@ def _check_data_resume(path: Path, progress: dict, cfg: TrainConfig) -> None:
         )
     logging.getLogger(__name__).warning(
         f"resuming {path} on changed data ({changed}): the run continues at step {step}, "
-        f"row {sampler['rows_done']} of epoch {sampler['epoch']} of the new data's packed "
-        "stream (checkpoint.resume_on_changed_data=continue); not an exact continuation"
+        f"{_position(sampler)} (checkpoint.resume_on_changed_data=continue); not an exact "
+        "continuation"
     )
+
+
+def _position(sampler: dict) -> str:
+    if "round" in sampler:  # grpo's rollouts
+        return f"sampling round {sampler['round']} of the new prompts"
+    return f"row {sampler['rows_done']} of epoch {sampler['epoch']} of the new data's packed stream"
 
 
 # ------------------------------------------------------------------------------ RNG states
@@ -178,6 +184,7 @@ def save(
     sampler_state: dict,
     totals: dict[str, float],
     tokenizer,
+    rank_state: dict | None = None,
 ) -> Path:
     """Collective: every rank writes its shards and RNG state, rank 0 the progress (the
     step, the layout it was written in, the sampler's position and the run's totals),
@@ -212,7 +219,7 @@ def save(
         dist.barrier()  # save_checkpoint's last barrier, where the other ranks now wait
     if failure is None:
         try:
-            _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer)
+            _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer, rank_state)
         except (OSError, RuntimeError) as err:
             failure = err
     _stop_if_failed(failure, engine, path)
@@ -226,10 +233,11 @@ def save(
     return path
 
 
-def _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer) -> None:
-    """Beside DeepSpeed's: this rank's RNG state; on rank 0 the progress, config and
-    tokenizer (framework/run/integrity.py's writer_rank knows who writes what: keep it so)."""
-    torch.save(_rng_state(), _rng_file(path, dist.get_rank()))
+def _save_our_files(engine, cfg, step, path, sampler_state, totals, tokenizer, rank_state) -> None:
+    """Beside DeepSpeed's: this rank's RNG state (and its sampler's `rank_state`: grpo's
+    current round); on rank 0 the progress, config and tokenizer
+    (framework/run/integrity.py's writer_rank knows who writes what: keep it so)."""
+    torch.save({**_rng_state(), "sampler": rank_state}, _rng_file(path, dist.get_rank()))
     if dist.get_rank() != 0:
         return
     progress = {
@@ -316,7 +324,8 @@ def to_universal(path: Path) -> Path:
 
 def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool, adapter: bool) -> dict:
     """Collective: restore engine, optimizer, scheduler and (same number of ranks) RNG
-    states from the checkpoint at `path`; returns its progress. `adapter`: the checkpoint
+    states from the checkpoint at `path`; returns its progress, with this rank's sampler
+    state as `rank_state` (None on another number of ranks). `adapter`: the checkpoint
     holds the trainable weights only, the frozen ones are the engine's own."""
     progress = read_progress(path)
     load_dir, tag = (path, UNIVERSAL_DIR) if universal else (path.parent, path.name)
@@ -329,8 +338,11 @@ def load(engine: deepspeed.DeepSpeedEngine, path: Path, *, universal: bool, adap
             load_module_strict=not adapter,
         )
         rng = _rng_file(path, dist.get_rank())
+        progress["rank_state"] = None
         if progress["world_size"] == dist.get_world_size() and rng.exists():
-            _set_rng_state(torch.load(rng))
+            state = torch.load(rng)
+            _set_rng_state(state)
+            progress["rank_state"] = state.get("sampler")
     if loaded is None:
         raise CheckpointError(
             f"DeepSpeed found no model states in {path}; the checkpoint is incomplete: pass "

@@ -67,7 +67,9 @@ class TrainingEval:
     def load(
         cls, cfg: TrainConfig, artifact: Path, reference: np.ndarray | None = None
     ) -> TrainingEval:
-        evalset = EvalSet.load(artifact, load_stats(artifact)["source_names"])
+        # grpo's artifact holds prompts, no eval loss: the suite and IFEval still score it.
+        online = cfg.objective.online
+        evalset = None if online else EvalSet.load(artifact, load_stats(artifact)["source_names"])
         return cls(evalset, suite_sample(cfg), ifeval_sample(cfg), reference)
 
     @property

@@ -28,6 +28,7 @@ from framework.train.evaluation import TrainingEval, evaluate
 from framework.train.metrics import peak_flops
 from framework.train.objective import build_objective
 from framework.train.reference import prepare_reference
+from framework.train.rollouts import Rollouts, build_rollouts
 from framework.train.selfcheck import checked_first_batch, checked_reference
 from framework.train.step import guarded_step
 from framework.train.stopping import StopCheck
@@ -55,7 +56,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(out / TOKENIZER_DIR)
     engine, zero3, sampler, progress, reference = _start_or_resume(cfg, ctx, tokenizer, artifact)
     start = progress.get("step", 0)
-    objective = build_objective(cfg, reference.live if reference else None)
+    objective = build_objective(cfg, reference.live if reference else None, sampler)
     batches = _checked(iter(sampler), cfg, engine, objective, reference, start=start, ctx=ctx)
     evaluation = TrainingEval.load(
         cfg, artifact, reference.logps.get("eval") if reference else None
@@ -95,7 +96,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             if step % cfg.checkpoint.every == 0 or last or stopped:
                 checkpoint.save(
                     engine, cfg, step, sampler_state=sampler.state_dict(),
-                    totals=tracker.totals, tokenizer=tokenizer,
+                    totals=tracker.totals, tokenizer=tokenizer, rank_state=_rank_state(sampler),
                 )  # fmt: skip
                 tracker.checkpointed()
                 ctx.report({"step": step, **metrics})
@@ -114,6 +115,11 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
             base=model_source(cfg),
         )
     return metrics
+
+
+def _rank_state(sampler) -> dict | None:
+    # grpo's rollouts keep their current round per rank; the packed data needs nothing.
+    return sampler.rank_state() if isinstance(sampler, Rollouts) else None
 
 
 def _checked(batches, cfg: TrainConfig, engine, objective, reference, *, start: int, ctx):
@@ -162,9 +168,13 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
         cfg, tokenizer, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
         universal=universal,
     )  # fmt: skip
-    sampler = run_batches(
-        artifact, cfg, rank=ctx.rank, world_size=ctx.world_size, pad_id=tokenizer.pad_token_id
-    )
+    where = {"rank": ctx.rank, "world": ctx.world_size, "device": ctx.device}
+    if cfg.objective.online:
+        sampler = build_rollouts(cfg, engine, tokenizer, artifact, **where)
+    else:
+        sampler = run_batches(
+            artifact, cfg, rank=ctx.rank, world_size=ctx.world_size, pad_id=tokenizer.pad_token_id
+        )
     reference = None
     if cfg.objective.needs_reference:
         reference = prepare_reference(
@@ -177,7 +187,10 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
         progress = checkpoint.load(
             engine, resume_from, universal=universal, adapter=uses_adapter(cfg.adapter)
         )
-        sampler.load_state_dict(progress["sampler"])
+        if isinstance(sampler, Rollouts):
+            sampler.load_state_dict(progress["sampler"], progress["rank_state"])
+        else:
+            sampler.load_state_dict(progress["sampler"])
         if ctx.rank == 0:
             print(f"resuming from {resume_from} (step {progress['step']})", flush=True)
     return engine, zero3, sampler, progress, reference

@@ -1,5 +1,6 @@
-"""What a training step minimises, as `objective.name` chooses: `sft` (loss/token.py) or a
-preference loss (loss/preference.py). train/step.py sees only the Objective protocol."""
+"""What a training step minimises, as `objective.name` chooses: `sft` (loss/token.py), a
+preference loss (loss/preference.py) or `grpo` (loss/policy_gradient.py, on the micro
+batches of train/rollouts.py). train/step.py sees only the Objective protocol."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Protocol
 import torch
 
 from framework.config.schema import TrainConfig
+from framework.loss.policy_gradient import PolicyGradientObjective
 from framework.loss.preference import LiveReference, PreferenceObjective
 from framework.loss.token import TokenCrossEntropy
 
@@ -25,8 +27,15 @@ class Objective(Protocol):
         """Collective: the objective's own metrics of the micro batches since the last call."""
 
 
-def build_objective(cfg: TrainConfig, live: LiveReference | None = None) -> Objective:
-    """The run's objective; `live` gives reference log-probs when objective.reference=live."""
+def build_objective(
+    cfg: TrainConfig, live: LiveReference | None = None, rollouts=None
+) -> Objective:
+    """The run's objective; `live` gives reference log-probs when objective.reference=live;
+    `rollouts` (grpo) the sampled batches whose round metrics the objective reports."""
+    if cfg.objective.online:
+        return PolicyGradientObjective(
+            cfg.objective, cfg.loss, cfg.rollout.max_logp_gap, rollouts.reduced_metrics
+        )
     if cfg.objective.pairs:
         return PreferenceObjective(cfg.objective, cfg.loss, live)
     return TokenCrossEntropy(cfg.loss)

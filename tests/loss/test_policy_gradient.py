@@ -11,7 +11,7 @@ from framework.loss.policy_gradient import (
     group_advantages,
     k3_kl,
     normaliser_units,
-    token_weights,
+    token_weight,
     uniform_groups,
 )
 
@@ -46,7 +46,7 @@ def test_at_ratio_one_the_gradient_is_the_policy_gradient():
     logps = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     advantages = torch.tensor([1.5, -0.5, 0.0], dtype=torch.float64)
     losses, clipped = clipped_token_losses(
-        logps, logps.detach(), advantages, clip_low=0.2, clip_high=0.28
+        logps, logps.detach(), advantages[:, None], clip_low=0.2, clip_high=0.28
     )
     torch.testing.assert_close(losses, -advantages[:, None].expand(3, 4))
     losses.sum().backward()
@@ -65,7 +65,7 @@ def test_a_ratio_past_its_bound_in_the_advantages_direction_has_no_gradient(
     logps = torch.full((1, 1), float(torch.log(torch.tensor(ratio))), dtype=torch.float64)
     logps.requires_grad_(True)
     losses, taken = clipped_token_losses(
-        logps, old, torch.tensor([advantage], dtype=torch.float64), clip_low=0.2, clip_high=0.28
+        logps, old, torch.tensor([[advantage]], dtype=torch.float64), clip_low=0.2, clip_high=0.28
     )
     losses.sum().backward()
     assert bool(taken) == clipped
@@ -102,7 +102,11 @@ def test_each_aggregation_is_its_definition_under_any_split(aggregation):
     expected = _defined(losses, mask, aggregation, max_tokens=6)
     for split in ([8], [3, 2, 3], [1] * 8):
         summed = units = 0.0
-        for part_losses, part_mask in zip(losses.split(split), mask.split(split), strict=True):
-            summed += float((token_weights(part_mask, aggregation) * part_losses).sum())
-            units += normaliser_units(part_mask, aggregation, max_completion_tokens=6)
+        for part_losses, part_lengths in zip(
+            losses.split(split), lengths.split(split), strict=True
+        ):
+            kept = [int(n) for n in part_lengths if n > 0]
+            for row, n in zip(part_losses, part_lengths.tolist(), strict=True):
+                summed += float(row[:n].sum()) * token_weight(n, aggregation)
+            units += normaliser_units(kept, aggregation, max_completion_tokens=6)
         assert summed / units == pytest.approx(float(expected), rel=1e-12), split

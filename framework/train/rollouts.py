@@ -1,0 +1,342 @@
+"""Online RL's batches (objective=grpo): each round, this rank's share of the prompts is
+sampled rollout.group_size times by the policy itself (colocated generation), scored by
+the prompts' verifiers, given group-normalised advantages, and packed into
+trainer.grad_accum_steps micro batches that the next objective.updates_per_batch
+optimizer steps train on. A round's micro batches hold, beside the packed tokens, each
+completion token's sampling log-prob (the old policy's), its advantage and weight, and the
+micro batch's share of the step's normaliser (framework/loss/policy_gradient.py).
+
+Rounds are reproducible: round r's prompts follow from trainer.seed alone and its samples
+from a generator seeded by (seed, r, rank). A checkpoint inside a round keeps the round's
+micro batches (rank_state), so a resumed run trains on exactly the completions it would
+have."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from framework.config.schema import TrainConfig
+from framework.data.pack import best_fit_decreasing, collate_rows
+from framework.data.prompts import RLPrompt, prompts_file, read_prompts
+from framework.data.templates import stop_token_ids
+from framework.eval.sampling import Completion, sample_completions
+from framework.eval.verifiers import VerifierPool
+from framework.loss.policy_gradient import (
+    group_advantages,
+    normaliser_units,
+    token_weight,
+    uniform_groups,
+)
+from framework.loss.token import TokenLosses
+from framework.model.adapters import uses_adapter
+from framework.train.reference import frozen_copy, reference_losses
+
+# Per-token fields of a micro batch beside collate_rows' own, each value at its token's
+# position (the objective aligns them with the token losses).
+PLACED = ("old_logps", "advantages")
+
+
+def round_prompts(count: int, prompts_per_round: int, round_index: int, seed: int) -> list[int]:
+    """The prompt indices of round `round_index`: a stream of epochs, each a permutation
+    of the `count` prompts seeded by (seed, epoch), cut into rounds."""
+    first = round_index * prompts_per_round
+    picked = []
+    for k in range(first, first + prompts_per_round):
+        epoch, position = divmod(k, count)
+        picked.append(int(np.random.default_rng([seed, epoch]).permutation(count)[position]))
+    return picked
+
+
+@contextlib.contextmanager
+def _generating(module: torch.nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class Rollouts:
+    """This rank's micro batches, round after round, as an endless iterator."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        engine,
+        tokenizer,
+        prompts: list[RLPrompt],
+        *,
+        rank: int,
+        world: int,
+        device: torch.device,
+        reference: TokenLosses | None = None,
+    ):
+        self.cfg, self.engine, self.rank, self.world, self.device = cfg, engine, rank, world, device
+        self.prompts, self.reference = prompts, reference
+        self.prompt_ids = [_rendered(tokenizer, p.messages) for p in prompts]
+        self.decode = tokenizer.decode
+        self.stop = stop_token_ids(tokenizer, engine.module.generation_config.eos_token_id)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop[0]
+        self.verifiers = sorted({p.verifier for p in prompts})
+        self.pool = VerifierPool(cfg.rollout.verifier_timeout_s)
+        self.round = 0  # rounds generated
+        self.used = 0  # micro batches of the current round handed out
+        self.batches: list[dict[str, torch.Tensor]] = []
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def per_round(self) -> int:
+        return self.cfg.trainer.grad_accum_steps * self.cfg.objective.updates_per_batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            if not self.batches or self.used == self.per_round:
+                self.batches, self.metrics = self._new_round()
+                self.round, self.used = self.round + 1, 0
+            accum = self.cfg.trainer.grad_accum_steps
+            batch = dict(self.batches[self.used % accum])
+            batch["fresh"] = torch.tensor(float(self.used < accum))  # the first update
+            self.used += 1
+            yield batch
+
+    # --------------------------------------------------------------- state for checkpoints
+
+    def state_dict(self) -> dict[str, int]:
+        return {"round": self.round, "used": self.used}
+
+    def rank_state(self) -> dict:
+        """The current round's micro batches and metrics (this rank's), for a resume inside
+        the round."""
+        return {"batches": self.batches, "metrics": self.metrics}
+
+    def load_state_dict(self, state: dict[str, int], rank_state: dict | None) -> None:
+        self.round, self.used = int(state["round"]), int(state["used"])
+        if rank_state is not None:
+            self.batches, self.metrics = rank_state["batches"], rank_state["metrics"]
+        elif 0 < self.used < self.per_round:
+            if self.rank == 0:
+                print(
+                    f"resuming on another number of ranks: the rest of round {self.round} is "
+                    "skipped and the next round is sampled (not an exact continuation)",
+                    flush=True,
+                )
+            self.used = self.per_round
+
+    # --------------------------------------------------------------------------- a round
+
+    def _mine(self) -> list[int]:
+        rollout = self.cfg.rollout
+        groups = rollout.batch_completions // rollout.group_size
+        picked = round_prompts(len(self.prompts), groups, self.round, self.cfg.trainer.seed)
+        return picked[self.rank :: self.world]
+
+    def _new_round(self) -> tuple[list[dict[str, torch.Tensor]], dict[str, float]]:
+        rollout = self.cfg.rollout
+        mine = [i for i in self._mine() for _ in range(rollout.group_size)]
+        began = time.monotonic()
+        module = self.engine.module
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
+            torch.manual_seed(int(seeds.generate_state(1)[0]))
+            with _generating(module):
+                completions = sample_completions(
+                    module, [self.prompt_ids[i] for i in mine], stop=self.stop, pad=self.pad,
+                    max_new_tokens=rollout.max_new_tokens, batch_size=rollout.generate_batch,
+                    synced=self.cfg.parallelism.zero_stage == 3,
+                )  # fmt: skip
+        generated = time.monotonic()
+        rewards, failures = self._rewards(mine, completions)
+        advantages = group_advantages(
+            rewards,
+            rollout.group_size,
+            baseline=self.cfg.objective.baseline,
+            scale=self.cfg.objective.scale_rewards,
+        )
+        uniform = uniform_groups(rewards, rollout.group_size)
+        kept = ~uniform.repeat_interleave(rollout.group_size)
+        if not self.cfg.objective.drop_uniform_groups:
+            kept = torch.ones_like(kept)
+        batches = pack_completions(
+            [self.prompt_ids[i] for i in mine], completions, advantages, kept,
+            accum=self.cfg.trainer.grad_accum_steps, max_seq_len=self.cfg.data.max_seq_len,
+            aggregation=self.cfg.objective.aggregation,
+            max_new_tokens=rollout.max_new_tokens, pad=self.pad, seed=self.round,
+        )  # fmt: skip
+        if self.reference is not None:
+            for batch in batches:
+                batch["reference_logps"] = self._reference_logps(batch)
+        times = {"generate_s": generated - began, "reward_s": time.monotonic() - generated}
+        metrics = self._metrics(mine, completions, rewards, failures, uniform, times)
+        return batches, metrics
+
+    def _rewards(self, mine: list[int], completions: list[Completion]):
+        items = []
+        for index, completion in zip(mine, completions, strict=True):
+            prompt = self.prompts[index]
+            text = self.decode(completion.tokens, skip_special_tokens=True).strip()
+            items.append((prompt.verifier, text, prompt.spec))
+        scored = self.pool.score(items)
+        rewards = torch.tensor([r.value for r in scored], dtype=torch.float64)
+        for (_, text, _), reward in zip(items, scored, strict=True):
+            if reward.failure and self.rank == 0:
+                print(f"verifier failed ({reward.failure}) on {text[:60]!r}: reward 0", flush=True)
+        return rewards, [r.failure for r in scored]
+
+    def _reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = {k: v.to(self.device) for k, v in batch.items()}
+        losses = self.reference(device["input_ids"], device["position_ids"], device["labels"])
+        full = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        full[:, 1:] = -losses.float().cpu()
+        return full
+
+    def _metrics(self, mine, completions, rewards, failures, uniform, times) -> dict[str, float]:
+        """Sums and counts of this rank's round (summed over ranks in reduced_metrics)."""
+        sums = {
+            "completions": len(completions),
+            "reward_sum": float(rewards.sum()),
+            "reward_sq_sum": float((rewards**2).sum()),
+            "completion_tokens": sum(len(c.tokens) for c in completions),
+            "completion_tokens_max": max(len(c.tokens) for c in completions),
+            "truncated": sum(not c.ended for c in completions),
+            "entropy_sum": sum(c.entropy for c in completions),
+            "groups": len(uniform),
+            "uniform_groups": int(uniform.sum()),
+            "verifier_errors": sum(f is not None and f != "timeout" for f in failures),
+            "verifier_timeouts": sum(f == "timeout" for f in failures),
+            **times,
+        }
+        for name in self.verifiers:
+            picked = [j for j, i in enumerate(mine) if self.prompts[i].verifier == name]
+            sums[f"reward_sum/{name}"] = float(rewards[picked].sum()) if picked else 0.0
+            sums[f"count/{name}"] = len(picked)
+        return sums
+
+    def reduced_metrics(self) -> dict[str, float]:
+        """Collective: the current round's metrics over every rank."""
+        keys = sorted(self.metrics)
+        values = torch.tensor([float(self.metrics[k]) for k in keys], dtype=torch.float64)
+        summed = values.clone().to(self.device)
+        dist.all_reduce(summed)
+        peak = values.clone().to(self.device)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        total = dict(zip(keys, summed.tolist(), strict=True))
+        most = dict(zip(keys, peak.tolist(), strict=True))
+        return round_metrics(total, most, self.verifiers)
+
+
+def pack_completions(
+    prompts: list[list[int]],
+    completions: list[Completion],
+    advantages: torch.Tensor,
+    kept: torch.Tensor,
+    *,
+    accum: int,
+    max_seq_len: int,
+    aggregation: str,
+    max_new_tokens: int,
+    pad: int,
+    seed: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Each completion after its prompt, the sequences best-fit packed into rows of
+    `max_seq_len` and the rows dealt into `accum` micro batches of similar size (one of
+    padding where there are fewer rows). Only completion tokens are trained: weighted as
+    `aggregation` says (0 where not `kept`), with their sampling log-probs and advantage;
+    `units` is each micro batch's share of the step's normaliser."""
+    sequences, fields, units_of = [], {name: [] for name in ("weights", *PLACED)}, []
+    for j, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(completion.tokens)
+        weight = token_weight(n, aggregation) if kept[j] else 0.0
+        sequences.append(np.asarray(prompt + completion.tokens, dtype=np.int64))
+        fields["weights"].append(_spread(len(prompt), [weight] * n))
+        fields["old_logps"].append(_spread(len(prompt), completion.logps))
+        fields["advantages"].append(_spread(len(prompt), [float(advantages[j])] * n))
+        units_of.append(n if kept[j] else None)
+    lengths = np.array([len(s) for s in sequences])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = {name: np.concatenate(values) for name, values in fields.items()}
+    plan = best_fit_decreasing(lengths, max_seq_len, seed=seed)
+    rows = sorted((plan.row(r) for r in range(len(plan))), key=lambda row: -int(lengths[row].sum()))
+    ids, batches = np.concatenate(sequences), []
+    for micro in range(accum):
+        taken = rows[micro::accum]
+        batch = collate_rows(
+            ids, flat["weights"], offsets, taken or [np.array([], dtype=np.int64)],
+            None if taken else 1, pad,
+        )  # fmt: skip
+        for name in PLACED:
+            batch[name] = _placed(flat[name], offsets, taken, batch["input_ids"].shape)
+        counted = [units_of[j] for row in taken for j in row if units_of[j] is not None]
+        units = normaliser_units(counted, aggregation, max_new_tokens)
+        batch["units"] = torch.tensor(units, dtype=torch.float64)
+        batches.append(batch)
+    return batches
+
+
+def build_rollouts(cfg: TrainConfig, engine, tokenizer, artifact, *, rank, world, device):
+    """The run's rollouts over the artifact's training prompts; with objective.kl_coef, the
+    reference is the starting model (a frozen copy, or the adapters disabled)."""
+    reference = None
+    if cfg.objective.kl_coef:
+        frozen = None if uses_adapter(cfg.adapter) else frozen_copy(cfg, engine, tokenizer, device)
+        reference = reference_losses(cfg, engine, frozen)
+    prompts = read_prompts(prompts_file(artifact, "train"))
+    return Rollouts(
+        cfg, engine, tokenizer, prompts, rank=rank, world=world, device=device, reference=reference
+    )
+
+
+def round_metrics(total: dict, most: dict, verifiers: list[str]) -> dict[str, float]:
+    """A round's logged metrics from its sums over ranks (`total`) and maxima (`most`)."""
+    n = max(total["completions"], 1)
+    mean = total["reward_sum"] / n
+    tokens = max(total["completion_tokens"], 1)
+    metrics = {
+        "reward": mean,
+        "reward_std": max(total["reward_sq_sum"] / n - mean**2, 0.0) ** 0.5,
+        "completion_tokens": total["completion_tokens"] / n,
+        "completion_tokens_max": most["completion_tokens_max"],
+        "truncated": total["truncated"] / n,
+        "entropy": total["entropy_sum"] / tokens,
+        "uniform_groups": total["uniform_groups"] / max(total["groups"], 1),
+        "verifier_errors": total["verifier_errors"],
+        "verifier_timeouts": total["verifier_timeouts"],
+        # The slowest rank's: the others wait for it.
+        "generate_s": most["generate_s"],
+        "reward_s": most["reward_s"],
+        "completions_per_s": total["completions"] / max(most["generate_s"], 1e-9),
+        "weight_sync_s": 0.0,  # colocated: the learners sample with their own weights
+    }
+    for name in verifiers:
+        if total[f"count/{name}"]:
+            metrics[f"reward/{name}"] = total[f"reward_sum/{name}"] / total[f"count/{name}"]
+    return metrics
+
+
+def _rendered(tokenizer, messages) -> list[int]:
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    # The template already wrote any BOS; the tokenizer must not add another.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _spread(prompt_tokens: int, values: list[float]) -> np.ndarray:
+    """One value per token of prompt + completion: 0 on the prompt."""
+    return np.concatenate([np.zeros(prompt_tokens), np.asarray(values, dtype=np.float64)])
+
+
+def _placed(flat: np.ndarray, offsets: np.ndarray, rows, shape) -> torch.Tensor:
+    """Per-token values laid out as collate_rows lays out the tokens of `rows`."""
+    placed = np.zeros(shape, dtype=np.float32)
+    for r, row in enumerate(rows):
+        cursor = 0
+        for index in row:
+            start, end = offsets[index], offsets[index + 1]
+            placed[r, cursor : cursor + end - start] = flat[start:end]
+            cursor += end - start
+    return torch.from_numpy(placed)
