@@ -71,7 +71,7 @@ class PromptSet:
     eval: list[RLPrompt]  # data.eval_sources' prompts, else data.eval_fraction held out
     # records, kept, skipped (per reason), decontaminated (and where, first few),
     # constraints (attached, per kind), verifiers (kept prompts per verifier), sources
-    # (per source: records, kept), train, eval
+    # (per source: records, kept, skipped, decontaminated), train, eval
     counts: dict = field(default_factory=dict)
 
 
@@ -93,8 +93,8 @@ def load_prompts(
     raises for a bad record."""
     if not data.sources:
         raise ConfigError(
-            "data.sources is empty: online RL needs prompt sources (data=rl_demo, or "
-            "data.path=<file> with data.sources[0].verifier set)"
+            "data.sources is empty: online RL needs prompt sources, each with a verifier "
+            "(conf/data/rl_demo.yaml is one)"
         )
     keys = [f"data.sources[{i}]" for i in range(len(data.sources))]
     keys += [f"data.eval_sources[{i}]" for i in range(len(data.eval_sources))]
