@@ -51,6 +51,7 @@ _POSITIVE = (
     "checkpoint.every",
     "checkpoint.keep",
     "data.max_seq_len",
+    "data.constraints_per_prompt",
     "eval.batch_size",
     "loss.chunk_tokens",
     "cluster.num_workers",

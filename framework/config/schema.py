@@ -85,6 +85,11 @@ class SourceConfig:
     weight: float = 1.0
     max_samples: int | None = None  # cap applied before the weight
     name: str | None = None  # label in summaries; the path's stem by default
+    # grpo: how replies to this source's prompts are rewarded when a record names no
+    # verifier of its own (a "verifier" field): ifeval attaches data.constraints_per_prompt
+    # IFEval-style constraints (framework/data/constraints.py) to each instruction;
+    # exact_answer needs an `answer` field; suite needs a `spec` of {family, reference}.
+    verifier: str | None = None
 
 
 # Twists: each a variant or combination of trained skills, so zero-shot accuracy on them
@@ -177,6 +182,9 @@ class DataConfig:
     # Held-out evaluation data: its own sources, or a fraction of the training mix.
     eval_sources: list[SourceConfig] = field(default_factory=list)
     eval_fraction: float = 0.0
+    # grpo: how many IFEval-style constraints a source with verifier ifeval attaches to
+    # each instruction that carries no spec of its own (never two that conflict).
+    constraints_per_prompt: int = 2
     max_seq_len: int = 512
     packing: bool = True
     # None uses the tokenizer's own template (ChatML when it has none); a built-in name

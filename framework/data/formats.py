@@ -29,6 +29,10 @@ REASONS = (
     "template_mismatch",
     "no_target",
     "same_replies",
+    # RL prompts (prompts.py): how a reply to the prompt is rewarded
+    "no_verifier",
+    "unknown_verifier",
+    "bad_spec",
 )
 
 # The data's role name -> ours, per format; a source's `roles:` extends and overrides these.

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.curate.decontam import EvalIndex
@@ -45,6 +46,7 @@ _SUITE_NAMES = {
     SUITE_HELD_OUT: "suite-held-out",
 }
 _EVAL_LOSS_ITEMS_PER_FAMILY = 8
+T = TypeVar("T")  # a record or a prompt: what hold_out and weighted_sample share out
 
 
 @dataclass
@@ -96,8 +98,8 @@ def load_data(
             eval_sources = [_suite_source(SUITE_TRAINED)]
             if cfg.suite.held_out:
                 eval_sources.append(_suite_source(SUITE_HELD_OUT))
-    names = _names([*sources, *eval_sources])
-    holdout = 0.0 if eval_sources else cfg.eval_fraction
+    names = source_names([*sources, *eval_sources])
+    fraction = 0.0 if eval_sources else cfg.eval_fraction
     train_names = names[: len(sources)]
     loaded = [
         _load_source(s, n, cfg, seed, policy, pairs, mapper)
@@ -119,8 +121,8 @@ def load_data(
     summaries: dict[str, SourceSummary] = {}
     for source, (_, summary) in zip(sources, loaded, strict=True):
         name = summary.name
-        mine, held = _hold_out(kept[name], holdout, _rng(seed, name, "eval"))
-        taken = _weighted(mine, source.weight, _rng(seed, name, "weight"))
+        mine, held = hold_out(kept[name], fraction, source_rng(seed, name, "eval"))
+        taken = weighted_sample(mine, source.weight, source_rng(seed, name, "weight"))
         summary.kept, summary.removed = len(kept[name]), counts.get(name, {})
         summary.held_out, summary.taken = len(held), len(taken)
         train += taken
@@ -130,7 +132,7 @@ def load_data(
         summary.taken = len(records)
         evaluation += records
         summaries[summary.name] = summary
-    _rng(seed, "", "shuffle").shuffle(train)
+    source_rng(seed, "", "shuffle").shuffle(train)
     return LoadedData(train=train, eval=evaluation, summaries=summaries, removals=removals)
 
 
@@ -180,7 +182,7 @@ def _load_source(
 ) -> tuple[list[LoadedRecord], SourceSummary]:
     """The source's converted records, in reading order, after the max_samples cap."""
     raw = list(_read(source, cfg.suite))
-    raw = _cap(raw, source.max_samples, _rng(seed, name, "cap"))
+    raw = cap_records(raw, source.max_samples, source_rng(seed, name, "cap"))
     kept = []
     converted = mapper(_convert_chunk, raw, (source, pairs), f"reading {name}")
     for (where, _), found in zip(raw, converted, strict=True):
@@ -199,7 +201,7 @@ def _load_source(
     return kept, SourceSummary(name, records=len(raw), kept=len(kept))
 
 
-def _names(sources: list[SourceConfig]) -> list[str]:
+def source_names(sources: list[SourceConfig]) -> list[str]:
     """Each source's label: `name`, else the file's stem, the folder's or the hub name;
     a repeated label gets #2, #3, ... so that summaries and seeds stay per source."""
     seen: Counter[str] = Counter()
@@ -217,21 +219,19 @@ def _names(sources: list[SourceConfig]) -> list[str]:
     return names
 
 
-def _rng(seed: int, name: str, purpose: str) -> random.Random:
+def source_rng(seed: int, name: str, purpose: str) -> random.Random:
     # String seeds hash through SHA-512: stable across processes, unlike hash().
     return random.Random(f"{seed}/{name}/{purpose}")
 
 
-def _cap(raw: list[Raw], max_samples: int | None, rng: random.Random) -> list[Raw]:
+def cap_records(raw: list[Raw], max_samples: int | None, rng: random.Random) -> list[Raw]:
     """A random `max_samples` of the records, in their original order."""
     if max_samples is None or max_samples >= len(raw):
         return raw
     return [raw[i] for i in sorted(rng.sample(range(len(raw)), max_samples))]
 
 
-def _hold_out(
-    kept: list[LoadedRecord], fraction: float, rng: random.Random
-) -> tuple[list[LoadedRecord], list[LoadedRecord]]:
+def hold_out(kept: list[T], fraction: float, rng: random.Random) -> tuple[list[T], list[T]]:
     """(train, held out): round(fraction x n) records held out, at least one when the
     fraction is positive, and never all of them."""
     if fraction <= 0 or len(kept) < 2:
@@ -244,7 +244,7 @@ def _hold_out(
     )
 
 
-def _weighted(kept: list[LoadedRecord], weight: float, rng: random.Random) -> list[LoadedRecord]:
+def weighted_sample(kept: list[T], weight: float, rng: random.Random) -> list[T]:
     """round(weight x n) examples: every record int(weight) times, plus a sample without
     replacement for the fractional part."""
     whole = int(weight)
