@@ -20,6 +20,7 @@ from framework.config.commands import ChatConfig, EvalConfig, ExportConfig, Impr
 from framework.config.presets import CONF_DIR
 from framework.config.schema import ConfigError, SourceConfig, TrainConfig
 from framework.config.sections import RENAMED_KEYS
+from framework.eval.verifiers import check_verifier
 from framework.suite.build import check_family_names, check_suite
 
 
@@ -91,6 +92,10 @@ def from_hydra(raw: DictConfig) -> TrainConfig:
         source.path = _local_or_hub(source.path)
     check_train_config(cfg)
     check_suite(cfg.data.suite, "data.suite")
+    for group in ("sources", "eval_sources"):
+        for index, source in enumerate(getattr(cfg.data, group)):
+            if source.verifier is not None:
+                _check_verifier(source.verifier, f"data.{group}[{index}].verifier")
     return cfg
 
 
@@ -137,6 +142,13 @@ def _absolute(path: str) -> str:
 def _require_model(raw: DictConfig, what: str, example: str) -> None:
     if OmegaConf.is_missing(raw, "model"):
         raise ConfigError(f"model: give the model to {what}, e.g. {example}")
+
+
+def _check_verifier(name: str, key: str) -> None:
+    try:
+        check_verifier(name, key)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_families(names: list[str], key: str) -> None:

@@ -16,15 +16,19 @@ from transformers import PreTrainedTokenizerBase
 from framework.config.saved import save_train_config
 from framework.config.schema import TrainConfig
 from framework.data import cache, identity
+from framework.data.curate.references import file_texts
 from framework.data.formats import ErrorPolicy
 from framework.data.inspect import inspect_example
 from framework.data.loader import micro_steps_per_epoch
 from framework.data.pack import PackingPlan
 from framework.data.parallel import LocalMapper
 from framework.data.preference import PreferencePair
+from framework.data.prompt_artifact import write_prompt_artifact
+from framework.data.prompts import PromptSet, load_prompts
 from framework.data.sources import LoadedData, LoadedRecord, load_data
 from framework.data.templates import apply_template_choice
 from framework.eval import ifeval
+from framework.eval.verifiers import VERIFIERS
 from framework.hf.resolve import model_source
 from framework.model.build import check_model_source
 from framework.model.tokenizer import cached_bpe, pretrained_tokenizer
@@ -58,9 +62,12 @@ def _corpus(data: LoadedData):
             yield from (message["content"] for message in conversation.messages)
 
 
-def _tokenizer(cfg: TrainConfig, data: LoadedData | None) -> PreTrainedTokenizerBase:
+def _tokenizer(
+    cfg: TrainConfig, data: LoadedData | None, texts: list[str] | None = None
+) -> PreTrainedTokenizerBase:
     if cfg.model.name_or_path is None:
-        tokenizer = cached_bpe(list(_corpus(data)), cfg.model.vocab_size, cfg.run.cache_dir)
+        corpus = texts if texts is not None else list(_corpus(data))
+        tokenizer = cached_bpe(corpus, cfg.model.vocab_size, cfg.run.cache_dir)
     else:
         tokenizer = pretrained_tokenizer(model_source(cfg), cfg.model.trust_remote_code)
     apply_template_choice(tokenizer, cfg.data.chat_template)
@@ -109,6 +116,33 @@ def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, Loade
     return tokenizer, artifact, data
 
 
+def prepare_prompts(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, dict]:
+    """objective=grpo: the tokenizer, and the prompts artifact (prompts_train.jsonl,
+    prompts_eval.jsonl, stats and identity), built unless an identical one exists. Prompts
+    are decontaminated against data.curate.decontaminate_files and the run's IFEval file."""
+    policy = ErrorPolicy(cfg.data.on_error)
+    files = (*cfg.data.curate.decontaminate_files, *reference_files(cfg))
+
+    def load() -> PromptSet:
+        return load_prompts(
+            cfg.data, cfg.trainer.seed, verifiers=VERIFIERS, contamination=file_texts(files),
+            policy=policy,
+        )  # fmt: skip
+
+    prompts = load() if cfg.model.name_or_path is None else None
+    corpus = [m["content"] for p in prompts.train for m in p.messages] if prompts else []
+    tokenizer = _tokenizer(cfg, None, corpus)
+    found = {**cache.artifact_identity(cfg.data, tokenizer, cfg.trainer.seed, False, files),
+             "kind": "prompts"}  # fmt: skip
+    key = cache.digest(found)
+    artifact = Path(cfg.run.cache_dir) / "datasets" / f"prompts-{key[:20]}"
+    if not artifact.is_dir():
+        prompts = prompts or load()
+        write_prompt_artifact(artifact, prompts)
+    identity.write(artifact, identity.summarize(found, cfg.data, key, files))
+    return tokenizer, artifact, cache.load_stats(artifact)
+
+
 def prepare_run(cfg: TrainConfig) -> Prepared:
     """Write config.yaml, tokenizer/, dataset.json (the artifact's path) and data_stats.json
     under `run.output_dir`, and check the data fills at least one step. `cfg` is left as
@@ -120,15 +154,19 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
         # Before the data, which is decontaminated against it.
         path = str(ifeval.save_hub_prompts(out / IFEVAL_PROMPTS_FILE))
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, ifeval_path=path))
-    tokenizer, artifact, data = prepare_data(cfg)
+    if cfg.objective.online:
+        (tokenizer, artifact, stats), data = prepare_prompts(cfg), None
+    else:
+        tokenizer, artifact, data = prepare_data(cfg)
+        stats = cache.load_stats(artifact)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
-    stats = cache.load_stats(artifact)
     write_json(out / DATASET_POINTER, {"path": str(artifact)})
     write_json(out / STATS_FILE, stats)
-    cfg = size_the_run(cfg, stats, cache.first_plan(artifact))
+    if not cfg.objective.online:  # rollouts are sized by rollout.*, not by the data
+        cfg = size_the_run(cfg, stats, cache.first_plan(artifact))
     save_train_config(cfg, out / CONFIG_FILE)
     inspected = []
-    if cfg.data.inspect:
+    if cfg.data.inspect and not cfg.objective.online:
         if data is None:
             data = load_data(
                 cfg.data,

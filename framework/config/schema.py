@@ -19,6 +19,7 @@ from framework.config.sections import (
     CheckpointConfig,
     EvalDuringTrainingConfig,
     LossConfig,
+    ObjectiveConfig,
     RolloutConfig,
 )
 from framework.config.sizes import fill_device_sizes
@@ -268,73 +269,6 @@ class AdapterConfig:
     rslora: bool = False
     # Modules trained in full beside the adapter and saved with it, e.g. [lm_head].
     modules_to_save: list[str] = field(default_factory=list)
-
-
-# Preference objectives and whether each needs a reference model's log-probabilities.
-PREFERENCE_OBJECTIVES = {"dpo": True, "ipo": True, "simpo": False, "orpo": False}
-
-
-@dataclass
-class ObjectiveConfig:
-    # What a training step minimises: sft, the weighted token cross-entropy of the trained
-    # tokens, normalised as loss.average says (framework/loss/token.py); or a
-    # preference loss over chosen / rejected pairs, the mean over the global batch's pairs
-    # (framework/loss/preference.py; the README's table gives each formula):
-    # dpo (sigmoid), ipo, simpo (length-normalised, no reference), orpo (SFT plus an odds
-    # ratio, no reference); or grpo, online RL on sampled completions scored by
-    # verifiers (framework/loss/policy_gradient.py; rollout.* samples them).
-    name: str = "sft"
-    # dpo, ipo, simpo: the strength of the preference (IPO's tau); orpo: see orpo_lambda.
-    beta: float = 0.1
-    # dpo, simpo: the share of pairs assumed mislabelled (conservative DPO).
-    label_smoothing: float = 0.0
-    # simpo: the target reward margin gamma.
-    simpo_gamma: float = 0.5
-    # orpo: the weight of the odds-ratio term beside the chosen replies' NLL.
-    orpo_lambda: float = 0.1
-    # dpo, ipo: the reference's log-probabilities, computed once before training by the
-    # workers and cached in the data artifact (precomputed), or by a reference model
-    # held beside the policy during training (live: for comparison). The reference is
-    # the starting model; with adapters, the base with the adapters disabled.
-    reference: str = "precomputed"
-    # dpo, ipo: before the first step, check that the policy's log-probs equal the
-    # reference's (so the loss is its zero-margin value, ln 2 for dpo, and the rewards 0)
-    # on the first micro batch, and stop if not.
-    verify_reference: bool = True
-    # grpo: each completion's advantage is its reward minus its group's mean (mean: GRPO)
-    # or minus the mean of the others (leave_one_out: RLOO), divided by the group's
-    # standard deviation when scale_rewards (Dr. GRPO: false).
-    baseline: str = "mean"
-    scale_rewards: bool = True
-    # grpo: the importance ratio is clipped to [1 - clip_low, 1 + clip_high] (DAPO's
-    # clip-higher raises clip_high to 0.28).
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    # grpo: the weight of the k3 KL to the starting model (0: no reference, as in TRL).
-    kl_coef: float = 0.0
-    # grpo: token, the mean over the global batch's completion tokens (DAPO); sequence,
-    # each completion's token mean averaged over completions (GRPO); constant, the token
-    # sum over completions x rollout.max_new_tokens (Dr. GRPO).
-    aggregation: str = "token"
-    # grpo: optimizer steps on each generation batch (mu), against its sampling log-probs.
-    updates_per_batch: int = 1
-    # grpo: groups whose rewards are all equal teach nothing: leave them out of the loss
-    # (DAPO, without resampling). Counted either way.
-    drop_uniform_groups: bool = False
-
-    @property
-    def online(self) -> bool:
-        """Whether the objective trains on completions sampled during training (grpo)."""
-        return self.name == "grpo"
-
-    @property
-    def pairs(self) -> bool:
-        """Whether the objective trains on preference pairs."""
-        return self.name in PREFERENCE_OBJECTIVES
-
-    @property
-    def needs_reference(self) -> bool:
-        return PREFERENCE_OBJECTIVES.get(self.name, False)
 
 
 @dataclass

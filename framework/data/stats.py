@@ -9,6 +9,7 @@ from framework.data.dataset import TokenizedDataset
 from framework.data.fit import Fitted
 from framework.data.formats import ErrorPolicy
 from framework.data.pack import PackingPlan
+from framework.data.prompt_artifact import KIND, format_prompt_stats
 from framework.data.sources import LoadedData
 
 
@@ -89,7 +90,10 @@ def dataset_stats(
 
 
 def format_stats(stats: dict) -> str:
-    """A human-readable summary of `dataset_stats` for the console and logs."""
+    """A human-readable summary of `dataset_stats` (or of a prompts artifact's) for the
+    console and logs."""
+    if stats.get("kind") == KIND:
+        return format_prompt_stats(stats)
     lines = [
         f"{'source':<28}{'records':>9}{'skipped':>9}{'removed':>9}{'kept':>9}{'held out':>9}"
         f"{'taken':>9}{'truncated':>10}{'dropped':>9}"

@@ -72,7 +72,7 @@ def sample_completions(
             attention_mask=mask,
             generation_config=config,
             logits_processor=[recorder],
-            past_key_values=preallocated_cache(model, input_ids.shape[1] + max_new_tokens),
+            cache=preallocated_cache(model, input_ids.shape[1] + max_new_tokens),
             synced_gpus=synced,
         )
         recorder.take(output)

@@ -77,7 +77,10 @@ def _serve(connection, verifiers: dict[str, Verifier]) -> None:
     ifeval.checkers()  # imported before the first time limit runs
     connection.send("ready")
     while True:
-        name, reply, spec = connection.recv()
+        try:
+            name, reply, spec = connection.recv()
+        except EOFError:  # the parent closed its end: nothing more to check
+            return
         try:
             connection.send(Reward(float(verifiers[name](reply, spec))))
         except Exception as err:  # any verifier's error is a 0 reward, counted

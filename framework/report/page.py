@@ -18,6 +18,7 @@ SECTIONS = (
     sections.data,
     sections.performance,
     sections.preference,
+    sections.online_rl,
 )
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; color: #222 }

@@ -295,3 +295,27 @@ def preference(runs: list[Run], labels: list[str]) -> str:
         _curve(runs, labels, "eval_rewards/accuracy", "eval reward accuracy", "share", "evals"),
     ]
     return _plots_section("Preference tuning", figures)
+
+
+# ------------------------------------------------------------ online RL
+
+
+def online_rl(runs: list[Run], labels: list[str]) -> str:
+    per_verifier = sorted(
+        {key for run in runs for line in run.steps for key in line if key.startswith("reward/")}
+    )
+    figures = [
+        _curve(runs, labels, "reward", "mean reward of the sampled completions", "reward"),
+        *(_curve(runs, labels, key, f"mean {key}", "reward") for key in per_verifier),
+        _curve(runs, labels, "kl", "KL to the reference (k3, per token)", "nats"),
+        _curve(runs, labels, "clip_fraction", "tokens whose ratio was clipped", "share"),
+        _curve(runs, labels, "completion_tokens", "completion length (mean)", "tokens"),
+        _curve(runs, labels, "truncated", "completions cut at the token budget", "share"),
+        _curve(runs, labels, "uniform_groups", "groups whose rewards are all equal", "share"),
+        _curve(runs, labels, "logp_gap", "learner vs sampler log-prob gap (fresh)", "nats"),
+        _curve(runs, labels, "entropy", "sampling entropy (per token)", "nats"),
+        # Inside the fresh step's data wait (the round is sampled when its batches are due).
+        _curve(runs, labels, "generate_s", "sampling time per round (slowest rank)", "s"),
+        _curve(runs, labels, "step_time_s", "step time (sampling included)", "s"),
+    ]
+    return _plots_section("Online RL", figures)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from framework.config.schema import TrainConfig
+from framework.config.schema import ConfigError, TrainConfig
 from framework.data.pack import best_fit_decreasing, collate_rows
-from framework.data.prompts import RLPrompt, prompts_file, read_prompts
+from framework.data.prompt_artifact import prompts_file
+from framework.data.prompts import RLPrompt, read_prompts
 from framework.data.templates import stop_token_ids
 from framework.eval.sampling import Completion, sample_completions
 from framework.eval.verifiers import VerifierPool
@@ -79,8 +80,8 @@ class Rollouts:
         reference: TokenLosses | None = None,
     ):
         self.cfg, self.engine, self.rank, self.world, self.device = cfg, engine, rank, world, device
-        self.prompts, self.reference = prompts, reference
-        self.prompt_ids = [_rendered(tokenizer, p.messages) for p in prompts]
+        self.reference = reference
+        self.prompts, self.prompt_ids = _fitting(cfg, tokenizer, prompts, rank)
         self.decode = tokenizer.decode
         self.stop = stop_token_ids(tokenizer, engine.module.generation_config.eos_token_id)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop[0]
@@ -317,6 +318,27 @@ def round_metrics(total: dict, most: dict, verifiers: list[str]) -> dict[str, fl
         if total[f"count/{name}"]:
             metrics[f"reward/{name}"] = total[f"reward_sum/{name}"] / total[f"count/{name}"]
     return metrics
+
+
+def _fitting(cfg: TrainConfig, tokenizer, prompts: list[RLPrompt], rank: int):
+    """The prompts, and their rendered token ids, that leave rollout.max_new_tokens of
+    data.max_seq_len for a completion; the others are counted and left out."""
+    room = cfg.data.max_seq_len - cfg.rollout.max_new_tokens
+    rendered = [(p, _rendered(tokenizer, p.messages)) for p in prompts]
+    kept = [(p, ids) for p, ids in rendered if len(ids) <= room]
+    if not kept:
+        raise ConfigError(
+            f"no prompt fits in data.max_seq_len={cfg.data.max_seq_len} with "
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} left for its completion: "
+            "raise data.max_seq_len"
+        )
+    if len(kept) < len(prompts) and rank == 0:
+        print(
+            f"{len(prompts) - len(kept)} of {len(prompts)} prompts are longer than {room} "
+            "tokens (data.max_seq_len - rollout.max_new_tokens) and are left out",
+            flush=True,
+        )
+    return [p for p, _ in kept], [ids for _, ids in kept]
 
 
 def _rendered(tokenizer, messages) -> list[int]:

@@ -170,6 +170,17 @@ def test_unknown_group_option_is_rejected():
         ("parallelism.offload_params=true", "parallelism.offload_params"),
         ("data.max_seq_len=100000", "data.max_seq_len"),
         ("data.path=/no/such/file.jsonl", "data.sources[0].path"),
+        # grpo: a group of one, a batch that is not whole groups or not one per worker
+        ("objective=grpo data=rl_demo rollout.group_size=1", "rollout.group_size=1"),
+        (
+            "objective=grpo data=rl_demo rollout.batch_completions=30",
+            "rollout.batch_completions=30",
+        ),
+        ("objective=grpo data=rl_demo rollout.batch_completions=8", "rollout.batch_completions=8"),
+        ("objective=grpo data=rl_demo objective.aggregation=mean", "objective.aggregation"),
+        ("objective=grpo data=rl_demo rollout.max_new_tokens=1024", "rollout.max_new_tokens"),
+        ("objective=grpo", "data.sources"),
+        ("objective=grpo data=rl_demo data.sources.0.verifier=judge", "data.sources[0].verifier"),
     ],
 )
 def test_bad_values_name_their_key(override, key):

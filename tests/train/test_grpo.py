@@ -1,0 +1,87 @@
+"""objective=grpo through the real loop (2 gloo ranks, DeepSpeed ZeRO-2, the tiny model):
+sampled completions rewarded by IFEval's checkers, the learner's log-probs equal to the
+sampler's on every fresh batch, and a run resumed inside a round or at its boundary ends
+exactly as the straight run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from framework.run.checkpoints import read_progress, step_dir
+from tests.helpers import assert_same_run, logged, losses, run
+
+INSTRUCTIONS = [
+    "Describe a rainy afternoon in a small town.",
+    "Explain how a bicycle stays upright when moving.",
+    "Give advice to someone starting to learn the piano.",
+    "Write about the smell of fresh bread in the morning.",
+    "Summarise why people enjoy walking in forests.",
+    "List reasons to keep a paper notebook.",
+]
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tiny_model_dir, tmp_path_factory):
+    """4 optimizer steps, 2 updates per generation batch (rounds at steps 1 and 3), a
+    checkpoint every step."""
+    root = tmp_path_factory.mktemp("grpo")
+    prompts = root / "prompts.jsonl"
+    # A budget that random text meets in some completions and misses in others.
+    spec = {
+        "instruction_id_list": ["length_constraints:number_words"],
+        "kwargs": [{"relation": "less than", "num_words": 8}],
+    }
+    records = [{"instruction": i, "verifier": "ifeval", "spec": spec} for i in INSTRUCTIONS]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    overrides = [
+        f"model.name_or_path={tiny_model_dir}",
+        "objective=grpo",
+        f"data.sources=[{{path: {prompts}, format: alpaca}}]",
+        "data.max_seq_len=256",
+        "rollout.group_size=4",
+        "rollout.batch_completions=8",
+        "rollout.max_new_tokens=24",
+        "objective.updates_per_batch=2",
+        "trainer.max_steps=4",
+        "trainer.lr=5e-3",
+        "checkpoint.every=1",
+        "eval.samples=0",
+        "eval.suite_per_family=0",
+    ]
+    run(root / "run", root / "cache", *overrides)
+    return root, overrides
+
+
+def test_rewards_and_the_policy_gradient_checks_are_logged(grpo_run):
+    root, _ = grpo_run
+    steps = logged(root / "run")
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    for m in steps:
+        assert 0 <= m["reward"] <= 1 and m["reward/ifeval"] == m["reward"]
+        assert m["completions_per_s"] > 0 and 0 <= m["truncated"] <= 1
+    fresh = [m for m in steps if "logp_gap" in m]
+    assert [m["step"] for m in fresh] == [1, 3]  # the first update of each round
+    assert all(m["logp_gap_max"] < 1e-4 for m in fresh)  # fp32: sampler == learner
+    assert any(m["loss"] != 0 for m in steps)  # rewards differed within some group
+
+
+def test_a_checkpoint_inside_a_round_keeps_its_batches(grpo_run):
+    root, _ = grpo_run
+    progress = read_progress(step_dir(root / "run" / "checkpoints", 3))
+    assert progress["sampler"] == {"round": 2, "used": 1}
+
+
+@pytest.mark.parametrize("step", [2, 3])  # a round's boundary, inside a round
+def test_a_resumed_grpo_run_ends_exactly_as_the_straight_run(grpo_run, tmp_path, step):
+    root, overrides = grpo_run
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(
+        step_dir(root / "run" / "checkpoints", step), step_dir(out / "checkpoints", step)
+    )
+    run(out, root / "cache", *overrides)
+    assert sorted(losses(out)) == list(range(step + 1, 5))
+    assert_same_run(out, root / "run", list(range(step + 1, 5)), rtol=1e-6)
