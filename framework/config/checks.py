@@ -34,6 +34,7 @@ _CHOICES = {
     "objective.baseline": ("mean", "leave_one_out"),
     "objective.aggregation": ("token", "sequence", "constant"),
     "rollout.generator": ("colocated",),
+    "rollout.old_logps": ("learner", "sampler"),
     "objective.reference": ("precomputed", "live"),
     "adapter.method": ("none", "lora", "dora", "qlora"),
     "logger.backend": ("wandb", "none"),

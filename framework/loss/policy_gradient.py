@@ -118,14 +118,14 @@ def normaliser_units(
 class PolicyGradientObjective:
     """grpo: the clipped importance-ratio loss of sampled completions (micro batches from
     framework/train/rollouts.py), plus objective.kl_coef x k3 KL to the reference,
-    normalised as objective.aggregation says. Checks on every fresh batch that the
-    learner's log-probs of the sampled tokens equal the sampler's (rollout.max_logp_gap)."""
+    normalised as objective.aggregation says. On the first update of a generation batch
+    the ratio is 1: its mean absolute log-prob gap is logged as first_update_logp_gap."""
 
-    def __init__(self, cfg, loss: LossConfig, max_logp_gap: float, round_metrics):
-        self.cfg, self.loss, self.max_logp_gap = cfg, loss, max_logp_gap
+    def __init__(self, cfg, loss: LossConfig, round_metrics, *, old_logps: str, max_logp_gap):
+        self.cfg, self.loss = cfg, loss
+        self.old_logps, self.max_logp_gap = old_logps, max_logp_gap
         self.round_metrics = round_metrics  # collective: the current round's metrics
         self._sums = torch.zeros(len(_SUMS), dtype=torch.float64)
-        self._gap_max = torch.zeros((), dtype=torch.float64)
 
     def global_weight(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
         total = torch.stack([b["units"] for b in micro_batches]).sum().double()
@@ -158,15 +158,11 @@ class PolicyGradientObjective:
              float(ratio.sum()), fresh_count, float(gap.sum()) * float(fresh)],
             dtype=torch.float64,
         )  # fmt: skip
-        if fresh and gap.numel():
-            self._gap_max = torch.maximum(self._gap_max, gap.max().double().cpu())
 
     def step_metrics(self, device: torch.device) -> dict[str, float]:
-        sums, gap_max = self._sums.clone().to(device), self._gap_max.clone().to(device)
+        sums = self._sums.clone().to(device)
         dist.all_reduce(sums)
-        dist.all_reduce(gap_max, op=dist.ReduceOp.MAX)
         self._sums.zero_()
-        self._gap_max.zero_()
         found = dict(zip(_SUMS, sums.tolist(), strict=True))
         tokens = max(found["tokens"], 1.0)
         metrics = {
@@ -176,17 +172,10 @@ class PolicyGradientObjective:
             **self.round_metrics(),
         }
         if found["fresh_tokens"]:
-            metrics["logp_gap"] = found["gap"] / found["fresh_tokens"]
-            metrics["logp_gap_max"] = gap_max.item()
-            if metrics["logp_gap"] > self.max_logp_gap:
-                raise LogpGapError(
-                    f"the learner's log-probs of the sampled tokens differ from the sampler's "
-                    f"by {metrics['logp_gap']:.3g} nats on average (max "
-                    f"{metrics['logp_gap_max']:.3g}), over rollout.max_logp_gap="
-                    f"{self.max_logp_gap}: sampling and training disagree (precision or "
-                    "attention kernel), which biases the gradient; check trainer.precision "
-                    "and model.attention, or raise rollout.max_logp_gap knowingly"
-                )
+            # old_logps=learner: 0 up to kernel noise; =sampler: the sampler's gap, checked.
+            gap = metrics["first_update_logp_gap"] = found["gap"] / found["fresh_tokens"]
+            if self.old_logps == "sampler":
+                check_logp_gap(gap, self.max_logp_gap)
         return metrics
 
 
@@ -194,4 +183,17 @@ _SUMS = ("tokens", "clipped", "kl", "ratio", "fresh_tokens", "gap")
 
 
 class LogpGapError(RuntimeError):
-    """On a fresh batch the learner's log-probs are not the sampler's: the ratio is not 1."""
+    """The learner's log-probs of the sampled tokens are not the sampler's."""
+
+
+def check_logp_gap(gap: float, limit: float) -> None:
+    """Stop on a mean gap between the learner's and the sampler's log-probs of the sampled
+    tokens beyond what precision explains (rollout.max_logp_gap)."""
+    if gap > limit:
+        raise LogpGapError(
+            f"the learner's log-probs of the sampled tokens differ from the sampler's by "
+            f"{gap:.3g} nats on average, over rollout.max_logp_gap={limit}: sampling and "
+            "training disagree beyond precision (a kernel, attention or weight-sync fault); "
+            "check model.attention and trainer.precision, or raise rollout.max_logp_gap "
+            "knowingly"
+        )

@@ -214,12 +214,37 @@ def data(runs: list[Run], labels: list[str]) -> str:
         return ""
     html = "<h2>Data</h2>"
     for run, label in described:
-        html += f"<h3>{escape(label)}</h3>" + _sources(run.data) + _totals(run.data)
-    histograms = {label: run.data.get("length_histogram", {}) for run, label in described}
+        tables = (
+            _prompts(run.data)
+            if run.data.get("kind") == "prompts"
+            else (_sources(run.data) + _totals(run.data))
+        )
+        html += f"<h3>{escape(label)}</h3>" + tables
+    described = [(run, label) for run, label in described if "length_histogram" in run.data]
+    if not described:
+        return html
+    histograms = {label: run.data["length_histogram"] for run, label in described}
     buckets = list(dict.fromkeys(b for h in histograms.values() for b in h))
     groups = {label: [h.get(b, 0) for b in buckets] for label, h in histograms.items()}
     figure = plots.bars("examples by length (tokens)", "examples", buckets, groups)
     return html + f"<div class=plots><figure>{figure}</figure></div>"
+
+
+def _prompts(stats: dict) -> str:
+    """An online RL run's prompts: per source, and what was attached and dropped."""
+    header = ["source", "records", "skipped", "decontaminated", "kept"]
+    rows = [
+        [escape(name), number(s["records"]), _reasons(s["skipped"]),
+         number(s["decontaminated"]), number(s["kept"])]
+        for name, s in stats["sources"].items()
+    ]  # fmt: skip
+    verifiers = ", ".join(f"{escape(k)} {v:,}" for k, v in sorted(stats["verifiers"].items()))
+    facts = [
+        ("training / held-out prompts", f"{number(stats['train'])} / {number(stats['eval'])}"),
+        ("prompts per verifier", verifiers),
+        ("constraints attached", _reasons(stats["constraints"]["kinds"])),
+    ]
+    return table(header, rows) + table(["", ""], [[escape(k), v] for k, v in facts])
 
 
 def _reasons(counts: dict[str, int]) -> str:

@@ -34,8 +34,9 @@ def build_objective(
     `rollouts` (grpo) the sampled batches whose round metrics the objective reports."""
     if cfg.objective.online:
         return PolicyGradientObjective(
-            cfg.objective, cfg.loss, cfg.rollout.max_logp_gap, rollouts.reduced_metrics
-        )
+            cfg.objective, cfg.loss, rollouts.reduced_metrics,
+            old_logps=cfg.rollout.old_logps, max_logp_gap=cfg.rollout.max_logp_gap,
+        )  # fmt: skip
     if cfg.objective.pairs:
         return PreferenceObjective(cfg.objective, cfg.loss, live)
     return TokenCrossEntropy(cfg.loss)

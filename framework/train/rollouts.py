@@ -22,19 +22,20 @@ import torch
 import torch.distributed as dist
 
 from framework.config.schema import ConfigError, TrainConfig
-from framework.data.pack import best_fit_decreasing, collate_rows
+from framework.data.pack import IGNORE_INDEX, best_fit_decreasing, collate_rows
 from framework.data.prompt_artifact import prompts_file
 from framework.data.prompts import RLPrompt, read_prompts
 from framework.data.templates import stop_token_ids
 from framework.eval.sampling import Completion, sample_completions
 from framework.eval.verifiers import VerifierPool
 from framework.loss.policy_gradient import (
+    check_logp_gap,
     group_advantages,
     normaliser_units,
     token_weight,
     uniform_groups,
 )
-from framework.loss.token import TokenLosses
+from framework.loss.token import TokenLosses, token_loss_fn
 from framework.model.adapters import uses_adapter
 from framework.train.reference import frozen_copy, reference_losses
 
@@ -170,12 +171,35 @@ class Rollouts:
             aggregation=self.cfg.objective.aggregation,
             max_new_tokens=rollout.max_new_tokens, pad=self.pad, seed=self.round,
         )  # fmt: skip
+        scored = time.monotonic()
+        learner = self.cfg.rollout.old_logps == "learner"
+        gaps = [self._with_learner_logps(batch) for batch in batches] if learner else []
         if self.reference is not None:
             for batch in batches:
-                batch["reference_logps"] = self._reference_logps(batch)
-        times = {"generate_s": generated - began, "reward_s": time.monotonic() - generated}
+                batch["reference_logps"] = _forward_logps(self.reference, batch, self.device)
+        times = {
+            "generate_s": generated - began,
+            "reward_s": scored - generated,
+            "logps_s": time.monotonic() - scored,
+        }
         metrics = self._metrics(mine, completions, rewards, failures, uniform, times)
+        if learner:
+            metrics["gap_sum"] = sum(g[0] for g in gaps)
+            metrics["gap_tokens"] = sum(g[1] for g in gaps)
+            metrics["gap_max"] = max(g[2] for g in gaps)
         return batches, metrics
+
+    def _with_learner_logps(self, batch: dict[str, torch.Tensor]) -> tuple[float, int, float]:
+        """The learner's log-probs of the sampled tokens, before any update on them (no
+        gradient), in place of the sampler's as the old policy's. Returns the sum, count
+        and maximum of their absolute gaps to the sampler's."""
+        losses = token_loss_fn(self.engine, self.cfg.loss)
+        with torch.no_grad():
+            learner = _forward_logps(losses, batch, self.device)
+        trained = batch["labels"] != IGNORE_INDEX
+        gap = (learner - batch["old_logps"]).abs()[trained]
+        batch["old_logps"] = learner
+        return float(gap.sum()), int(gap.numel()), float(gap.max()) if gap.numel() else 0.0
 
     def _rewards(self, mine: list[int], completions: list[Completion]):
         items = []
@@ -189,13 +213,6 @@ class Rollouts:
             if reward.failure and self.rank == 0:
                 print(f"verifier failed ({reward.failure}) on {text[:60]!r}: reward 0", flush=True)
         return rewards, [r.failure for r in scored]
-
-    def _reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = {k: v.to(self.device) for k, v in batch.items()}
-        losses = self.reference(device["input_ids"], device["position_ids"], device["labels"])
-        full = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-        full[:, 1:] = -losses.float().cpu()
-        return full
 
     def _metrics(self, mine, completions, rewards, failures, uniform, times) -> dict[str, float]:
         """Sums and counts of this rank's round (summed over ranks in reduced_metrics)."""
@@ -229,7 +246,10 @@ class Rollouts:
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         total = dict(zip(keys, summed.tolist(), strict=True))
         most = dict(zip(keys, peak.tolist(), strict=True))
-        return round_metrics(total, most, self.verifiers)
+        metrics = round_metrics(total, most, self.verifiers)
+        if "logp_gap" in metrics:
+            check_logp_gap(metrics["logp_gap"], self.cfg.rollout.max_logp_gap)
+        return metrics
 
 
 def pack_completions(
@@ -313,11 +333,24 @@ def round_metrics(total: dict, most: dict, verifiers: list[str]) -> dict[str, fl
         "reward_s": most["reward_s"],
         "completions_per_s": total["completions"] / max(most["generate_s"], 1e-9),
         "weight_sync_s": 0.0,  # colocated: the learners sample with their own weights
+        "logps_s": most["logps_s"],
     }
+    if "gap_sum" in total:  # the learner's log-probs of the sampled tokens vs the sampler's
+        metrics["logp_gap"] = total["gap_sum"] / max(total["gap_tokens"], 1)
+        metrics["logp_gap_max"] = most["gap_max"]
     for name in verifiers:
         if total[f"count/{name}"]:
             metrics[f"reward/{name}"] = total[f"reward_sum/{name}"] / total[f"count/{name}"]
     return metrics
+
+
+def _forward_logps(losses: TokenLosses, batch: dict, device: torch.device) -> torch.Tensor:
+    """Each token's log-prob under `losses`' model, at the token's position (0 on the
+    first), on the CPU."""
+    ids, positions, labels = (batch[k].to(device) for k in ("input_ids", "position_ids", "labels"))
+    full = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    full[:, 1:] = -losses(ids, positions, labels).float().cpu()
+    return full
 
 
 def _fitting(cfg: TrainConfig, tokenizer, prompts: list[RLPrompt], rank: int):

@@ -10,7 +10,7 @@ import torch
 from framework.config.schema import ObjectiveConfig
 from framework.config.sections import LossConfig
 from framework.eval.sampling import Completion
-from framework.loss.policy_gradient import AGGREGATIONS, PolicyGradientObjective
+from framework.loss.policy_gradient import AGGREGATIONS, LogpGapError, PolicyGradientObjective
 from framework.train.rollouts import pack_completions, round_prompts
 
 MAX_NEW = 7
@@ -64,7 +64,9 @@ def test_packed_micro_batches_in_any_layout_give_the_definitions_loss_and_gradie
     expected.backward()
     expected_grads = _gradients(tiny_model)
     kept = torch.ones(len(completions), dtype=torch.bool)
-    objective = PolicyGradientObjective(cfg, LossConfig(chunk_tokens=5), 10.0, lambda: {})
+    objective = PolicyGradientObjective(
+        cfg, LossConfig(chunk_tokens=5), lambda: {}, old_logps="learner", max_logp_gap=0.1
+    )
     for accum, row in [(1, 64), (2, 16), (3, 12), (8, 12)]:  # 8: some micro batches empty
         batches = pack_completions(
             prompts, completions, advantages, kept, accum=accum, max_seq_len=row,
@@ -101,3 +103,20 @@ def test_rounds_take_every_prompt_once_per_epoch_in_a_seeded_order():
     assert flat[:10] != flat[10:]  # each epoch its own order
     assert rounds == [round_prompts(10, 4, r, seed=3) for r in range(5)]
     assert rounds != [round_prompts(10, 4, r, seed=4) for r in range(5)]
+
+
+def test_sampler_log_probs_far_from_the_learners_stop_the_run_naming_the_key(tiny_model, tokenizer):
+    """rollout.old_logps=sampler: the first update measures the sampler's gap (here the
+    stand-in sampler's log-probs are nats away from the model's) and stops the run."""
+    prompts, completions, advantages = _completions(len(tokenizer))
+    batches = pack_completions(
+        prompts, completions, advantages, torch.ones(6, dtype=torch.bool), accum=1,
+        max_seq_len=64, aggregation="token", max_new_tokens=MAX_NEW, pad=0, seed=1,
+    )  # fmt: skip
+    objective = PolicyGradientObjective(
+        ObjectiveConfig(name="grpo"), LossConfig(chunk_tokens=64), lambda: {}, old_logps="sampler",
+        max_logp_gap=0.1,
+    )  # fmt: skip
+    objective.summed_loss(tiny_model, {**batches[0], "fresh": torch.tensor(1.0)})
+    with pytest.raises(LogpGapError, match=r"rollout\.max_logp_gap=0\.1"):
+        objective.step_metrics(torch.device("cpu"))
