@@ -5,7 +5,7 @@ worker, the like-for-like, and on two) against TRL's GRPOTrainer (one process), 
 model, prompts, verifiers, group size, completions per step, completion length, lr and
 number of optimizer steps, fp32 on this CPU. Run from the repository root; needs `.[bench]`:
 
-    python benchmarks/grpo_vs_trl.py           # SmolLM2-135M-Instruct, data=rl_demo: ~45 min
+    python benchmarks/grpo_vs_trl.py           # SmolLM2-135M-Instruct, data=rl_demo: ~30 min
     python benchmarks/grpo_vs_trl.py --quick   # a smoke run (a 2-layer random Llama): ~2 min
 
 The prompts are ours: prepared once (commands/prepare.py, data=rl_demo: alpaca
