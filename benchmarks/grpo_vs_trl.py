@@ -84,6 +84,9 @@ def our_overrides(workdir: Path, budget: Budget, quick: bool) -> list[str]:
         f"rollout.group_size={budget.group_size}",
         f"rollout.batch_completions={budget.batch_completions}",
         f"rollout.max_new_tokens={budget.max_new_tokens}",
+        # As TRL with num_iterations=1 (no old-policy pass): in fp32 the sampler's
+        # log-probs are the learner's (the default, learner, adds a forward pass).
+        "rollout.old_logps=sampler",
         "eval.every=0",
         "eval.samples=0",
         "eval.suite_per_family=0",
@@ -94,7 +97,8 @@ def our_overrides(workdir: Path, budget: Budget, quick: bool) -> list[str]:
 def make_setup(workdir: Path, budget: Budget, quick: bool) -> Setup:
     """Our preparation of a one-worker run (model resolved and converted into the shared
     cache, the tokenizer, the prompt artifact), and the prompts read back from it."""
-    from framework.data.prompts import prompts_file, read_prompts
+    from framework.data.prompt_artifact import prompts_file
+    from framework.data.prompts import read_prompts
 
     overrides = our_overrides(workdir, budget, quick)
     prepared_dir = workdir / "prepared"
