@@ -22,9 +22,9 @@ from pathlib import Path
 from framework.config.commands import EvalConfig, ImproveConfig
 from framework.config.schema import LoggerConfig, SuiteConfig
 from framework.eval.job import run_eval
+from framework.eval.verifiers import VERIFIERS
 from framework.run.files import HF_DIR, write_json
 from framework.suite.build import Item, family_items, trained_families
-from framework.suite.families import FAMILIES
 
 ROUNDS_FILE = "rounds.jsonl"
 PAIRS_FILE = "pairs.jsonl"
@@ -47,13 +47,14 @@ def round_prompts(cfg: ImproveConfig, round_index: int) -> list[Item]:
 
 def build_pairs(items: list[Item], answers: list[list[str]]) -> tuple[list[dict], Counter]:
     """A pair (TRL's prompt / chosen / rejected) for each prompt with a right and a wrong
-    answer, by its family's checker: the first right one over the first wrong one. Counts
-    the prompts whose answers were all right, all wrong, or mixed (a pair)."""
+    answer, by the suite verifier (its family's checker; online RL's rewards use the same
+    registry): the first right one over the first wrong one. Counts the prompts whose
+    answers were all right, all wrong, or mixed (a pair)."""
     pairs, counts = [], Counter()
     for item, replies in zip(items, answers, strict=True):
-        check = FAMILIES[item.family].check
-        right = [r for r in replies if check(r, item.reference)]
-        wrong = [r for r in replies if not check(r, item.reference)]
+        spec = {"family": item.family, "reference": item.reference}
+        right = [r for r in replies if VERIFIERS["suite"](r, spec) == 1.0]
+        wrong = [r for r in replies if VERIFIERS["suite"](r, spec) != 1.0]
         if right and wrong:
             pairs.append(
                 {"prompt": item.prompt, "chosen": right[0], "rejected": wrong[0],

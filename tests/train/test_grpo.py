@@ -88,3 +88,16 @@ def test_a_resumed_grpo_run_ends_exactly_as_the_straight_run(grpo_run, tmp_path,
     run(out, root / "cache", *overrides)
     assert sorted(losses(out)) == list(range(step + 1, 5))
     assert_same_run(out, root / "run", list(range(step + 1, 5)), rtol=1e-6)
+
+
+def test_grpo_with_lora_under_zero3_samples_in_step_and_exports_the_adapter(grpo_run, tmp_path):
+    """ZeRO-3 (every forward a collective: the ranks sample in step) with a LoRA adapter:
+    the ratio still starts at 1 and the adapter is exported beside the merged model."""
+    root, overrides = grpo_run
+    out = tmp_path / "run"
+    more = ["parallelism=zero3", "adapter=lora", "adapter.dropout=0", "trainer.max_steps=2"]
+    run(out, root / "cache", *overrides, *more)
+    steps = logged(out)
+    assert [m["step"] for m in steps] == [1, 2]
+    assert steps[0]["first_update_logp_gap"] < 1e-6
+    assert (out / "hf_adapter" / "adapter_model.safetensors").is_file()
