@@ -139,7 +139,7 @@ def trl_dataset(setup: Setup):
     different constraints into one struct, adding null keys the checkers would see)."""
     from datasets import Dataset
 
-    from framework.train.rollouts import round_prompts
+    from framework.train.rollout_batches import round_prompts
 
     budget, count = setup.budget, len(setup.prompts)
     rounds = [

@@ -120,16 +120,17 @@ def make_setup(workdir: Path, budget: Budget, quick: bool) -> Setup:
 
 
 def contend(setup: Setup, quick: bool) -> dict[str, Run]:
-    """Ours on one worker, TRL, then ours on two workers (not with --quick)."""
+    """Ours on one worker, ours on two workers (not with --quick), then TRL: in this
+    process, whose memory it keeps (beside ours' two workers it ran out of memory)."""
     runs = {OURS_1: run_ours(setup, 1)}
+    if not quick and THREADS >= 2:
+        runs[OURS_2] = run_ours(setup, 2)
     progress("TRL GRPOTrainer, in this process")
     try:
         runs[TRL] = run_trl(setup)
     except Exception as error:  # a contender that cannot run becomes a row
         runs[TRL] = Run(error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
         progress(f"failed: TRL: {runs[TRL].error}")
-    if not quick and THREADS >= 2:
-        runs[OURS_2] = run_ours(setup, 2)
     for name, run in runs.items():
         if not run.error:
             progress(f"{name}: {len(run.steps)} steps, {run.wall_s:.0f} s wall")

@@ -23,8 +23,8 @@ from framework.data.loader import micro_steps_per_epoch
 from framework.data.pack import PackingPlan
 from framework.data.parallel import LocalMapper
 from framework.data.preference import PreferencePair
-from framework.data.prompt_artifact import write_prompt_artifact
-from framework.data.prompts import PromptSet, load_prompts
+from framework.data.prompt_artifact import prompts_file, write_prompt_artifact
+from framework.data.prompts import PromptSet, load_prompts, read_prompts
 from framework.data.sources import LoadedData, LoadedRecord, load_data
 from framework.data.templates import apply_template_choice
 from framework.eval import ifeval
@@ -41,6 +41,7 @@ from framework.run.files import (
     TOKENIZER_DIR,
     write_json,
 )
+from framework.train.rollouts import prompt_ids
 
 
 @dataclasses.dataclass
@@ -162,7 +163,9 @@ def prepare_run(cfg: TrainConfig) -> Prepared:
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
     write_json(out / DATASET_POINTER, {"path": str(artifact)})
     write_json(out / STATS_FILE, stats)
-    if not cfg.objective.online:  # rollouts are sized by rollout.*, not by the data
+    if cfg.objective.online:
+        cfg = size_rollouts(cfg, tokenizer, artifact)
+    else:
         cfg = size_the_run(cfg, stats, cache.first_plan(artifact))
     save_train_config(cfg, out / CONFIG_FILE)
     inspected = []
@@ -205,6 +208,30 @@ def _inspected(tokenizer, record: LoadedRecord, train_on: str) -> list[dict]:
         inspect_example(tokenizer, sequence, "assistant", f"{record.where} ({label})")
         for label, sequence in (("chosen", found.chosen), ("rejected", found.rejected))
     ]
+
+
+def size_rollouts(cfg: TrainConfig, tokenizer, artifact: Path) -> TrainConfig:
+    """grpo: trainer.grad_accum_steps raised where needed so that a micro batch holds about
+    trainer.micro_batch_size rows of data.max_seq_len, as in SFT: a rank's round (its
+    completions after their prompts, of the prompts' mean length and at most
+    rollout.max_new_tokens) is packed into grad_accum_steps micro batches, and activations
+    grow with the rows of one."""
+    rollout, trainer = cfg.rollout, cfg.trainer
+    prompts = read_prompts(prompts_file(artifact, "train"))
+    mean = sum(len(prompt_ids(tokenizer, p.messages)) for p in prompts) / max(len(prompts), 1)
+    groups = math.ceil(rollout.batch_completions / rollout.group_size / cfg.cluster.num_workers)
+    tokens = groups * rollout.group_size * (mean + rollout.max_new_tokens)
+    rows = math.ceil(tokens / cfg.data.max_seq_len)
+    needed = math.ceil(rows / trainer.micro_batch_size)
+    if needed <= trainer.grad_accum_steps:
+        return cfg
+    print(
+        f"trainer.grad_accum_steps={needed} (was {trainer.grad_accum_steps}): a rank's round "
+        f"packs into about {rows} rows of data.max_seq_len={cfg.data.max_seq_len}, "
+        f"trainer.micro_batch_size={trainer.micro_batch_size} rows per micro batch",
+        flush=True,
+    )
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(trainer, grad_accum_steps=needed))
 
 
 def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> TrainConfig:

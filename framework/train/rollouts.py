@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from framework.config.schema import ConfigError, TrainConfig
-from framework.data.pack import IGNORE_INDEX, best_fit_decreasing, collate_rows
+from framework.data.pack import IGNORE_INDEX
 from framework.data.prompt_artifact import prompts_file
 from framework.data.prompts import RLPrompt, read_prompts
 from framework.data.templates import stop_token_ids
@@ -31,28 +31,12 @@ from framework.eval.verifiers import VerifierPool
 from framework.loss.policy_gradient import (
     check_logp_gap,
     group_advantages,
-    normaliser_units,
-    token_weight,
     uniform_groups,
 )
 from framework.loss.token import TokenLosses, token_loss_fn
 from framework.model.adapters import uses_adapter
 from framework.train.reference import frozen_copy, reference_losses
-
-# Per-token fields of a micro batch beside collate_rows' own, each value at its token's
-# position (the objective aligns them with the token losses).
-PLACED = ("old_logps", "advantages")
-
-
-def round_prompts(count: int, prompts_per_round: int, round_index: int, seed: int) -> list[int]:
-    """The prompt indices of round `round_index`: a stream of epochs, each a permutation
-    of the `count` prompts seeded by (seed, epoch), cut into rounds."""
-    first = round_index * prompts_per_round
-    picked = []
-    for k in range(first, first + prompts_per_round):
-        epoch, position = divmod(k, count)
-        picked.append(int(np.random.default_rng([seed, epoch]).permutation(count)[position]))
-    return picked
+from framework.train.rollout_batches import pack_completions, round_metrics, round_prompts
 
 
 @contextlib.contextmanager
@@ -143,16 +127,7 @@ class Rollouts:
         rollout = self.cfg.rollout
         mine = [i for i in self._mine() for _ in range(rollout.group_size)]
         began = time.monotonic()
-        module = self.engine.module
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
-            torch.manual_seed(int(seeds.generate_state(1)[0]))
-            with _generating(module):
-                completions = sample_completions(
-                    module, [self.prompt_ids[i] for i in mine], stop=self.stop, pad=self.pad,
-                    max_new_tokens=rollout.max_new_tokens, batch_size=rollout.generate_batch,
-                    synced=self.cfg.parallelism.zero_stage == 3,
-                )  # fmt: skip
+        completions = self._sample([self.prompt_ids[i] for i in mine])
         generated = time.monotonic()
         rewards, failures = self._rewards(mine, completions)
         advantages = group_advantages(
@@ -172,22 +147,44 @@ class Rollouts:
             max_new_tokens=rollout.max_new_tokens, pad=self.pad, seed=self.round,
         )  # fmt: skip
         scored = time.monotonic()
-        learner = self.cfg.rollout.old_logps == "learner"
-        gaps = [self._with_learner_logps(batch) for batch in batches] if learner else []
-        if self.reference is not None:
-            for batch in batches:
-                batch["reference_logps"] = _forward_logps(self.reference, batch, self.device)
+        gaps = self._old_and_reference_logps(batches)
         times = {
             "generate_s": generated - began,
             "reward_s": scored - generated,
             "logps_s": time.monotonic() - scored,
         }
         metrics = self._metrics(mine, completions, rewards, failures, uniform, times)
-        if learner:
-            metrics["gap_sum"] = sum(g[0] for g in gaps)
-            metrics["gap_tokens"] = sum(g[1] for g in gaps)
-            metrics["gap_max"] = max(g[2] for g in gaps)
-        return batches, metrics
+        return batches, metrics | gaps
+
+    def _sample(self, prompts: list[list[int]]) -> list[Completion]:
+        """One completion per prompt by the engine's model, from a generator seeded by
+        (seed, round, rank); torch's own generator is left as it was."""
+        module, rollout = self.engine.module, self.cfg.rollout
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
+            torch.manual_seed(int(seeds.generate_state(1)[0]))
+            with _generating(module):
+                return sample_completions(
+                    module, prompts, stop=self.stop, pad=self.pad,
+                    max_new_tokens=rollout.max_new_tokens, batch_size=rollout.generate_batch,
+                    synced=self.cfg.parallelism.zero_stage == 3,
+                )  # fmt: skip
+
+    def _old_and_reference_logps(self, batches: list[dict]) -> dict[str, float]:
+        """rollout.old_logps=learner: the learner's log-probs replace the sampler's, and
+        their gaps' sum, count and maximum are returned; kl_coef: the reference's."""
+        gaps = {}
+        if self.cfg.rollout.old_logps == "learner":
+            found = [self._with_learner_logps(batch) for batch in batches]
+            gaps = {
+                "gap_sum": sum(g[0] for g in found),
+                "gap_tokens": sum(g[1] for g in found),
+                "gap_max": max(g[2] for g in found),
+            }
+        if self.reference is not None:
+            for batch in batches:
+                batch["reference_logps"] = _forward_logps(self.reference, batch, self.device)
+        return gaps
 
     def _with_learner_logps(self, batch: dict[str, torch.Tensor]) -> tuple[float, int, float]:
         """The learner's log-probs of the sampled tokens, before any update on them (no
@@ -252,54 +249,6 @@ class Rollouts:
         return metrics
 
 
-def pack_completions(
-    prompts: list[list[int]],
-    completions: list[Completion],
-    advantages: torch.Tensor,
-    kept: torch.Tensor,
-    *,
-    accum: int,
-    max_seq_len: int,
-    aggregation: str,
-    max_new_tokens: int,
-    pad: int,
-    seed: int,
-) -> list[dict[str, torch.Tensor]]:
-    """Each completion after its prompt, the sequences best-fit packed into rows of
-    `max_seq_len` and the rows dealt into `accum` micro batches of similar size (one of
-    padding where there are fewer rows). Only completion tokens are trained: weighted as
-    `aggregation` says (0 where not `kept`), with their sampling log-probs and advantage;
-    `units` is each micro batch's share of the step's normaliser."""
-    sequences, fields, units_of = [], {name: [] for name in ("weights", *PLACED)}, []
-    for j, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        n = len(completion.tokens)
-        weight = token_weight(n, aggregation) if kept[j] else 0.0
-        sequences.append(np.asarray(prompt + completion.tokens, dtype=np.int64))
-        fields["weights"].append(_spread(len(prompt), [weight] * n))
-        fields["old_logps"].append(_spread(len(prompt), completion.logps))
-        fields["advantages"].append(_spread(len(prompt), [float(advantages[j])] * n))
-        units_of.append(n if kept[j] else None)
-    lengths = np.array([len(s) for s in sequences])
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = {name: np.concatenate(values) for name, values in fields.items()}
-    plan = best_fit_decreasing(lengths, max_seq_len, seed=seed)
-    rows = sorted((plan.row(r) for r in range(len(plan))), key=lambda row: -int(lengths[row].sum()))
-    ids, batches = np.concatenate(sequences), []
-    for micro in range(accum):
-        taken = rows[micro::accum]
-        batch = collate_rows(
-            ids, flat["weights"], offsets, taken or [np.array([], dtype=np.int64)],
-            None if taken else 1, pad,
-        )  # fmt: skip
-        for name in PLACED:
-            batch[name] = _placed(flat[name], offsets, taken, batch["input_ids"].shape)
-        counted = [units_of[j] for row in taken for j in row if units_of[j] is not None]
-        units = normaliser_units(counted, aggregation, max_new_tokens)
-        batch["units"] = torch.tensor(units, dtype=torch.float64)
-        batches.append(batch)
-    return batches
-
-
 def build_rollouts(cfg: TrainConfig, engine, tokenizer, artifact, *, rank, world, device):
     """The run's rollouts over the artifact's training prompts; with objective.kl_coef, the
     reference is the starting model (a frozen copy, or the adapters disabled)."""
@@ -311,37 +260,6 @@ def build_rollouts(cfg: TrainConfig, engine, tokenizer, artifact, *, rank, world
     return Rollouts(
         cfg, engine, tokenizer, prompts, rank=rank, world=world, device=device, reference=reference
     )
-
-
-def round_metrics(total: dict, most: dict, verifiers: list[str]) -> dict[str, float]:
-    """A round's logged metrics from its sums over ranks (`total`) and maxima (`most`)."""
-    n = max(total["completions"], 1)
-    mean = total["reward_sum"] / n
-    tokens = max(total["completion_tokens"], 1)
-    metrics = {
-        "reward": mean,
-        "reward_std": max(total["reward_sq_sum"] / n - mean**2, 0.0) ** 0.5,
-        "completion_tokens": total["completion_tokens"] / n,
-        "completion_tokens_max": most["completion_tokens_max"],
-        "truncated": total["truncated"] / n,
-        "entropy": total["entropy_sum"] / tokens,
-        "uniform_groups": total["uniform_groups"] / max(total["groups"], 1),
-        "verifier_errors": total["verifier_errors"],
-        "verifier_timeouts": total["verifier_timeouts"],
-        # The slowest rank's: the others wait for it.
-        "generate_s": most["generate_s"],
-        "reward_s": most["reward_s"],
-        "completions_per_s": total["completions"] / max(most["generate_s"], 1e-9),
-        "weight_sync_s": 0.0,  # colocated: the learners sample with their own weights
-        "logps_s": most["logps_s"],
-    }
-    if "gap_sum" in total:  # the learner's log-probs of the sampled tokens vs the sampler's
-        metrics["logp_gap"] = total["gap_sum"] / max(total["gap_tokens"], 1)
-        metrics["logp_gap_max"] = most["gap_max"]
-    for name in verifiers:
-        if total[f"count/{name}"]:
-            metrics[f"reward/{name}"] = total[f"reward_sum/{name}"] / total[f"count/{name}"]
-    return metrics
 
 
 def _forward_logps(losses: TokenLosses, batch: dict, device: torch.device) -> torch.Tensor:
@@ -357,7 +275,7 @@ def _fitting(cfg: TrainConfig, tokenizer, prompts: list[RLPrompt], rank: int):
     """The prompts, and their rendered token ids, that leave rollout.max_new_tokens of
     data.max_seq_len for a completion; the others are counted and left out."""
     room = cfg.data.max_seq_len - cfg.rollout.max_new_tokens
-    rendered = [(p, _rendered(tokenizer, p.messages)) for p in prompts]
+    rendered = [(p, prompt_ids(tokenizer, p.messages)) for p in prompts]
     kept = [(p, ids) for p, ids in rendered if len(ids) <= room]
     if not kept:
         raise ConfigError(
@@ -374,24 +292,8 @@ def _fitting(cfg: TrainConfig, tokenizer, prompts: list[RLPrompt], rank: int):
     return [p for p, _ in kept], [ids for _, ids in kept]
 
 
-def _rendered(tokenizer, messages) -> list[int]:
+def prompt_ids(tokenizer, messages) -> list[int]:
+    """A prompt's token ids as rendered for generation (the chat template's reply turn open)."""
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     # The template already wrote any BOS; the tokenizer must not add another.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _spread(prompt_tokens: int, values: list[float]) -> np.ndarray:
-    """One value per token of prompt + completion: 0 on the prompt."""
-    return np.concatenate([np.zeros(prompt_tokens), np.asarray(values, dtype=np.float64)])
-
-
-def _placed(flat: np.ndarray, offsets: np.ndarray, rows, shape) -> torch.Tensor:
-    """Per-token values laid out as collate_rows lays out the tokens of `rows`."""
-    placed = np.zeros(shape, dtype=np.float32)
-    for r, row in enumerate(rows):
-        cursor = 0
-        for index in row:
-            start, end = offsets[index], offsets[index + 1]
-            placed[r, cursor : cursor + end - start] = flat[start:end]
-            cursor += end - start
-    return torch.from_numpy(placed)

@@ -11,7 +11,7 @@ from framework.config.schema import ObjectiveConfig
 from framework.config.sections import LossConfig
 from framework.eval.sampling import Completion
 from framework.loss.policy_gradient import AGGREGATIONS, LogpGapError, PolicyGradientObjective
-from framework.train.rollouts import pack_completions, round_prompts
+from framework.train.rollout_batches import pack_completions, round_prompts
 
 MAX_NEW = 7
 
