@@ -65,7 +65,8 @@ def reference_key(cfg: TrainConfig, engine) -> str:
 
 
 @contextlib.contextmanager
-def _evaluating(module: torch.nn.Module) -> Iterator[None]:
+def evaluating(module: torch.nn.Module) -> Iterator[None]:
+    """`module` in eval mode (no dropout) inside, its own mode again after."""
     was_training = module.training
     module.eval()
     try:
@@ -138,7 +139,7 @@ def precomputed_reference(
     if not cached.item():
         losses = reference_losses(cfg, engine, None)
         where = {"rank": rank, "world": world, "pad_id": pad_id, "device": device}
-        with _evaluating(engine.module):
+        with evaluating(engine.module):
             found = {split: pair_logps(losses, split, artifact, cfg, **where) for split in SPLITS}
         if rank == 0:
             _save(path, found)
@@ -173,6 +174,6 @@ def prepare_reference(
     adapters = uses_adapter(cfg.adapter)
     frozen = None if adapters else frozen_copy(cfg, engine, tokenizer, device)
     losses = reference_losses(cfg, engine, frozen)
-    with _evaluating(engine.module):
+    with evaluating(engine.module):
         evaluation = pair_logps(losses, "eval", artifact, cfg, **where)
     return Reference(live_reference(losses), {"eval": evaluation})

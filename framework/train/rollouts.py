@@ -13,7 +13,6 @@ have."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -35,18 +34,8 @@ from framework.loss.policy_gradient import (
 )
 from framework.loss.token import TokenLosses, token_loss_fn
 from framework.model.adapters import uses_adapter
-from framework.train.reference import frozen_copy, reference_losses
+from framework.train.reference import evaluating, frozen_copy, reference_losses
 from framework.train.rollout_batches import pack_completions, round_metrics, round_prompts
-
-
-@contextlib.contextmanager
-def _generating(module: torch.nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class Rollouts:
@@ -163,7 +152,7 @@ class Rollouts:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
             torch.manual_seed(int(seeds.generate_state(1)[0]))
-            with _generating(module):
+            with evaluating(module):
                 return sample_completions(
                     module, prompts, stop=self.stop, pad=self.pad,
                     max_new_tokens=rollout.max_new_tokens, batch_size=rollout.generate_batch,
