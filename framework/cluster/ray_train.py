@@ -20,7 +20,13 @@ from framework.cluster.ray_console import (
 )
 from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
 from framework.data.formats import DataError
-from framework.run.files import RAY_DIR, TRAIN_LOG, clear_stop_request, stopped_early
+from framework.run.files import (
+    RAY_DIR,
+    TOKENIZER_DIR,
+    TRAIN_LOG,
+    clear_stop_request,
+    stopped_early,
+)
 from framework.train.stopping import slurm_deadline, stop_on_signals
 
 
@@ -32,6 +38,7 @@ def _worker_main(config: dict) -> None:
     # Imported here, in the workers only: Ray Train's controller loads this module too (to
     # unpickle this function), and DeepSpeed, transformers and peft would cost it about 7 s
     # of CPU and 170 MB.
+    from framework.cluster.ray_generation import ActorGenerator
     from framework.train.loop import WorkerContext, train
     from framework.train.step import NonFiniteLoss
 
@@ -45,6 +52,9 @@ def _worker_main(config: dict) -> None:
         device=get_device(),
         report=ray.train.report,
         deadline=config["deadline"],
+        generator=ActorGenerator(config["generators"], context.get_world_rank())
+        if config["generators"]
+        else None,
     )
     try:
         train(cfg, ctx)
@@ -85,7 +95,14 @@ def connect(cfg: TrainConfig) -> None:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     # The nodes alive now: an autoscaling cluster is judged by what it has started, not by
     # what it could add (start it with enough nodes for the run).
-    check_placement(cfg.cluster, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    check_placement(cfg.cluster, nodes)
+    if _uses_generators(cfg):
+        check_generator_room(cfg, nodes)
+
+
+def _uses_generators(cfg: TrainConfig) -> bool:
+    return cfg.objective.online and cfg.rollout.generator == "actors"
 
 
 def worker_resources(cluster: ClusterConfig) -> dict[str, float]:
@@ -134,6 +151,26 @@ def check_placement(cluster: ClusterConfig, nodes: list[dict[str, float]]) -> No
         raise ConfigError(_placement_message(cluster, nodes, fits, room))
 
 
+def check_generator_room(cfg: TrainConfig, nodes: list[dict[str, float]]) -> None:
+    """Raise ConfigError unless the cluster's CPUs (and GPUs) hold the workers and the
+    generation actors together: Ray would otherwise wait for them, silently."""
+    rollout, cluster = cfg.rollout, cfg.cluster
+    cpus = cluster.num_workers * cluster.cpus_per_worker + rollout.generators * (
+        rollout.cpus_per_generator
+    )
+    gpus = (cluster.num_workers * cluster.gpus_per_worker + rollout.generators) * (cluster.use_gpu)
+    have_cpus = sum(node.get("CPU", 0) for node in nodes)
+    have_gpus = sum(node.get("GPU", 0) for node in nodes)
+    if cpus > have_cpus or gpus > have_gpus:
+        raise ConfigError(
+            f"cluster.num_workers={cluster.num_workers} workers and rollout.generators="
+            f"{rollout.generators} generation actors need {cpus:g} CPUs and {gpus:g} GPUs, "
+            f"but the Ray cluster has {have_cpus:g} CPUs and {have_gpus:g} GPUs: lower "
+            "rollout.generators, rollout.cpus_per_generator or cluster.num_workers, use "
+            "rollout.generator=colocated, or add nodes"
+        )
+
+
 def _placement_message(
     cluster: ClusterConfig, nodes: list[dict[str, float]], fits: list[int], room: int
 ) -> str:
@@ -161,9 +198,14 @@ def run(cfg: TrainConfig) -> str | None:
     connect(cfg)
     clear_stop_request(cfg.run.output_dir)
     stop_on_signals(cfg.run.output_dir)
+    generators = []
+    if _uses_generators(cfg):
+        from framework.cluster.ray_generation import start_generators  # transformers: here only
+
+        generators = start_generators(cfg, str(Path(cfg.run.output_dir, TOKENIZER_DIR).resolve()))
     trainer = TorchTrainer(
         _worker_main,
-        train_loop_config={"cfg": cfg, "deadline": slurm_deadline()},
+        train_loop_config={"cfg": cfg, "deadline": slurm_deadline(), "generators": generators},
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.cluster.num_workers,
@@ -186,6 +228,8 @@ def run(cfg: TrainConfig) -> str | None:
         raise RunFailed(f"training failed: {err}") from None
     finally:
         clear_stop_request(cfg.run.output_dir)
+        for actor in generators:
+            ray.kill(actor)
     # What the workers did, not what was asked: a stop asked for during the last step's
     # evaluation or the export comes too late, and the run finished.
     return stopped_early(cfg.run.output_dir)

@@ -33,7 +33,7 @@ _CHOICES = {
     "objective.name": ("sft", "dpo", "ipo", "simpo", "orpo", "grpo"),
     "objective.baseline": ("mean", "leave_one_out"),
     "objective.aggregation": ("token", "sequence", "constant"),
-    "rollout.generator": ("colocated",),
+    "rollout.generator": ("colocated", "actors"),
     "rollout.old_logps": ("learner", "sampler"),
     "objective.reference": ("precomputed", "live"),
     "adapter.method": ("none", "lora", "dora", "qlora"),
@@ -210,11 +210,28 @@ def _check_online(cfg: TrainConfig) -> None:
             f"rollout.max_new_tokens={rollout.max_new_tokens} leaves no room for a prompt in "
             f"data.max_seq_len={cfg.data.max_seq_len}: raise data.max_seq_len"
         )
+    if rollout.generator == "actors":
+        _check_generators(cfg)
     full_copy = objective.kl_coef > 0 and cfg.adapter.method == "none"
     if full_copy and cfg.parallelism.zero_stage == 3:
         raise ConfigError(
             "objective.kl_coef > 0 with full fine-tuning holds a whole reference model on "
             "every rank, which ZeRO-3 is chosen to avoid: use an adapter or kl_coef=0"
+        )
+
+
+def _check_generators(cfg: TrainConfig) -> None:
+    rollout = cfg.rollout
+    if rollout.generators < 1 or rollout.cpus_per_generator < 0:
+        raise ConfigError(
+            f"rollout.generators={rollout.generators} must be at least 1 and "
+            f"rollout.cpus_per_generator={rollout.cpus_per_generator} at least 0 with "
+            "rollout.generator=actors"
+        )
+    if cfg.adapter.method == "qlora":
+        raise ConfigError(
+            "rollout.generator=actors sends the policy's weights to the actors, and QLoRA's "
+            "are 4-bit: use rollout.generator=colocated, or adapter=lora"
         )
 
 

@@ -161,8 +161,16 @@ class RolloutConfig:
     # in two calls of 16 25.0 s; transformers' own generate 18.2 s).
     generate_batch: int = 64
     # Where completions are sampled: colocated, by the learners with their own weights
-    # (no weight transfer; under ZeRO-3 every rank generates in step).
+    # (no weight transfer; under ZeRO-3 every rank generates in step); actors, by
+    # rollout.generators Ray actors of their own (framework/cluster/ray_generation.py),
+    # sent the policy's weights before each round: the whole model once, then only the
+    # trainable weights (an adapter's alone under LoRA), gathered once under ZeRO-3.
     generator: str = "colocated"
+    # generator=actors: how many, and the CPUs each reserves (0: none, it shares the
+    # node's with the learners, which wait while it samples); each takes a GPU where
+    # cluster.use_gpu. Rank r samples on actor r % generators.
+    generators: int = 1
+    cpus_per_generator: int = 1
     # Each verifier call's time limit; a slower one is stopped and its reward is 0.
     verifier_timeout_s: float = 10.0
     # The old policy's log-probs in the importance ratio: learner, recomputed by the

@@ -81,6 +81,18 @@ def sample_completions(
     return completions
 
 
+def seeded_completions(
+    model: PreTrainedModel, prompts: list[list[int]], *, seed: int, **settings
+) -> list[Completion]:
+    """sample_completions from a generator seeded by `seed`, leaving torch's own as it
+    was: the same completions wherever the same weights sample them (the learner itself,
+    or a generation actor)."""
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return sample_completions(model, prompts, **settings)
+
+
 def _cut(new: torch.Tensor, recorder: _SamplerLogps, stop: list[int]) -> list[Completion]:
     """Each row's tokens up to and including its first stop token."""
     logps = torch.stack(recorder.logps, dim=1).tolist()

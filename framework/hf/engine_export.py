@@ -15,12 +15,17 @@ from framework.hf import adapter_export
 from framework.hf.write import ExportError, holding, write_verified
 
 
-def gather_state_dict(model: PreTrainedModel, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Collective: full parameters on rank 0 (empty dict elsewhere). Under ZeRO-3 each
-    parameter is gathered alone, so no rank ever holds two full copies of the model."""
+def gather_state_dict(
+    model: PreTrainedModel, zero_stage: int, trainable_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """Collective: full parameters (`trainable_only`: those that train) on rank 0 (empty
+    dict elsewhere). Under ZeRO-3 each parameter is gathered alone, so no rank ever holds
+    two full copies of the model."""
     rank0 = dist.get_rank() == 0
     state = {}
     for name, param in model.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
         with deepspeed.zero.GatheredParameters([param], enabled=zero_stage == 3):
             if rank0:
                 state[name] = param.detach().to("cpu", copy=True)

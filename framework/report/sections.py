@@ -343,4 +343,8 @@ def online_rl(runs: list[Run], labels: list[str]) -> str:
         _curve(runs, labels, "generate_s", "sampling time per round (slowest rank)", "s"),
         _curve(runs, labels, "step_time_s", "step time (sampling included)", "s"),
     ]
+    if any(line.get("weight_sync_mb") for run in runs for line in run.steps):  # actors
+        figures.append(
+            _curve(runs, labels, "weight_sync_s", "weights sent to the generation actors", "s")
+        )
     return _plots_section("Online RL", figures)

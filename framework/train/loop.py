@@ -43,6 +43,9 @@ class WorkerContext:
     report: Callable[[dict], None] = field(default=lambda metrics: None)
     # Unix time at which the job will be killed (a Slurm time limit), if known.
     deadline: float | None = None
+    # objective=grpo with rollout.generator=actors: where the rounds are sampled
+    # (framework/train/rollouts.py's Generator); None: by the learners themselves.
+    generator: object | None = None
 
 
 def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
@@ -170,7 +173,7 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
     )  # fmt: skip
     where = {"rank": ctx.rank, "world": ctx.world_size, "device": ctx.device}
     if cfg.objective.online:
-        sampler = build_rollouts(cfg, engine, tokenizer, artifact, **where)
+        sampler = build_rollouts(cfg, engine, tokenizer, artifact, generator=ctx.generator, **where)
     else:
         sampler = run_batches(
             artifact, cfg, rank=ctx.rank, world_size=ctx.world_size, pad_id=tokenizer.pad_token_id

@@ -95,7 +95,8 @@ def round_metrics(total: dict, most: dict, verifiers: list[str]) -> dict[str, fl
         "generate_s": most["generate_s"],
         "reward_s": most["reward_s"],
         "completions_per_s": total["completions"] / max(most["generate_s"], 1e-9),
-        "weight_sync_s": 0.0,  # colocated: the learners sample with their own weights
+        "weight_sync_s": most["weight_sync_s"],  # 0 colocated: no weights move
+        "weight_sync_mb": total["weight_sync_mb"],
         "logps_s": most["logps_s"],
     }
     if "gap_sum" in total:  # the learner's log-probs of the sampled tokens vs the sampler's

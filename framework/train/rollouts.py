@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from framework.data.pack import IGNORE_INDEX
 from framework.data.prompt_artifact import prompts_file
 from framework.data.prompts import RLPrompt, read_prompts
 from framework.data.templates import stop_token_ids
-from framework.eval.sampling import Completion, sample_completions
+from framework.eval.sampling import Completion, seeded_completions
 from framework.eval.verifiers import VerifierPool
 from framework.loss.policy_gradient import (
     check_logp_gap,
@@ -36,6 +37,34 @@ from framework.loss.token import TokenLosses, token_loss_fn
 from framework.model.adapters import uses_adapter
 from framework.train.reference import evaluating, frozen_copy, reference_losses
 from framework.train.rollout_batches import pack_completions, round_metrics, round_prompts
+
+
+class Generator(Protocol):
+    """Where a round's completions are sampled (rollout.generator)."""
+
+    def sync(self, module, zero_stage: int) -> dict[str, float]:
+        """Collective: the policy's current weights to the sampler. Returns
+        weight_sync_s and weight_sync_mb (this rank's part)."""
+
+    def sample(self, prompts: list[list[int]], *, seed: int, settings: dict) -> list[Completion]:
+        """One completion per prompt, sampled by seeded_completions(seed, **settings)."""
+
+
+class ColocatedGenerator:
+    """The learner samples with its own weights: nothing to send. Under ZeRO-3 every
+    forward is a collective, so the ranks generate in step (`synced`)."""
+
+    def __init__(self, module, synced: bool):
+        self.module, self.synced = module, synced
+
+    def sync(self, module, zero_stage: int) -> dict[str, float]:
+        return {"weight_sync_s": 0.0, "weight_sync_mb": 0.0}
+
+    def sample(self, prompts: list[list[int]], *, seed: int, settings: dict) -> list[Completion]:
+        with evaluating(self.module):
+            return seeded_completions(
+                self.module, prompts, seed=seed, synced=self.synced, **settings
+            )
 
 
 class Rollouts:
@@ -51,10 +80,11 @@ class Rollouts:
         rank: int,
         world: int,
         device: torch.device,
+        generator: Generator,
         reference: TokenLosses | None = None,
     ):
         self.cfg, self.engine, self.rank, self.world, self.device = cfg, engine, rank, world, device
-        self.reference = reference
+        self.generator, self.reference = generator, reference
         self.prompts, self.prompt_ids = _fitting(cfg, tokenizer, prompts, rank)
         self.decode = tokenizer.decode
         self.stop = stop_token_ids(tokenizer, engine.module.generation_config.eos_token_id)
@@ -115,6 +145,7 @@ class Rollouts:
     def _new_round(self) -> tuple[list[dict[str, torch.Tensor]], dict[str, float]]:
         rollout = self.cfg.rollout
         mine = [i for i in self._mine() for _ in range(rollout.group_size)]
+        sent = self.generator.sync(self.engine.module, self.cfg.parallelism.zero_stage)
         began = time.monotonic()
         completions = self._sample([self.prompt_ids[i] for i in mine])
         generated = time.monotonic()
@@ -138,6 +169,7 @@ class Rollouts:
         scored = time.monotonic()
         gaps = self._old_and_reference_logps(batches)
         times = {
+            **sent,
             "generate_s": generated - began,
             "reward_s": scored - generated,
             "logps_s": time.monotonic() - scored,
@@ -146,18 +178,17 @@ class Rollouts:
         return batches, metrics | gaps
 
     def _sample(self, prompts: list[list[int]]) -> list[Completion]:
-        """One completion per prompt by the engine's model, from a generator seeded by
-        (seed, round, rank); torch's own generator is left as it was."""
-        module, rollout = self.engine.module, self.cfg.rollout
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
-            torch.manual_seed(int(seeds.generate_state(1)[0]))
-            with evaluating(module):
-                return sample_completions(
-                    module, prompts, stop=self.stop, pad=self.pad,
-                    max_new_tokens=rollout.max_new_tokens, batch_size=rollout.generate_batch,
-                    synced=self.cfg.parallelism.zero_stage == 3,
-                )  # fmt: skip
+        """One completion per prompt by the generator, seeded by (seed, round, rank)."""
+        seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
+        settings = {
+            "stop": self.stop,
+            "pad": self.pad,
+            "max_new_tokens": self.cfg.rollout.max_new_tokens,
+            "batch_size": self.cfg.rollout.generate_batch,
+        }
+        return self.generator.sample(
+            prompts, seed=int(seeds.generate_state(1)[0]), settings=settings
+        )
 
     def _old_and_reference_logps(self, batches: list[dict]) -> dict[str, float]:
         """rollout.old_logps=learner: the learner's log-probs replace the sampler's, and
@@ -238,17 +269,23 @@ class Rollouts:
         return metrics
 
 
-def build_rollouts(cfg: TrainConfig, engine, tokenizer, artifact, *, rank, world, device):
-    """The run's rollouts over the artifact's training prompts; with objective.kl_coef, the
-    reference is the starting model (a frozen copy, or the adapters disabled)."""
+def build_rollouts(
+    cfg: TrainConfig, engine, tokenizer, artifact, *, rank, world, device, generator=None
+):
+    """The run's rollouts over the artifact's training prompts, sampled by `generator`
+    (None: colocated); with objective.kl_coef, the reference is the starting model (a
+    frozen copy, or the adapters disabled)."""
     reference = None
     if cfg.objective.kl_coef:
         frozen = None if uses_adapter(cfg.adapter) else frozen_copy(cfg, engine, tokenizer, device)
         reference = reference_losses(cfg, engine, frozen)
     prompts = read_prompts(prompts_file(artifact, "train"))
+    if generator is None:
+        generator = ColocatedGenerator(engine.module, synced=cfg.parallelism.zero_stage == 3)
     return Rollouts(
-        cfg, engine, tokenizer, prompts, rank=rank, world=world, device=device, reference=reference
-    )
+        cfg, engine, tokenizer, prompts, rank=rank, world=world, device=device,
+        generator=generator, reference=reference,
+    )  # fmt: skip
 
 
 def _forward_logps(losses: TokenLosses, batch: dict, device: torch.device) -> torch.Tensor:

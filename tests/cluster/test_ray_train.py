@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from framework.cluster.ray_train import check_placement, worker_resources
-from framework.config.schema import ClusterConfig, ConfigError
+from framework.cluster.ray_train import check_generator_room, check_placement, worker_resources
+from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
+from framework.config.sections import RolloutConfig
 
 CPU_NODE = {"CPU": 4.0, "memory": 8e9, "node:__internal_head__": 1.0}
 GPU_NODE = {"CPU": 16.0, "GPU": 8.0}
@@ -104,3 +105,18 @@ def test_the_workers_ask_ray_for_what_the_check_counted():
     assert worker_resources(ClusterConfig(cpus_per_worker=3)) == {"CPU": 3}
     gpu = ClusterConfig(use_gpu=True, cpus_per_worker=4, gpus_per_worker=2.0)
     assert worker_resources(gpu) == {"CPU": 4, "GPU": 2.0}
+
+
+def test_generation_actors_are_counted_with_the_workers():
+    """rollout.generator=actors: the workers and the actors together must fit."""
+    cfg = TrainConfig(
+        cluster=ClusterConfig(num_workers=2, use_gpu=True, gpus_per_worker=1.0),
+        rollout=RolloutConfig(generator="actors", generators=2, cpus_per_generator=1),
+    )
+    check_generator_room(cfg, [{"CPU": 4.0, "GPU": 4.0}])
+    with pytest.raises(
+        ConfigError,
+        match=r"need 4 CPUs and 4 GPUs, but the Ray cluster has "
+        r"4 CPUs and 3 GPUs: lower rollout.generators",
+    ):
+        check_generator_room(cfg, [{"CPU": 4.0, "GPU": 3.0}])

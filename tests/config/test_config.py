@@ -181,6 +181,16 @@ def test_unknown_group_option_is_rejected():
         ("objective=grpo data=rl_demo rollout.max_new_tokens=1024", "rollout.max_new_tokens"),
         ("objective=grpo", "data.sources"),
         ("objective=grpo data=rl_demo data.sources.0.verifier=judge", "data.sources[0].verifier"),
+        ("objective=grpo data=rl_demo rollout.generator=vllm", "rollout.generator"),
+        (
+            "objective=grpo data=rl_demo rollout.generator=actors rollout.generators=0",
+            "rollout.generators=0",
+        ),
+        (
+            "objective=grpo data=rl_demo rollout.generator=actors adapter=qlora "
+            "model.name_or_path=x",
+            "rollout.generator=actors",
+        ),
     ],
 )
 def test_bad_values_name_their_key(override, key):
