@@ -12,7 +12,8 @@ import numpy as np
 from safetensors.torch import load_file
 
 from framework.report.page import write_report
-from tests.helpers import ROOT, RUN, grpo_overrides, logged, run
+from tests.helpers import ROOT, RUN, logged, run
+from tests.helpers.rl import grpo_overrides
 
 # 3 steps of 2 updates a round: rounds at steps 1 and 3. The actor reserves no CPU: the
 # session's cluster has 2, one for each worker.

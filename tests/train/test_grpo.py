@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from framework.run.checkpoints import read_progress, step_dir
-from tests.helpers import assert_same_run, grpo_overrides, logged, losses, run
+from tests.helpers import assert_same_run, logged, losses, run
+from tests.helpers.rl import grpo_overrides
 
 
 @pytest.fixture(scope="module")
