@@ -4,7 +4,7 @@ template, padded on the left, decoded until an end-of-turn token or a token budg
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -101,11 +101,29 @@ def _decoded(
     max_new_tokens: int,
     segment: int,
 ) -> list[list[int]]:
-    """Each row's new tokens, up to its first stop token, from `segment`-token generate
-    calls that carry the cache over; a row that has stopped leaves the batch."""
+    """Each row's new tokens, up to its first stop token (see in_segments)."""
+    tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    for rows, new in in_segments(generate, input_ids, mask, cache, stop, max_new_tokens, segment):
+        for row, row_new in zip(rows, new, strict=True):
+            ended = next((i for i, t in enumerate(row_new) if t in stop), None)
+            tokens[row] += row_new if ended is None else row_new[:ended]
+    return tokens
+
+
+def in_segments(
+    generate: Callable[..., torch.Tensor],
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    cache: DynamicCache,
+    stop: list[int],
+    max_new_tokens: int,
+    segment: int,
+) -> Iterator[tuple[list[int], list[list[int]]]]:
+    """`segment`-token generate calls that carry the cache over; after each, a row that
+    has stopped leaves the batch. Yields, per call, the rows it generated for (indices into
+    the batch) and each one's new tokens of that call (past its stop token too)."""
     width = input_ids.shape[1]
     live = list(range(input_ids.shape[0]))
-    tokens: list[list[int]] = [[] for _ in live]
     while live:
         budget = max_new_tokens - (input_ids.shape[1] - width)
         output = generate(
@@ -115,17 +133,16 @@ def _decoded(
             cache=cache,
         )
         new = output[:, input_ids.shape[1] :].tolist()
-        kept = []
-        for slot, (row, row_new) in enumerate(zip(live, new, strict=True)):
-            ended = next((i for i, t in enumerate(row_new) if t in stop), None)
-            tokens[row] += row_new if ended is None else row_new[:ended]
-            if ended is None and len(row_new) < budget:
-                kept.append(slot)
+        yield live, new
+        kept = [
+            slot
+            for slot, row_new in enumerate(new)
+            if not any(t in stop for t in row_new) and len(row_new) < budget
+        ]
         if kept and len(kept) < len(live):
             cache.batch_select_indices(torch.tensor(kept, device=output.device))
         mask = torch.cat([mask, torch.ones_like(output[:, : len(new[0])])], dim=1)
         live, input_ids, mask = [live[k] for k in kept], output[kept], mask[kept]
-    return tokens
 
 
 def shared_greedy_replies(
