@@ -30,6 +30,7 @@ from grpo_contenders import THREADS, Budget, Run, Setup, run_ours, run_trl
 
 from framework.commands.compose import compose_train_config
 from framework.commands.prepare import prepare_run
+from framework.eval.sampling import SEGMENT
 from framework.hf.resolve import model_source
 from framework.run.files import TOKENIZER_DIR
 
@@ -269,11 +270,12 @@ def notes(setup: Setup, runs: dict[str, Run], quick: bool) -> list[str]:
         "optimizer).",
         "- Still different: TRL samples the whole generation batch in one generate call "
         "(transformers' dynamic cache), ours in calls of rollout.generate_batch "
-        f"({cfg.rollout.generate_batch}) with a preallocated cache, recording the sampling "
-        "log-probs; TRL trains on padded rows, ours on rows packed to data.max_seq_len with "
-        "per-document attention, under DeepSpeed. The sampled completions differ (other "
-        "random streams), so the reward curves differ by sampling noise; a few steps at "
-        "this lr move the policy little.",
+        f"({cfg.rollout.generate_batch}) with a preallocated cache, decoded in segments of "
+        f"{SEGMENT} tokens between which ended completions leave the batch, recording the "
+        "sampling log-probs; TRL trains on padded rows, ours on rows packed to "
+        "data.max_seq_len with per-document attention, under DeepSpeed. The sampled "
+        "completions differ (other random streams), so the reward curves differ by sampling "
+        "noise; a few steps at this lr move the policy little.",
         "- Commands (ours; $WORK is the benchmark's temporary directory):",
         *commands,
     ]
