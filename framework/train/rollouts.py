@@ -26,7 +26,7 @@ from framework.data.pack import IGNORE_INDEX
 from framework.data.prompt_artifact import prompts_file
 from framework.data.prompts import RLPrompt, read_prompts
 from framework.data.templates import stop_token_ids
-from framework.eval.sampling import Completion, seeded_completions
+from framework.eval.sampling import SEGMENT, Completion, seeded_completions
 from framework.eval.verifiers import VerifierPool
 from framework.loss.policy_gradient import (
     check_logp_gap,
@@ -178,13 +178,18 @@ class Rollouts:
         return batches, metrics | gaps
 
     def _sample(self, prompts: list[list[int]]) -> list[Completion]:
-        """One completion per prompt by the generator, seeded by (seed, round, rank)."""
+        """One completion per prompt by the generator, seeded by (seed, round, rank). The
+        settings are the run's, whichever generator samples: under ZeRO-3 the learners
+        decode each batch in one call, in step, and the actors do too, so that both
+        draw the same random numbers."""
         seeds = np.random.SeedSequence([self.cfg.trainer.seed, self.round, self.rank])
+        max_new_tokens = self.cfg.rollout.max_new_tokens
         settings = {
             "stop": self.stop,
             "pad": self.pad,
-            "max_new_tokens": self.cfg.rollout.max_new_tokens,
+            "max_new_tokens": max_new_tokens,
             "batch_size": self.cfg.rollout.generate_batch,
+            "segment": max_new_tokens if self.cfg.parallelism.zero_stage == 3 else SEGMENT,
         }
         return self.generator.sample(
             prompts, seed=int(seeds.generate_state(1)[0]), settings=settings
