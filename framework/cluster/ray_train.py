@@ -158,7 +158,8 @@ def check_generator_room(cfg: TrainConfig, nodes: list[dict[str, float]]) -> Non
     cpus = cluster.num_workers * cluster.cpus_per_worker + rollout.generators * (
         rollout.cpus_per_generator
     )
-    gpus = (cluster.num_workers * cluster.gpus_per_worker + rollout.generators) * (cluster.use_gpu)
+    gpus = cluster.num_workers * cluster.gpus_per_worker + rollout.generators
+    gpus = gpus if cluster.use_gpu else 0
     have_cpus = sum(node.get("CPU", 0) for node in nodes)
     have_gpus = sum(node.get("GPU", 0) for node in nodes)
     if cpus > have_cpus or gpus > have_gpus:

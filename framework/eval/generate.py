@@ -86,27 +86,19 @@ def generate_reply_ids(
         rows = [ids[i] for i in batch] or [[pad]]  # a dummy batch keeps the ranks in step
         input_ids, mask = left_padded(rows, pad, model.device)
         cache = preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
-        tokens = _decoded(generate, input_ids, mask, cache, stop, max_new_tokens, segment)
-        for index, new in zip(batch, tokens, strict=False):
+        pieces = in_segments(generate, input_ids, mask, cache, stop, max_new_tokens, segment)
+        for index, new in zip(batch, _up_to_stop(pieces, stop, len(rows)), strict=False):
             replies[index] = new
     return [replies[i] for i in range(len(chats))]
 
 
-def _decoded(
-    generate: Callable[..., torch.Tensor],
-    input_ids: torch.Tensor,
-    mask: torch.Tensor,
-    cache: DynamicCache,
-    stop: list[int],
-    max_new_tokens: int,
-    segment: int,
-) -> list[list[int]]:
-    """Each row's new tokens, up to its first stop token (see in_segments)."""
-    tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    for rows, new in in_segments(generate, input_ids, mask, cache, stop, max_new_tokens, segment):
+def _up_to_stop(pieces, stop: list[int], count: int) -> list[list[int]]:
+    """Each of `count` rows' new tokens over in_segments' calls, up to its first stop."""
+    tokens: list[list[int]] = [[] for _ in range(count)]
+    for rows, new in pieces:
         for row, row_new in zip(rows, new, strict=True):
             ended = next((i for i, t in enumerate(row_new) if t in stop), None)
-            tokens[row] += row_new if ended is None else row_new[:ended]
+            tokens[row] += row_new[:ended]
     return tokens
 
 
