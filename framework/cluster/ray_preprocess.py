@@ -13,7 +13,13 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from framework.data.parallel import ChunkFn, chunks
+from framework.data.parallel import ChunkFn, Mapper, chunks
+
+# Under data.preprocess=auto, a call with fewer items than this runs in local processes:
+# Ray's connection and its workers' first imports cost seconds (3.5 s of a 2-step run on
+# the tests' cluster) that a few thousand records, rendered at 2,000-3,000 a second a core,
+# never earn back.
+AUTO_MIN_ITEMS = 10_000
 
 
 @ray.remote
@@ -22,7 +28,18 @@ def _run_chunk(fn: ChunkFn, part: list, shared: Any) -> list:
 
 
 class RayMapper:
+    """Ray tasks on the cluster at `address` (None: RAY_ADDRESS, else a private local Ray
+    of `num_cpus` CPUs), connected at the first call that needs them; calls of fewer than
+    AUTO_MIN_ITEMS items go to `small` when given (data.preprocess=auto)."""
+
+    def __init__(self, address: str | None, num_cpus: int | None, small: Mapper | None):
+        self.address, self.num_cpus, self.small = address, num_cpus, small
+        self.started = False
+
     def __call__(self, fn: ChunkFn, items: Sequence, shared: Any, desc: str) -> list:
+        if self.small is not None and len(items) < AUTO_MIN_ITEMS:
+            return self.small(fn, items, shared, desc)
+        self._connect()
         shared_ref = ray.put(shared)  # once, not once per task
         parts = chunks(items)
         pending = [_run_chunk.remote(fn, part, shared_ref) for part in parts]
@@ -34,19 +51,24 @@ class RayMapper:
         bar.close()
         return [result for part in ray.get(pending) for result in part]
 
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS") or "local"
+        local = address == "local"
+        ray.init(address=address, num_cpus=self.num_cpus if local else None, log_to_driver=False)
+        self.started = True
+
 
 @contextmanager
-def ray_mapper(address: str | None, num_cpus: int | None = None) -> Iterator[RayMapper]:
-    """A RayMapper on the cluster at `address` (None: RAY_ADDRESS, else a private local Ray
-    of `num_cpus` CPUs); a Ray this started is shut down afterwards, so that training
-    connects afresh with its own settings."""
-    started = not ray.is_initialized()
-    if started:
-        address = address or os.environ.get("RAY_ADDRESS") or "local"
-        local = address == "local"
-        ray.init(address=address, num_cpus=num_cpus if local else None, log_to_driver=False)
+def ray_mapper(
+    address: str | None, num_cpus: int | None = None, small: Mapper | None = None
+) -> Iterator[RayMapper]:
+    """A RayMapper; a Ray it started is shut down afterwards, so that training connects
+    afresh with its own settings."""
+    mapper = RayMapper(address, num_cpus, small)
     try:
-        yield RayMapper()
+        yield mapper
     finally:
-        if started:
+        if mapper.started:
             ray.shutdown()

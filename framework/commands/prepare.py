@@ -83,15 +83,15 @@ def reference_files(cfg: TrainConfig) -> tuple[str, ...]:
 
 
 def mapper_for(cfg: TrainConfig):
-    """A context giving the Mapper that data.preprocess names (auto: Ray tasks when the
-    run joins a cluster, local processes otherwise)."""
+    """A context giving the Mapper that data.preprocess names (auto: Ray tasks for large
+    inputs when the run joins a cluster, local processes otherwise)."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    mode = cfg.data.preprocess
+    mode, local = cfg.data.preprocess, LocalMapper(cfg.data.num_proc or os.cpu_count() or 1)
     if mode == "ray" or (mode == "auto" and address):
         from framework.cluster.ray_preprocess import ray_mapper
 
-        return ray_mapper(address)
-    return contextlib.nullcontext(LocalMapper(cfg.data.num_proc or os.cpu_count() or 1))
+        return ray_mapper(address, small=local if mode == "auto" else None)
+    return contextlib.nullcontext(local)
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[PreTrainedTokenizerBase, Path, LoadedData | None]:

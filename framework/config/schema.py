@@ -203,8 +203,8 @@ class DataConfig:
     num_proc: int = 0
     curate: CurateConfig = field(default_factory=CurateConfig)
     # Where converting, curating and tokenizing run: local (num_proc processes), ray (tasks
-    # on the cluster, the same artifact), auto (ray when cluster.address or RAY_ADDRESS
-    # is set).
+    # on the cluster, the same artifact), auto (ray for stages of 10,000 records or more
+    # when cluster.address or RAY_ADDRESS is set; smaller ones locally).
     preprocess: str = "auto"
 
 

@@ -3,7 +3,9 @@ and removed, and the same artifact byte for byte (a local Ray of 2 CPUs)."""
 
 from pathlib import Path
 
-from framework.cluster.ray_preprocess import ray_mapper
+import ray
+
+from framework.cluster.ray_preprocess import AUTO_MIN_ITEMS, ray_mapper
 from framework.commands.prepare import prepare_data
 from framework.data.formats import ErrorPolicy
 from framework.data.parallel import LocalMapper
@@ -40,3 +42,17 @@ def test_ray_tasks_curate_and_build_the_same_artifact_as_local_processes(tmp_pat
     local, ray = _files(artifacts["local"]), _files(artifacts["ray"])
     assert "removed.jsonl" in local and local.keys() == ray.keys()
     assert [name for name in local if local[name] != ray[name]] == []
+
+
+def _lengths(part: list, shared: int) -> list:
+    return [len(item) + shared for item in part]
+
+
+def test_auto_maps_small_inputs_locally_without_connecting_to_ray():
+    """data.preprocess=auto on a cluster: fewer than AUTO_MIN_ITEMS items never reach Ray
+    (no connection is tried: the address is a closed port)."""
+    items = ["ab", "c"] * 10
+    assert len(items) < AUTO_MIN_ITEMS
+    with ray_mapper("127.0.0.1:1", small=LocalMapper(1)) as mapper:
+        assert mapper(_lengths, items, 1, "small") == [3, 2] * 10
+    assert not ray.is_initialized()

@@ -3,15 +3,20 @@ every ZeRO stage, in fp32 and bf16, with trainer.on_non_finite's two policies.""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from framework.commands.prepare import prepare_run
 from framework.config.schema import TrainConfig
 from framework.data.pack import best_fit_decreasing, collate_rows
 from framework.hf.engine_export import gather_state_dict
 from framework.loss.token import TokenCrossEntropy
 from framework.model.build import TORCH_DTYPES, build_model
+from framework.run.checkpoints import committed
 from framework.train.engine import build_engine, deepspeed_config
 from framework.train.step import (
     GRADIENT_SKIP,
@@ -20,7 +25,17 @@ from framework.train.step import (
     guarded_step,
     train_step,
 )
-from tests.helpers import TINY, cpu_loss, single_process_group, synthetic_data
+from tests.helpers import (
+    RUN,
+    TINY,
+    compose_config,
+    cpu_loss,
+    join_group,
+    leave_group,
+    single_process_group,
+    spawn,
+    synthetic_data,
+)
 
 ROW_LEN = 96
 SFT = TokenCrossEntropy(cpu_loss())
@@ -162,3 +177,40 @@ def test_zero0_reports_the_gradient_norm_that_zero2_measures(tokenizer):
         for zero in (0, 2)
     ]  # fmt: skip
     assert norms[0] > 0 and norms[0] == pytest.approx(norms[1], rel=1e-5)
+
+
+def _train_rank_diverging_at_step_2(rank, world, port, cfg, report: Path):
+    """A training rank whose loss turns NaN at step 2 (after one optimizer step); the
+    run's error goes to `report/rank<N>`."""
+    from framework.train.loop import WorkerContext, train
+
+    finite = TokenCrossEntropy.summed_loss
+
+    def nan_at_step_2(self, engine, batch):
+        loss = finite(self, engine, batch)
+        return loss * float("nan") if engine.global_steps == 1 else loss
+
+    TokenCrossEntropy.summed_loss = nan_at_step_2
+    join_group(rank, world, port)
+    try:
+        train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
+    except NonFiniteLoss as err:
+        (report / f"rank{rank}").write_text(str(err))
+    leave_group()
+
+
+def test_a_diverged_run_stops_at_its_step_and_its_last_checkpoint_stays_the_result(tmp_path):
+    """trainer.on_non_finite=stop through the whole loop on 2 ranks: both stop at step 2
+    naming it, step 1's checkpoint stays, and no export pretends the run finished. (Through
+    Ray such an error is one line on the console: tests/test_train_e2e.py's unwritable
+    checkpoint takes the same path.)"""
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}"])
+    cfg.checkpoint.every = 1
+    spawn(_train_rank_diverging_at_step_2, 2, prepare_run(cfg).cfg, tmp_path)
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}").read_text()
+        assert re.match(r"step 2: the loss is NaN or infinite, so the run stops", message)
+    assert [p.name for p in committed(out / "checkpoints")] == ["step_00000001"]
+    assert not (out / "hf").exists()
