@@ -237,7 +237,7 @@ def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     in seconds, and the run finishes with every step logged once and its lease given
     back. Then what it learned, evaluated, logged and reported, and its export answering
     through launch/eval.py (as its checkpoint does) and generate. (ZeRO-3 through Ray, to
-    its export, runs in tests/test_slurm_scripts.py, on two nodes.)"""
+    its export, runs in tests/test_slurm_multi_node.py, on two hosts.)"""
     out, log = tmp_path / "run", tmp_path / "train.log"
     first = one_of_two_started_together(out, tmp_path, LIFE, ray_cluster)
     wait_for_step(first, out, 3, log)

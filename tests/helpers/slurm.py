@@ -1,14 +1,21 @@
-"""The decisions of slurm/common.sh, called with a node's facts: bash sources the file and
-runs one function, as a batch script would, with nothing of Slurm but the variables."""
+"""Batch scripts of slurm/ run without Slurm: the decisions of slurm/common.sh, called with
+a node's facts (bash sources the file and runs one function, as a batch script would), and
+whole scripts under the stand-in Slurm commands of tests/slurm_standins/."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 from tests.helpers import ROOT
+from tests.helpers.netns import Host
 
-COMMON_SH = ROOT / "slurm" / "common.sh"
+SLURM = ROOT / "slurm"
+COMMON_SH = SLURM / "common.sh"
+STANDINS = ROOT / "tests" / "slurm_standins"
+JOB_ID = "4242"
 
 
 def common_sh(call: str, **variables: str) -> subprocess.CompletedProcess:
@@ -40,3 +47,48 @@ def node_facts(gpus: int, workers: int) -> dict[str, str]:
         SLURM_CPUS_ON_NODE="64",
         OUTPUT_DIR="/shared/run",
     )
+
+
+def standin_job_environment(tmp_path: Path, nodes: list[str], **variables: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(
+        PATH=f"{STANDINS}{os.pathsep}{env['PATH']}",
+        PYTHONUNBUFFERED="1",
+        SLURM_JOB_ID=JOB_ID,
+        SLURM_JOB_NAME="sft-test",
+        SLURM_JOB_NUM_NODES=str(len(nodes)),
+        SLURM_JOB_NODELIST=",".join(nodes),
+        SLURM_SUBMIT_DIR=str(ROOT),
+        SLURM_CPUS_ON_NODE="1",
+        SCONTROL_STANDIN_REQUEUED=str(tmp_path / "requeued"),
+        GPUS_PER_NODE="0",
+        PYTHON=sys.executable,
+        OUTPUT_DIR=str(tmp_path / "run"),
+    )
+    env.update(variables)
+    return env
+
+
+def run_batch_script(
+    log: Path,
+    script: str,
+    env: dict[str, str],
+    *overrides: str,
+    timeout: int,
+    on: Host | None = None,
+):
+    """Runs a batch script (`on` a namespace host: as Slurm runs it on the allocation's
+    first node); returns its exit status and output. The output goes to the file `log`,
+    as under Slurm: a process the job left behind would hold a pipe open."""
+    command = ["bash", str(SLURM / script), *overrides]
+    with log.open("w") as out:
+        status = subprocess.run(
+            on.command(*command) if on else command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        ).returncode
+    return status, log.read_text()

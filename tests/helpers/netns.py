@@ -1,0 +1,126 @@
+"""Hosts of their own on this machine: Linux network namespaces joined by a bridge, as
+separate machines on one switch. Each host has its own network stack (its loopback
+included) and one address in a private /24 chosen at random; the bridge lives in a
+namespace of its own, so nothing is added to this machine's network. Files are shared,
+as on a cluster's shared file system. `ip netns exec` gives each host an /etc/hosts in
+which the machine's host name resolves to that host's address (`hostname --ip-address`,
+gloo's default interface).
+
+Root only; namespace_hosts skips the test, saying why, where namespaces are refused.
+Everything it made (processes in the namespaces, links, namespaces, /etc/netns files)
+is removed on the way out, also when the test fails."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+NETNS_ETC = Path("/etc/netns")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str  # as the job knows it (node1)
+    namespace: str
+    address: str
+
+    def command(self, *argv: str) -> list[str]:
+        """`argv` run on this host."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+    def pids(self) -> list[int]:
+        found = subprocess.run(
+            ["ip", "netns", "pids", self.namespace], capture_output=True, text=True
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+    def kill_all(self) -> None:
+        """SIGKILL to every process on the host, as when a machine dies."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def link(self, up: bool) -> None:
+        """Plug the host's cable in or pull it out."""
+        _ip("-n", self.namespace, "link", "set", "eth0", "up" if up else "down")
+
+
+def _ip(*argv: str) -> None:
+    result = subprocess.run(["ip", *argv], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(argv)}: {result.stderr.strip()}")
+
+
+def _refused() -> str | None:
+    """Why namespaces cannot be made here, or None."""
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    probe = f"ift-probe-{secrets.token_hex(3)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"network namespaces are refused here: {made.stderr.strip()} (root needed)"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@contextlib.contextmanager
+def namespace_hosts(names: list[str]) -> Iterator[list[Host]]:
+    """Hosts `names` (node1, node2, ...) on one switch, up and reachable from each other."""
+    why = _refused()
+    if why:
+        pytest.skip(why)
+    tag = secrets.token_hex(2)
+    subnet = f"10.{random.randrange(64, 250)}.{random.randrange(1, 250)}"
+    switch = f"ift{tag}-switch"
+    hosts = [Host(name, f"ift{tag}-{name}", f"{subnet}.{i + 1}") for i, name in enumerate(names)]
+    made: list[str] = []
+    try:
+        _ip("netns", "add", switch)
+        made.append(switch)
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        for i, host in enumerate(hosts):
+            _add_host(host, switch, f"port{i}", made)
+        yield hosts  # a bridge without STP forwards at once: no wait
+    finally:
+        for host in hosts:
+            with contextlib.suppress(RuntimeError):
+                _stop_processes(host)
+        for namespace in made:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+            shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
+
+
+def _add_host(host: Host, switch: str, port: str, made: list[str]) -> None:
+    _ip("netns", "add", host.namespace)
+    made.append(host.namespace)
+    (NETNS_ETC / host.namespace).mkdir(parents=True, exist_ok=True)
+    (NETNS_ETC / host.namespace / "hosts").write_text(
+        f"127.0.0.1 localhost\n{host.address} {socket.gethostname()} {host.name}\n"
+    )
+    _ip("link", "add", "eth0", "netns", host.namespace, "type", "veth",
+        "peer", "name", port, "netns", switch)  # fmt: skip
+    _ip("-n", switch, "link", "set", port, "master", "br0", "up")
+    _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
+    _ip("-n", host.namespace, "link", "set", "eth0", "up")
+    _ip("-n", host.namespace, "link", "set", "lo", "up")
+
+
+def _stop_processes(host: Host, timeout_s: float = 10) -> None:
+    """Every process left on `host` killed, and gone, before its namespace is deleted."""
+    deadline = time.monotonic() + timeout_s
+    while host.pids() and time.monotonic() < deadline:
+        host.kill_all()
+        time.sleep(0.2)
