@@ -27,7 +27,7 @@ import torch
 
 from framework.suite.families import FAMILIES
 from tests.helpers import RUN, ZERO3_RUN, losses, weights
-from tests.helpers.netns import Host, namespace_hosts
+from tests.helpers.netns import Host, namespace_hosts, refused
 from tests.helpers.slurm import run_batch_script, standin_job_environment
 
 # --- Ray on two (and three) nodes --------------------------------------------------------
@@ -114,6 +114,8 @@ def test_two_hosts_train_as_one_host_and_leave_no_ray(tmp_path, ray_port, zero3_
     workers' gloo can only meet over the link between the hosts, each loopback being its
     own. The losses, the suite's answers and the final weights equal those of the same run
     on 2 gloo ranks of one host without Ray (the session's zero3_run)."""
+    if why := refused():
+        pytest.skip(why)
     with namespace_hosts(["node1", "node2"]) as hosts:
         env = _multi_node_environment(tmp_path, ray_port, ["node1", "node2"])
         del env["NODE_IP"]

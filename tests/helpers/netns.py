@@ -6,8 +6,8 @@ as on a cluster's shared file system. `ip netns exec` gives each host an /etc/ho
 which the machine's host name resolves to that host's address (`hostname --ip-address`,
 gloo's default interface).
 
-Root only; namespace_hosts skips the test, saying why, where namespaces are refused.
-Everything it made (processes in the namespaces, links, namespaces, /etc/netns files)
+Root only: `refused()` says why namespaces cannot be made here (tests skip with it).
+Everything namespace_hosts made (processes in the namespaces, links, namespaces, /etc/netns files)
 is removed on the way out, also when the test fails."""
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 NETNS_ETC = Path("/etc/netns")
 
@@ -52,9 +50,12 @@ class Host:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def link(self, up: bool) -> None:
-        """Plug the host's cable in or pull it out."""
-        _ip("-n", self.namespace, "link", "set", "eth0", "up" if up else "down")
+    def stop_all(self, timeout_s: float = 10) -> None:
+        """Every process on the host killed, and gone (or `timeout_s` passed)."""
+        deadline = time.monotonic() + timeout_s
+        while self.pids() and time.monotonic() < deadline:
+            self.kill_all()
+            time.sleep(0.2)
 
 
 def _ip(*argv: str) -> None:
@@ -63,7 +64,7 @@ def _ip(*argv: str) -> None:
         raise RuntimeError(f"ip {' '.join(argv)}: {result.stderr.strip()}")
 
 
-def _refused() -> str | None:
+def refused() -> str | None:
     """Why namespaces cannot be made here, or None."""
     if shutil.which("ip") is None:
         return "no `ip` command (iproute2)"
@@ -78,9 +79,9 @@ def _refused() -> str | None:
 @contextlib.contextmanager
 def namespace_hosts(names: list[str]) -> Iterator[list[Host]]:
     """Hosts `names` (node1, node2, ...) on one switch, up and reachable from each other."""
-    why = _refused()
+    why = refused()
     if why:
-        pytest.skip(why)
+        raise RuntimeError(why)
     tag = secrets.token_hex(2)
     subnet = f"10.{random.randrange(64, 250)}.{random.randrange(1, 250)}"
     switch = f"ift{tag}-switch"
@@ -96,8 +97,7 @@ def namespace_hosts(names: list[str]) -> Iterator[list[Host]]:
         yield hosts  # a bridge without STP forwards at once: no wait
     finally:
         for host in hosts:
-            with contextlib.suppress(RuntimeError):
-                _stop_processes(host)
+            host.stop_all()
         for namespace in made:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
             shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
@@ -116,11 +116,3 @@ def _add_host(host: Host, switch: str, port: str, made: list[str]) -> None:
     _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
     _ip("-n", host.namespace, "link", "set", "eth0", "up")
     _ip("-n", host.namespace, "link", "set", "lo", "up")
-
-
-def _stop_processes(host: Host, timeout_s: float = 10) -> None:
-    """Every process left on `host` killed, and gone, before its namespace is deleted."""
-    deadline = time.monotonic() + timeout_s
-    while host.pids() and time.monotonic() < deadline:
-        host.kill_all()
-        time.sleep(0.2)
