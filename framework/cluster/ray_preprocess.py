@@ -29,8 +29,8 @@ def _run_chunk(fn: ChunkFn, part: list, shared: Any) -> list:
 
 class RayMapper:
     """Ray tasks on the cluster at `address` (None: RAY_ADDRESS, else a private local Ray
-    of `num_cpus` CPUs), connected at the first call that needs them; calls of fewer than
-    AUTO_MIN_ITEMS items go to `small` when given (data.preprocess=auto)."""
+    of `num_cpus` CPUs). With `small` (data.preprocess=auto), calls of fewer than
+    AUTO_MIN_ITEMS items go to it, and Ray is joined at the first call that needs it."""
 
     def __init__(self, address: str | None, num_cpus: int | None, small: Mapper | None):
         self.address, self.num_cpus, self.small = address, num_cpus, small
@@ -39,7 +39,7 @@ class RayMapper:
     def __call__(self, fn: ChunkFn, items: Sequence, shared: Any, desc: str) -> list:
         if self.small is not None and len(items) < AUTO_MIN_ITEMS:
             return self.small(fn, items, shared, desc)
-        self._connect()
+        self.connect()
         shared_ref = ray.put(shared)  # once, not once per task
         parts = chunks(items)
         pending = [_run_chunk.remote(fn, part, shared_ref) for part in parts]
@@ -51,7 +51,7 @@ class RayMapper:
         bar.close()
         return [result for part in ray.get(pending) for result in part]
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
         if ray.is_initialized():
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or "local"
@@ -64,9 +64,11 @@ class RayMapper:
 def ray_mapper(
     address: str | None, num_cpus: int | None = None, small: Mapper | None = None
 ) -> Iterator[RayMapper]:
-    """A RayMapper; a Ray it started is shut down afterwards, so that training connects
-    afresh with its own settings."""
+    """A RayMapper, connected now unless it may not need Ray (`small`); a Ray it started
+    is shut down afterwards, so that training connects afresh with its own settings."""
     mapper = RayMapper(address, num_cpus, small)
+    if small is None:
+        mapper.connect()
     try:
         yield mapper
     finally:
