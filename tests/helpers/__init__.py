@@ -297,6 +297,19 @@ def _train_rank(rank, world, port, cfg):
     leave_group()
 
 
+def train_rank_reporting(rank, world, port, cfg, report: Path, errors) -> None:
+    """A training rank (of spawn) that writes an error of type `errors` to report/rank<N>
+    instead of raising it, for the test to read once every rank has stopped."""
+    from framework.train.loop import WorkerContext, train
+
+    join_group(rank, world, port)
+    try:
+        train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
+    except errors as err:
+        (report / f"rank{rank}").write_text(str(err))
+    leave_group()
+
+
 def run(out: Path, cache: Path, *overrides: str, world: int = 2) -> TrainConfig:
     """RUN (with `overrides`) prepared, then trained in `world` gloo processes."""
     from framework.commands.prepare import prepare_run

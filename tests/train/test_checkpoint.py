@@ -35,11 +35,10 @@ from tests.helpers import (
     assert_same,
     assert_same_run,
     compose_config,
-    join_group,
-    leave_group,
     losses,
     run,
     spawn,
+    train_rank_reporting,
     weights,
 )
 
@@ -284,8 +283,6 @@ def test_an_adapter_checkpoint_resumes_only_on_the_ranks_that_wrote_it(
 def _train_rank_short_of_space(rank, world, port, cfg, report: Path, inject: bool):
     """A training rank that reports a CheckpointError to `report/rank<N>`. `inject`: rank
     1's optimizer shard of step 4 fails part-written, as on a full disk."""
-    from framework.train.loop import WorkerContext, train
-
     real_save = torch.save
 
     def save_on_a_full_disk(obj, file, *args, **kwargs):
@@ -296,12 +293,7 @@ def _train_rank_short_of_space(rank, world, port, cfg, report: Path, inject: boo
 
     if inject:
         torch.save = save_on_a_full_disk
-    join_group(rank, world, port)
-    try:
-        train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
-    except CheckpointError as err:
-        (report / f"rank{rank}").write_text(str(err))
-    leave_group()
+    train_rank_reporting(rank, world, port, cfg, report, CheckpointError)
 
 
 def assert_out_of_space_then_resumed(out: Path, root: Path, report: Path, straight: Path):

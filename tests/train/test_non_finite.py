@@ -30,11 +30,10 @@ from tests.helpers import (
     TINY,
     compose_config,
     cpu_loss,
-    join_group,
-    leave_group,
     single_process_group,
     spawn,
     synthetic_data,
+    train_rank_reporting,
 )
 
 ROW_LEN = 96
@@ -182,8 +181,6 @@ def test_zero0_reports_the_gradient_norm_that_zero2_measures(tokenizer):
 def _train_rank_diverging_at_step_2(rank, world, port, cfg, report: Path):
     """A training rank whose loss turns NaN at step 2 (after one optimizer step); the
     run's error goes to `report/rank<N>`."""
-    from framework.train.loop import WorkerContext, train
-
     finite = TokenCrossEntropy.summed_loss
 
     def nan_at_step_2(self, engine, batch):
@@ -191,12 +188,7 @@ def _train_rank_diverging_at_step_2(rank, world, port, cfg, report: Path):
         return loss * float("nan") if engine.global_steps == 1 else loss
 
     TokenCrossEntropy.summed_loss = nan_at_step_2
-    join_group(rank, world, port)
-    try:
-        train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
-    except NonFiniteLoss as err:
-        (report / f"rank{rank}").write_text(str(err))
-    leave_group()
+    train_rank_reporting(rank, world, port, cfg, report, NonFiniteLoss)
 
 
 def test_a_diverged_run_stops_at_its_step_and_its_last_checkpoint_stays_the_result(tmp_path):
