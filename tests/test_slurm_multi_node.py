@@ -3,8 +3,8 @@ that trains as one host does and leaves nothing behind; a node that never joins;
 job asks of its steps.
 
 The Slurm commands are stand-ins (tests/slurm_standins/, first on PATH; SLURM_* set by
-hand): `srun` runs its step's command on this machine, in the step's host's network
-namespace where the test made hosts (tests/helpers/netns.py). Elsewhere every "node" is
+hand): `srun` runs its step's command on this machine, on the step's host where the test
+made hosts (tests/helpers/netns.py: its own network and TMPDIR). Elsewhere every "node" is
 this machine (NODE_IP=127.0.0.1, which Ray itself replaces with the machine's own address).
 Ray, launch/train.py and DeepSpeed are real.
 """
@@ -119,7 +119,7 @@ def test_two_hosts_train_as_one_host_and_leave_no_ray(tmp_path, ray_port, zero3_
     with namespace_hosts(["node1", "node2"]) as hosts:
         env = _multi_node_environment(tmp_path, ray_port, ["node1", "node2"])
         del env["NODE_IP"]
-        env["SRUN_STANDIN_NETNS"] = " ".join(f"{h.name}={h.namespace}" for h in hosts)
+        env["SRUN_STANDIN_HOSTS"] = " ".join(f"{h.name}={h.run}" for h in hosts)
         overrides = [*RUN, *ZERO3_RUN, f"run.cache_dir={zero3_run / 'cache'}"]
 
         status, output = run_batch_script(

@@ -1,14 +1,20 @@
 """Hosts of their own on this machine: Linux network namespaces joined by a bridge, as
 separate machines on one switch. Each host has its own network stack (its loopback
 included) and one address in a private /24 chosen at random; the bridge lives in a
-namespace of its own, so nothing is added to this machine's network. Files are shared,
-as on a cluster's shared file system. `ip netns exec` gives each host an /etc/hosts in
-which the machine's host name resolves to that host's address (`hostname --ip-address`,
-gloo's default interface).
+namespace of its own, so nothing is added to this machine's network. Files are shared, as
+on a cluster's shared file system, except /tmp/ray: each host has its own, as a machine's
+/tmp is local (Ray keeps its node's sockets, sessions and logs there, at the path the head
+uses: with one shared, every node's log monitor would read every node's worker logs).
+`ip netns exec` gives each host an /etc/hosts in which the machine's host name resolves to
+that host's address (`hostname --ip-address`, gloo's default interface).
+
+A command runs on a host through the host's `run` script (Host.command), which the
+stand-in `srun` execs as well (SRUN_STANDIN_HOSTS).
 
 Root only: `refused()` says why namespaces cannot be made here (tests skip with it).
-Everything namespace_hosts made (processes in the namespaces, links, namespaces, /etc/netns files)
-is removed on the way out, also when the test fails."""
+Everything namespace_hosts made (processes on the hosts, links, namespaces, their
+/etc/netns files and temporary directories) is removed on the way out, also when the test
+fails."""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NETNS_ETC = Path("/etc/netns")
+RAY_TMP = Path("/tmp/ray")
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,16 @@ class Host:
     name: str  # as the job knows it (node1)
     namespace: str
     address: str
+    tmp: Path  # its own /tmp/ray is tmp/ray; its `run` script is here
+
+    @property
+    def run(self) -> Path:
+        """`run COMMAND...` runs COMMAND on this host."""
+        return self.tmp / "run"
 
     def command(self, *argv: str) -> list[str]:
         """`argv` run on this host."""
-        return ["ip", "netns", "exec", self.namespace, *argv]
+        return [str(self.run), *argv]
 
     def pids(self) -> list[int]:
         found = subprocess.run(
@@ -85,7 +98,10 @@ def namespace_hosts(names: list[str]) -> Iterator[list[Host]]:
     tag = secrets.token_hex(2)
     subnet = f"10.{random.randrange(64, 250)}.{random.randrange(1, 250)}"
     switch = f"ift{tag}-switch"
-    hosts = [Host(name, f"ift{tag}-{name}", f"{subnet}.{i + 1}") for i, name in enumerate(names)]
+    hosts = [
+        Host(name, f"ift{tag}-{name}", f"{subnet}.{i + 1}", Path(f"/tmp/ift{tag}-{name}"))
+        for i, name in enumerate(names)
+    ]
     made: list[str] = []
     try:
         _ip("netns", "add", switch)
@@ -101,11 +117,23 @@ def namespace_hosts(names: list[str]) -> Iterator[list[Host]]:
         for namespace in made:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
             shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
+        for host in hosts:
+            shutil.rmtree(host.tmp, ignore_errors=True)
 
 
 def _add_host(host: Host, switch: str, port: str, made: list[str]) -> None:
     _ip("netns", "add", host.namespace)
     made.append(host.namespace)
+    host.tmp.mkdir()
+    (host.tmp / "ray").mkdir()
+    RAY_TMP.mkdir(exist_ok=True)  # the mount point
+    # `ip netns exec` runs the command in a mount namespace of its own (a slave of this
+    # one): the host's /tmp/ray is bound over the shared one there, and only there.
+    bind = f'mount --bind {host.tmp / "ray"} {RAY_TMP} && exec "$@"'
+    host.run.write_text(
+        f"#!/bin/sh\nexec ip netns exec {host.namespace} sh -c '{bind}' run \"$@\"\n"
+    )
+    host.run.chmod(0o755)
     (NETNS_ETC / host.namespace).mkdir(parents=True, exist_ok=True)
     (NETNS_ETC / host.namespace / "hosts").write_text(
         f"127.0.0.1 localhost\n{host.address} {socket.gethostname()} {host.name}\n"
