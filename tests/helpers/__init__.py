@@ -289,17 +289,9 @@ def single_process_group() -> None:
 # ------------------------------------------------------------------------------ runs
 
 
-def _train_rank(rank, world, port, cfg):
-    from framework.train.loop import WorkerContext, train
-
-    join_group(rank, world, port)
-    train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
-    leave_group()
-
-
-def train_rank_reporting(rank, world, port, cfg, report: Path, errors) -> None:
-    """A training rank (of spawn) that writes an error of type `errors` to report/rank<N>
-    instead of raising it, for the test to read once every rank has stopped."""
+def train_rank(rank, world, port, cfg, report: Path | None = None, errors=()) -> None:
+    """A training rank (of spawn). An error of type `errors` is written to report/rank<N>
+    instead of raised, for the test to read once every rank has stopped."""
     from framework.train.loop import WorkerContext, train
 
     join_group(rank, world, port)
@@ -316,7 +308,7 @@ def run(out: Path, cache: Path, *overrides: str, world: int = 2) -> TrainConfig:
 
     cfg = compose_config([*RUN, f"run.output_dir={out}", f"run.cache_dir={cache}", *overrides])
     cfg = prepare_run(cfg).cfg
-    spawn(_train_rank, world, cfg)
+    spawn(train_rank, world, cfg)
     return cfg
 
 

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from framework.commands.prepare import prepare_run
 from framework.run import integrity
@@ -29,10 +28,9 @@ from tests.helpers import (
     RUN,
     assert_same_run,
     compose_config,
-    join_group,
-    leave_group,
     run,
     spawn,
+    train_rank,
 )
 
 
@@ -142,8 +140,6 @@ GROUP_OF_RANK_0 = 40_000
 def _train_rank_recording(rank, world, port, cfg, report: Path):
     """A training rank that writes as group GROUP_OF_RANK_0 + rank and lists each file it
     checksums in report/rank<N>."""
-    from framework.train.loop import WorkerContext, train
-
     os.setegid(GROUP_OF_RANK_0 + rank)
     digest = integrity.file_digest
 
@@ -153,9 +149,7 @@ def _train_rank_recording(rank, world, port, cfg, report: Path):
         return digest(file)
 
     integrity.file_digest = recorded
-    join_group(rank, world, port)
-    train(cfg, WorkerContext(rank=rank, world_size=world, device=torch.device("cpu")))
-    leave_group()
+    train_rank(rank, world, port, cfg)
 
 
 @pytest.mark.parametrize("stage", [0, 2, 3])

@@ -38,7 +38,7 @@ from tests.helpers import (
     losses,
     run,
     spawn,
-    train_rank_reporting,
+    train_rank,
     weights,
 )
 
@@ -293,7 +293,7 @@ def _train_rank_short_of_space(rank, world, port, cfg, report: Path, inject: boo
 
     if inject:
         torch.save = save_on_a_full_disk
-    train_rank_reporting(rank, world, port, cfg, report, CheckpointError)
+    train_rank(rank, world, port, cfg, report, CheckpointError)
 
 
 def assert_out_of_space_then_resumed(out: Path, root: Path, report: Path, straight: Path):

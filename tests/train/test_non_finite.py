@@ -33,7 +33,7 @@ from tests.helpers import (
     single_process_group,
     spawn,
     synthetic_data,
-    train_rank_reporting,
+    train_rank,
 )
 
 ROW_LEN = 96
@@ -188,7 +188,7 @@ def _train_rank_diverging_at_step_2(rank, world, port, cfg, report: Path):
         return loss * float("nan") if engine.global_steps == 1 else loss
 
     TokenCrossEntropy.summed_loss = nan_at_step_2
-    train_rank_reporting(rank, world, port, cfg, report, NonFiniteLoss)
+    train_rank(rank, world, port, cfg, report, NonFiniteLoss)
 
 
 def test_a_diverged_run_stops_at_its_step_and_its_last_checkpoint_stays_the_result(tmp_path):
