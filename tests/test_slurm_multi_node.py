@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
+import secrets
 import shlex
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,10 +28,12 @@ import psutil
 import pytest
 import torch
 
+from framework.run.checkpoints import committed
+from framework.run.files import COMMIT_MARKER
 from framework.suite.families import FAMILIES
 from tests.helpers import RUN, ZERO3_RUN, losses, weights
 from tests.helpers.netns import Host, namespace_hosts, refused
-from tests.helpers.slurm import run_batch_script, standin_job_environment
+from tests.helpers.slurm import run_batch_script, standin_job_environment, start_batch_script
 
 # --- Ray on two (and three) nodes --------------------------------------------------------
 
@@ -106,35 +111,69 @@ def _assert_ray_is_gone(tmp_path: Path, port: int) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+# The faults' timeouts: a collective gives up after COLLECTIVE_TIMEOUT_S (above the few
+# seconds by which the ranks of a restart reach their first barrier apart on this loaded
+# machine); a host is cut off a little longer.
+COLLECTIVE_TIMEOUT_S = 20
+FAULTS = [
+    "cluster.num_workers=2",  # on 3 hosts: one to spare
+    "cluster.max_failures=2",
+    f"cluster.collective_timeout_s={COLLECTIVE_TIMEOUT_S}",
+    "cluster.node_wait_s=120",
+    "checkpoint.every=1",  # whenever a fault lands, a step to resume from
+]
+
+
 @pytest.mark.slow
-def test_two_hosts_train_as_one_host_and_leave_no_ray(tmp_path, ray_port, zero3_run):
-    """ZeRO-3 on two hosts of their own network (namespaces: tests/helpers/netns.py), one
-    Ray node of 1 CPU each, so one worker a host. The batch script runs on the first host
-    and finds the head's address as on a real cluster (`hostname --ip-address`); the
-    workers' gloo can only meet over the link between the hosts, each loopback being its
-    own. The losses, the suite's answers and the final weights equal those of the same run
-    on 2 gloo ranks of one host without Ray (the session's zero3_run)."""
+def test_hosts_lost_mid_run_lose_nothing_and_the_job_leaves_no_ray(tmp_path, ray_port, zero3_run):
+    """ZeRO-3 on three hosts of their own network (namespaces: tests/helpers/netns.py), one
+    Ray node of 1 CPU each, 2 workers. The batch script runs on the first host and finds
+    the head's address as on a real cluster (`hostname --ip-address`); the workers' gloo
+    can only meet over the links between the hosts, each loopback being its own. Mid-run,
+    the second worker's host is cut off from the network past cluster.collective_timeout_s,
+    then comes back; later the second worker's host (then) is killed outright (SIGKILL to
+    all its processes) and comes back (its Ray started again, as a rebooted machine's).
+    Each time the console names the host, and Ray restarts the workers on the hosts it
+    has from the newest checkpoint. The steps logged once each, the suite's answers and the
+    final weights equal those of the same run on 2 gloo ranks of one host, without Ray and
+    without faults (the session's zero3_run)."""
     if why := refused():
         pytest.skip(why)
-    with namespace_hosts(["node1", "node2"]) as hosts:
-        env = _multi_node_environment(tmp_path, ray_port, ["node1", "node2"])
+    nodes = ["node1", "node2", "node3"]
+    with namespace_hosts(nodes) as hosts:
+        env = _multi_node_environment(tmp_path, ray_port, nodes)
         del env["NODE_IP"]
         env["SRUN_STANDIN_HOSTS"] = " ".join(f"{h.name}={h.run}" for h in hosts)
-        overrides = [*RUN, *ZERO3_RUN, f"run.cache_dir={zero3_run / 'cache'}"]
-
-        status, output = run_batch_script(
-            tmp_path / "job.out", "train_multi_node.sbatch", env, *overrides, timeout=240,
-            on=hosts[0],
-        )  # fmt: skip
-
-        assert status == 0, output[-5000:]
+        overrides = [*RUN, *ZERO3_RUN, f"run.cache_dir={zero3_run / 'cache'}", *FAULTS]
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # for the host that comes back
+        log = tmp_path / "job.out"
+        job = start_batch_script(log, "train_multi_node.sbatch", env, *overrides, on=hosts[0])
+        returned = None
+        try:
+            cut, killed, returned = _cut_off_then_kill_a_worker_host(
+                job, log, tmp_path / "run", hosts, env
+            )
+            assert job.wait(timeout=300) == 0, log.read_text()[-5000:]
+        finally:
+            job.kill()
+            if returned:  # `ray start` stops its node on SIGTERM
+                returned.terminate()
+                returned.wait(timeout=30)
+        output = log.read_text()
         head = f"{hosts[0].address}:{ray_port}"
-        assert f"all 2 Ray nodes joined: node1 node2 (head {head})" in output
+        assert f"all 3 Ray nodes joined: node1 node2 node3 (head {head})" in output
         _assert_nothing_is_left_on(hosts, tmp_path)
 
+    notices = [line for line in output.splitlines() if "workers failed: " in line]
+    assert len(notices) == 2, output[-5000:]
+    # Cut off: a collective's timeout (the host gave no answer), or Ray's own detection.
+    assert re.search(rf"(no answer from|lost).* \({cut.address}\)", notices[0]), notices[0]
+    assert f"({killed.address}): lost (its process or its host died" in notices[1]
+    assert all("restarting every worker from the newest checkpoint" in n for n in notices)
+    assert output.count("resuming from ") == 2
     got, want = losses(tmp_path / "run"), losses(zero3_run / "run")
-    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
-    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-6)
+    assert list(got) == list(want) == [1, 2, 3, 4]  # each step logged once
+    np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-6)
     answers = [
         [json.loads(line) for line in (out / "suite_answers.jsonl").read_text().splitlines()]
         for out in (tmp_path / "run", zero3_run / "run")
@@ -143,6 +182,55 @@ def test_two_hosts_train_as_one_host_and_leave_no_ray(tmp_path, ray_port, zero3_
     trained, straight = weights(tmp_path / "run"), weights(zero3_run / "run")
     for name, weight in straight.items():
         torch.testing.assert_close(trained[name], weight, rtol=1e-5, atol=1e-7)
+
+
+def _worker_host(hosts: list[Host]) -> Host:
+    """The host other than the head's that runs a Ray Train worker."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for host in hosts[1:]:
+            if host.runs("RayTrainWorker"):
+                return host
+        time.sleep(0.2)
+    raise AssertionError("no Ray Train worker on a host other than the head's")
+
+
+def _wait_for(done, what: str, job, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert job.poll() is None, f"the job ended before {what}: {log.read_text()[-5000:]}"
+        assert time.monotonic() < deadline, f"no {what}: {log.read_text()[-5000:]}"
+        time.sleep(0.2)
+
+
+def _checkpointed_since(out: Path, since: float):
+    """Whether a checkpoint has been committed at or after the Unix time `since`."""
+    return lambda: any(
+        (path / COMMIT_MARKER).stat().st_mtime >= since for path in committed(out / "checkpoints")
+    )
+
+
+def _cut_off_then_kill_a_worker_host(job, log: Path, out: Path, hosts, env):
+    """The two faults, each once the workers (then) have committed a checkpoint (the
+    next step's is under way): returns the host
+    cut off, the host killed and the Ray node that the killed host started again."""
+    _wait_for(_checkpointed_since(out, 0), "a first checkpoint", job, log)
+    cut = _worker_host(hosts)
+    cut.link(up=False)
+    time.sleep(COLLECTIVE_TIMEOUT_S + 6)
+    cut.link(up=True)
+    _wait_for(_checkpointed_since(out, time.time()), "a checkpoint after the restart", job, log)
+    killed = _worker_host(hosts)
+    killed.kill_all()
+    time.sleep(2)
+    head = f"{hosts[0].address}:{env['RAY_PORT']}"
+    returned = subprocess.Popen(
+        killed.command(str(Path(sys.executable).parent / "ray"), "start", "--block",
+                       "--num-cpus=1", "--disable-usage-stats", f"--address={head}",
+                       "--dashboard-agent-listen-port=0"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return cut, killed, returned
 
 
 def _assert_nothing_is_left_on(hosts: list[Host], tmp_path: Path) -> None:

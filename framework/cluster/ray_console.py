@@ -22,7 +22,6 @@ class UserError(RuntimeError):
 # keep_off_console drops them.
 _RAY_TRAIN_LOGGERS = (
     "ray.train.v2._internal.util",
-    "ray.train.v2._internal.execution.failure_handling.default",
     "ray.train.v2._internal.callbacks.placement_group_callback",
     "ray.train.v2._internal.execution.controller.placement_group_cleaner",
     "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
@@ -32,6 +31,13 @@ _OFF_CONSOLE = (
     "Failed to stop PlacementGroupCleaner gracefully",
     "Monitor thread did not exit",
     "Failed to send resource request",
+)
+# Ray Train's account of workers failing (the failure policy's decision with every
+# rank's traceback; the backend's failed shutdown after a lost worker): all to train.log,
+# where ray_failures.FailureNotice says it on the console in one line.
+_ALL_TO_TRAIN_LOG = (
+    "ray.train.v2._internal.execution.failure_handling.default",
+    "ray.train.v2._internal.callbacks.backend_setup",
 )
 # The cleaner's monitor thread dies with a traceback when the cluster shuts down first.
 _CLEANER_THREAD = "PlacementGroupCleanerMonitor"
@@ -58,7 +64,9 @@ def keep_off_console() -> None:
     reports = Path(ray.__file__).parent.joinpath(*_REPORT_LOGGER_FILE)
     logging.getLogger(str(reports)).setLevel(logging.WARNING)
     for name in _RAY_TRAIN_LOGGERS:
-        logging.getLogger(name).addFilter(_ToTrainLog(log))
+        logging.getLogger(name).addFilter(_ToTrainLog(log, _OFF_CONSOLE))
+    for name in _ALL_TO_TRAIN_LOG:
+        logging.getLogger(name).addFilter(_ToTrainLog(log, ("",)))
     console_hook = threading.excepthook
 
     def cleaner_to_train_log(args: threading.ExceptHookArgs) -> None:
@@ -72,15 +80,18 @@ def keep_off_console() -> None:
 
 
 class _ToTrainLog(logging.Filter):
-    def __init__(self, log: Path):
+    """Records with one of `markers` in their text go to train.log, not the console."""
+
+    def __init__(self, log: Path, markers: tuple[str, ...]):
         super().__init__()
         self.log = log
+        self.markers = markers
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        if not any(marker in text for marker in _OFF_CONSOLE):
+        if not any(marker in text for marker in self.markers):
             return True
         append_to_train_log(self.log, text)
         return False

@@ -1,5 +1,5 @@
 """Ray Train: places one worker per data-parallel rank and runs `train.loop.train` in
-each. With ray_jobs.py (job submission), the only place that imports Ray."""
+each. (Only framework/cluster imports Ray.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
+from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 
 from framework.cluster.ray_console import (
     TRAIN_LOG_ENV,
@@ -18,6 +19,7 @@ from framework.cluster.ray_console import (
     append_to_train_log,
     keep_off_console,
 )
+from framework.cluster.ray_failures import FailureNotice, startup_timed_out
 from framework.config.schema import ClusterConfig, ConfigError, TrainConfig
 from framework.data.formats import DataError
 from framework.run.files import (
@@ -87,6 +89,8 @@ def connect(cfg: TrainConfig) -> None:
             "worker_process_setup_hook": _SETUP_HOOK,
             "env_vars": {
                 TRAIN_LOG_ENV: str(Path(cfg.run.output_dir, TRAIN_LOG).resolve()),
+                # How long Ray Train's controller waits for room for the workers.
+                WORKER_GROUP_START_TIMEOUT_S_ENV_VAR: str(cfg.cluster.node_wait_s),
                 **NO_PRINT_PATCH,
             },
         }
@@ -207,7 +211,10 @@ def run(cfg: TrainConfig) -> str | None:
     trainer = TorchTrainer(
         _worker_main,
         train_loop_config={"cfg": cfg, "deadline": slurm_deadline(), "generators": generators},
-        torch_config=TorchConfig(backend="nccl" if cfg.cluster.use_gpu else "gloo"),
+        torch_config=TorchConfig(
+            backend="nccl" if cfg.cluster.use_gpu else "gloo",
+            timeout_s=cfg.cluster.collective_timeout_s,
+        ),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.cluster.num_workers,
             use_gpu=cfg.cluster.use_gpu,
@@ -218,7 +225,12 @@ def run(cfg: TrainConfig) -> str | None:
             name=cfg.run.name,
             storage_path=os.path.join(cfg.run.output_dir, RAY_DIR),
             # A restart runs the workers again; they resume from the newest checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+            # Ray's wait for room for them (cluster.node_wait_s) ends the run when it ends,
+            # rather than beginning again, forever.
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.cluster.max_failures, controller_failure_limit=0
+            ),
+            callbacks=[FailureNotice(cfg.cluster)],
         ),
     )
     try:
@@ -226,6 +238,8 @@ def run(cfg: TrainConfig) -> str | None:
     except ray.train.WorkerGroupError as err:
         raise RunFailed(_worker_failures(err)) from None
     except ray.train.TrainingFailedError as err:
+        if startup_timed_out(err):
+            raise RunFailed(_no_room_message(cfg)) from None
         raise RunFailed(f"training failed: {err}") from None
     finally:
         clear_stop_request(cfg.run.output_dir)
@@ -234,6 +248,15 @@ def run(cfg: TrainConfig) -> str | None:
     # What the workers did, not what was asked: a stop asked for during the last step's
     # evaluation or the export comes too late, and the run finished.
     return stopped_early(cfg.run.output_dir)
+
+
+def _no_room_message(cfg: TrainConfig) -> str:
+    return (
+        f"the Ray cluster had no room for cluster.num_workers={cfg.cluster.num_workers} "
+        f"workers within cluster.node_wait_s={cfg.cluster.node_wait_s} s (a host was lost "
+        "and none took its place); every committed checkpoint is kept: run the same "
+        "command again once the cluster has room, and it resumes from the newest"
+    )
 
 
 def _worker_failures(err: ray.train.WorkerGroupError) -> str:

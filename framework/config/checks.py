@@ -58,6 +58,8 @@ _POSITIVE = (
     "cluster.num_workers",
     "cluster.cpus_per_worker",
     "cluster.gpus_per_worker",
+    "cluster.collective_timeout_s",
+    "cluster.node_wait_s",
     "adapter.rank",
     "adapter.alpha",
     "objective.beta",

@@ -290,6 +290,15 @@ class ClusterConfig:
     # Restart the workers this many times after a worker or node dies (-1: always); each
     # restart continues from the newest checkpoint.
     max_failures: int = 0
+    # Seconds a collective (all-reduce, all-gather, barrier) waits for a peer before it
+    # fails its worker: how long a hang lasts when a host stops answering on the training
+    # network while Ray still sees it (torch's own: 30 min on gloo, 10 on NCCL). Raise it
+    # where one rank works alone longer (a large model's export on rank 0).
+    collective_timeout_s: int = 600
+    # Seconds a restart waits for room for every worker (a lost host to return, or a
+    # spare to join) before the run fails, checkpointed, with one line saying so (Ray's
+    # own wait never ends).
+    node_wait_s: int = 600
 
 
 @dataclass

@@ -3,10 +3,12 @@ built over the run's model (model/build.py), wrapped for training (model/adapter
 
 from __future__ import annotations
 
+from datetime import timedelta
 from types import SimpleNamespace
 
 import deepspeed
 import torch
+from deepspeed.utils import groups as deepspeed_groups
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from framework.config.schema import TrainConfig
@@ -129,18 +131,25 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig, gpu: bool) -> torch.opt
     return torch.optim.AdamW(groups, lr=cfg.trainer.lr, fused=gpu)
 
 
-def join_deepspeed_comm() -> None:
-    """Wrap the process group the launcher set up in DeepSpeed's communication layer."""
+def join_deepspeed_comm(timeout_s: int) -> None:
+    """Wrap the process group the launcher set up in DeepSpeed's communication layer, its
+    collectives failing after `timeout_s` (cluster.collective_timeout_s) without a peer."""
     # On CPU DeepSpeed would JIT-compile a shared-memory all-reduce here: it needs a C++
     # toolchain, takes a minute, and a job killed while compiling leaves a build lock
     # that hangs every later start. Only inference_all_reduce uses it; training never does.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    timeout = timedelta(seconds=timeout_s)
     deepspeed.init_distributed(
-        dist_backend=torch.distributed.get_backend(), dist_init_required=False
+        dist_backend=torch.distributed.get_backend(), dist_init_required=False, timeout=timeout
     )
+    # ZeRO runs its collectives on a copy of the world group that DeepSpeed makes with
+    # torch's default timeout (30 min on gloo): made here first, it has ours.
+    if deepspeed_groups._WORLD_GROUP is None:
+        world = range(torch.distributed.get_world_size())
+        deepspeed_groups._WORLD_GROUP = torch.distributed.new_group(world, timeout=timeout)
 
 
-def partitioned_init(ds_config: dict):
+def partitioned_init(ds_config: dict, collective_timeout_s: int):
     """Under ZeRO-3, an object to keep alive while (and after) the model is built: it
     makes transformers build and load the model already partitioned (deepspeed.zero.Init),
     so no worker ever holds a full copy. None for other stages."""
@@ -150,7 +159,7 @@ def partitioned_init(ds_config: dict):
 
     # zero.Init reads the world size from DeepSpeed's communication layer: wrap the
     # launcher's process group in it now rather than at deepspeed.initialize.
-    join_deepspeed_comm()
+    join_deepspeed_comm(collective_timeout_s)
 
     return HfDeepSpeedConfig(ds_config)
 
@@ -183,7 +192,7 @@ def build_engine(
 ) -> deepspeed.DeepSpeedEngine:
     """A DeepSpeed engine over `model` on `device` with AdamW and warmup + cosine decay,
     joined to the process group that the launcher (Ray Train, torchrun) already set up."""
-    join_deepspeed_comm()
+    join_deepspeed_comm(cfg.cluster.collective_timeout_s)
     engine, *_ = deepspeed.initialize(
         args=deepspeed_device(device),
         model=model,
@@ -226,7 +235,7 @@ def build_training_engine(
     ds_config = deepspeed_config(
         cfg, world_size=world_size, precision=precision, gpu=gpu, universal=universal
     )
-    zero3 = partitioned_init(ds_config)
+    zero3 = partitioned_init(ds_config, cfg.cluster.collective_timeout_s)
     torch.manual_seed(cfg.trainer.seed)
     dtype = TORCH_DTYPES[precision]
     model = build_model(

@@ -57,6 +57,18 @@ class Host:
         )
         return [int(pid) for pid in found.stdout.split()]
 
+    def runs(self, text: str) -> bool:
+        """Whether a process on the host has `text` in its command line."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                if text in Path(f"/proc/{pid}/cmdline").read_text():
+                    return True
+        return False
+
+    def link(self, up: bool) -> None:
+        """Its link to the switch up, or down (the host cut off from the network)."""
+        _ip("-n", self.namespace, "link", "set", "eth0", "up" if up else "down")
+
     def kill_all(self) -> None:
         """SIGKILL to every process on the host, as when a machine dies."""
         for pid in self.pids():

@@ -70,6 +70,23 @@ def standin_job_environment(tmp_path: Path, nodes: list[str], **variables: str) 
     return env
 
 
+def start_batch_script(
+    log: Path, script: str, env: dict[str, str], *overrides: str, on: Host | None = None
+) -> subprocess.Popen:
+    """Starts a batch script (`on` a namespace host: as Slurm runs it on the allocation's
+    first node), its output going to the file `log`, as under Slurm: a process the job
+    left behind would hold a pipe open."""
+    command = ["bash", str(SLURM / script), *overrides]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            on.command(*command) if on else command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def run_batch_script(
     log: Path,
     script: str,
@@ -78,17 +95,11 @@ def run_batch_script(
     timeout: int,
     on: Host | None = None,
 ):
-    """Runs a batch script (`on` a namespace host: as Slurm runs it on the allocation's
-    first node); returns its exit status and output. The output goes to the file `log`,
-    as under Slurm: a process the job left behind would hold a pipe open."""
-    command = ["bash", str(SLURM / script), *overrides]
-    with log.open("w") as out:
-        status = subprocess.run(
-            on.command(*command) if on else command,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-        ).returncode
+    """Runs a batch script as start_batch_script does; returns its exit status and
+    output."""
+    job = start_batch_script(log, script, env, *overrides, on=on)
+    try:
+        status = job.wait(timeout=timeout)
+    finally:
+        job.kill()
     return status, log.read_text()

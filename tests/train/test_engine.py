@@ -22,8 +22,9 @@ def _partition_sizes(rank, world, port, tok_dir, out_file):
     join_group(rank, world, port)
     cfg = TrainConfig(model=TINY)
     cfg.parallelism.zero_stage = 3
+    cfg.cluster.collective_timeout_s = 123
     ds_config = deepspeed_config(cfg, world_size=world, precision="fp32", gpu=False)
-    keep_alive = partitioned_init(ds_config)
+    keep_alive = partitioned_init(ds_config, cfg.cluster.collective_timeout_s)
     model = build_model(TINY, AutoTokenizer.from_pretrained(tok_dir), torch.float32)
     # Built partitioned: no rank ever held the full weights.
     held_at_build = sum(p.ds_tensor.numel() for p in model.parameters())
@@ -32,18 +33,25 @@ def _partition_sizes(rank, world, port, tok_dir, out_file):
         [held_at_build, sum(p.ds_tensor.numel() for p in engine.module.parameters())]
     )
     total = sum(p.ds_numel for p in engine.module.parameters())
+    group = engine.optimizer.dp_process_group._get_backend(torch.device("cpu"))
+    timeout_s = group.options._timeout.total_seconds()
     gathered = [torch.zeros(2, dtype=torch.long) for _ in range(world)]
     dist.all_gather(gathered, held)
     if rank == 0:
-        torch.save({"held": torch.stack(gathered), "total": total}, out_file)
+        torch.save(
+            {"held": torch.stack(gathered), "total": total, "timeout_s": timeout_s}, out_file
+        )
     del keep_alive
     leave_group()
 
 
 def test_zero3_two_workers_each_hold_about_half_the_parameters(tmp_path, tokenizer):
+    """...and ZeRO's collectives fail after cluster.collective_timeout_s without a peer
+    (DeepSpeed's own copy of the world group would wait torch's 30 minutes)."""
     tokenizer.save_pretrained(tmp_path / "tok")
     spawn(_partition_sizes, 2, str(tmp_path / "tok"), str(tmp_path / "out.pt"))
     result = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert result["timeout_s"] == 123
     for built, trained in result["held"].tolist():
         assert built == trained
         assert 0.45 < trained / result["total"] < 0.55
@@ -91,7 +99,7 @@ def test_bf16_keeps_fp32_master_weights_and_accumulates_gradients_in_fp32(tokeni
     cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps = 2, 2
     cfg.parallelism.zero_stage = zero_stage
     ds_config = deepspeed_config(cfg, world_size=1, precision="bf16", gpu=False)
-    keep_alive = partitioned_init(ds_config)
+    keep_alive = partitioned_init(ds_config, cfg.cluster.collective_timeout_s)
     model = build_model(TINY, tokenizer, torch.bfloat16)
     engine = build_engine(model, cfg, ds_config=ds_config, device=torch.device("cpu"))
     assert engine.get_data_types() == (torch.bfloat16, torch.float32)
