@@ -38,10 +38,18 @@ RAY_PORT = 6379  # each host has its own ports: nothing else listens in the name
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _ray_node(host: Host, env: dict, cpus: int, head: Host | None) -> subprocess.Popen:
-    """`ray start --block` on `host`: the head (head None), or a node joining `head`."""
+def ray_node(
+    host: Host, env: dict, cpus: int, head: Host | None, dashboard_port: int | None = None
+) -> subprocess.Popen:
+    """`ray start --block` on `host`: the head (head None; with a dashboard on all its
+    addresses at `dashboard_port`, if given), or a node joining `head`."""
+    dashboard = (
+        ["--dashboard-host=0.0.0.0", f"--dashboard-port={dashboard_port}"]
+        if dashboard_port
+        else ["--include-dashboard=false"]
+    )
     role = (
-        ["--head", f"--port={RAY_PORT}", "--include-dashboard=false"]
+        ["--head", f"--port={RAY_PORT}", *dashboard]
         if head is None
         else [f"--address={head.address}:{RAY_PORT}"]
     )
@@ -52,7 +60,7 @@ def _ray_node(host: Host, env: dict, cpus: int, head: Host | None) -> subprocess
     )
 
 
-def _wait_for_head(head: Host, timeout_s: float = 60) -> None:
+def wait_for_head(head: Host, timeout_s: float = 60) -> None:
     probe = f"import socket; socket.create_connection(('{head.address}', {RAY_PORT}), 1)"
     deadline = time.monotonic() + timeout_s
     while subprocess.run(head.command(sys.executable, "-c", probe), capture_output=True).returncode:
@@ -67,10 +75,10 @@ def one_run(hosts: list[Host], layout: str, run_dir: Path, cache: Path, steps: i
     env.pop("RAY_ADDRESS", None)
     head, other = hosts
     try:
-        _ray_node(head, env, 2 if layout == ONE_HOST else 1, None)
-        _wait_for_head(head)
+        ray_node(head, env, 2 if layout == ONE_HOST else 1, None)
+        wait_for_head(head)
         if layout == TWO_HOSTS:
-            _ray_node(other, env, 1, head)
+            ray_node(other, env, 1, head)
         overrides = [*common.DATA_OVERRIDES, f"run.output_dir={run_dir}",
                      f"run.cache_dir={cache}", f"cluster.address={head.address}:{RAY_PORT}",
                      "cluster.num_workers=2", "cluster.placement=spread",

@@ -10,13 +10,16 @@ in a copy of this repository (see framework/cluster/ray_jobs.py for what that im
 run.output_dir on shared storage, secrets in the nodes' environment). Submitting prints
 the job id and follows its logs. Submitting and `logs` exit with the job's exit code: the
 driver's own where Ray reports it (75: stopped, resumable), else 0 for SUCCEEDED, 1 for
-FAILED and 143 for STOPPED. Ctrl-C stops following, not the job.
+FAILED and 143 for STOPPED. Ctrl-C stops following, not the job. A head that stops
+answering while a job is followed (its host lost, the job with it) ends the command with
+one line saying so and the command that resumes the run, exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from datetime import datetime
 
@@ -25,6 +28,8 @@ from framework.config.schema import ConfigError
 
 # Ctrl-C: what a shell reports for a process ended by SIGINT.
 EXIT_INTERRUPTED = 130
+# The head lost while following: the job is gone with it, and nothing says how it ended.
+EXIT_HEAD_LOST = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +85,13 @@ def _split(argv: list[str]) -> tuple[list[str], bool, list[str]]:
 def _submit(args: argparse.Namespace, overrides: list[str]) -> int:
     client, job_id = ray_jobs.submit(args.address, overrides, args.python)
     print(f"submitted {job_id}", flush=True)
-    return _follow(client, job_id, args.address)
+    again = shlex.join([*_invocation(args), "--", *overrides])
+    return _follow(client, job_id, args.address, again)
+
+
+def _invocation(args: argparse.Namespace) -> list[str]:
+    python = [] if args.python == "python" else ["--python", args.python]
+    return ["python", "launch/submit.py", "--address", args.address, *python]
 
 
 def _manage(args: argparse.Namespace) -> int:
@@ -97,13 +108,25 @@ def _manage(args: argparse.Namespace) -> int:
         else:
             print(f"{args.job_id} had already ended")
     else:
-        return _follow(client, args.job_id, args.address)
+        again = shlex.join([*_invocation(args), "--"]) + " <the job's overrides>"
+        return _follow(client, args.job_id, args.address, again)
     return 0
 
 
-def _follow(client: ray_jobs.JobSubmissionClient, job_id: str, address: str) -> int:
+def _follow(client: ray_jobs.JobSubmissionClient, job_id: str, address: str, again: str) -> int:
+    """Follow the job to its end; `again` is the command that submits it anew."""
     try:
-        job = ray_jobs.follow(client, job_id, lambda text: print(text, end="", flush=True))
+        job = ray_jobs.follow(client, job_id, address, lambda text: print(text, end="", flush=True))
+    except ray_jobs.HeadLost:
+        print(
+            f"\nerror: the Ray head at {address} stopped answering while {job_id} ran: its "
+            "host is lost, and the job's driver with it (a Ray job runs on the head). Its "
+            "committed checkpoints in run.output_dir are kept: once the cluster is back, "
+            f"resume from the newest with: {again}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_HEAD_LOST
     except KeyboardInterrupt:
         print(
             f"\n{job_id} keeps running; stop it with: "

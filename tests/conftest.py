@@ -28,7 +28,7 @@ def pytest_terminal_summary(terminalreporter):
 
 
 # Fixtures of tests that start or join a Ray cluster or a Slurm job.
-CLUSTER_FIXTURES = {"ray_cluster", "slurm_cluster", "ray_port"}
+CLUSTER_FIXTURES = {"ray_cluster", "slurm_cluster", "ray_port", "own_ray_cluster"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

@@ -148,17 +148,15 @@ def test_hosts_lost_mid_run_lose_nothing_and_the_job_leaves_no_ray(tmp_path, ray
         env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # for the host that comes back
         log = tmp_path / "job.out"
         job = start_batch_script(log, "train_multi_node.sbatch", env, *overrides, on=hosts[0])
-        returned = None
         try:
             cut, killed, returned = _cut_off_then_kill_a_worker_host(
                 job, log, tmp_path / "run", hosts, env
             )
-            assert job.wait(timeout=300) == 0, log.read_text()[-5000:]
+            status = job.wait(timeout=300)
         finally:
             job.kill()
-            if returned:  # `ray start` stops its node on SIGTERM
-                returned.terminate()
-                returned.wait(timeout=30)
+        _stop(returned)
+        assert status == 0, log.read_text()[-5000:]
         output = log.read_text()
         head = f"{hosts[0].address}:{ray_port}"
         assert f"all 3 Ray nodes joined: node1 node2 node3 (head {head})" in output
@@ -182,6 +180,17 @@ def test_hosts_lost_mid_run_lose_nothing_and_the_job_leaves_no_ray(tmp_path, ray
     trained, straight = weights(tmp_path / "run"), weights(zero3_run / "run")
     for name, weight in straight.items():
         torch.testing.assert_close(trained[name], weight, rtol=1e-5, atol=1e-7)
+
+
+def _stop(node: subprocess.Popen) -> None:
+    """A `ray start --block` of the test's own stopped: SIGTERM (it stops its node's
+    processes), SIGKILL after 30 s."""
+    node.terminate()
+    try:
+        node.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        node.wait(timeout=10)
 
 
 def _worker_host(hosts: list[Host]) -> Host:

@@ -30,7 +30,7 @@ IFEVAL_SAMPLE = [
     "eval.ifeval_max_new_tokens=8",
 ]
 # One run's life (test_one_runs_life_on_two_workers): 30 steps, evaluated before training
-# and every 20 steps, a checkpoint every 10, resumable after a lost worker.
+# and every 20 steps, a checkpoint every 10.
 LIFE = [
     "logger.mode=offline",
     "run.report=true",
@@ -42,7 +42,6 @@ LIFE = [
     "eval.suite_per_family=2",
     *IFEVAL_SAMPLE,
     "data.suite.train_examples=600",
-    "cluster.max_failures=1",
 ]
 
 
@@ -232,12 +231,12 @@ def assert_refused(text: str, out) -> None:
 def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     """One run of LIFE through Ray (2 workers, ZeRO-2), from start to export. Two runs
     started together on its directory: one refuses. SIGTERM to the driver: checkpoint,
-    exit 75. The same command resumes; a worker killed with SIGKILL is restarted by Ray
-    (cluster.max_failures=1) from the newest checkpoint, a run started meanwhile refuses
-    in seconds, and the run finishes with every step logged once and its lease given
-    back. Then what it learned, evaluated, logged and reported, and its export answering
-    through launch/eval.py (as its checkpoint does) and generate. (ZeRO-3 through Ray, to
-    its export, runs in tests/test_slurm_multi_node.py, on two hosts.)"""
+    exit 75. The same command resumes, a run started meanwhile refuses in seconds, and
+    the run finishes with every step logged once and its lease given back. Then what it
+    learned, evaluated, logged and reported, and its export answering through
+    launch/eval.py (as its checkpoint does) and generate. (ZeRO-3 through Ray, to its
+    export, with workers' hosts killed and cut off and Ray restarting them from the
+    newest checkpoint, runs in tests/test_slurm_multi_node.py, on three hosts.)"""
     out, log = tmp_path / "run", tmp_path / "train.log"
     first = one_of_two_started_together(out, tmp_path, LIFE, ray_cluster)
     wait_for_step(first, out, 3, log)
@@ -247,27 +246,16 @@ def test_one_runs_life_on_two_workers(tmp_path, ray_cluster):
     stopped_at = read_progress(committed(out / "checkpoints")[-1])["step"]
     assert [m["step"] for m in logged(out)] == list(range(1, stopped_at + 1))
 
-    # How far the first run got before the signal landed depends on the machine's load:
-    # kill a worker just after the next checkpoint the second run writes.
-    restart_from = (stopped_at // 10 + 1) * 10
-    assert restart_from < 20, f"the first run reached step {stopped_at} before SIGTERM"
     # The session's Ray runs the workers (not children of the driver): the first run's
-    # go with its job, then the second run's two are the only ones.
+    # go with its job.
     _wait_for(lambda: not ray_cluster.train_workers(), "the first run's workers to end", log)
     second = start_training(out, log, *LIFE, cluster=ray_cluster)
-    wait_for_step(second, out, restart_from + 1, log)
-    killed_at = time.time()
-    workers = ray_cluster.train_workers()
-    assert len(workers) == 2
-    workers[1].kill()
-    refused_mid_run(out, tmp_path / "late.log", LIFE, ray_cluster)  # while Ray restarts
+    wait_for_step(second, out, stopped_at + 1, log)
+    refused_mid_run(out, tmp_path / "late.log", LIFE, ray_cluster)
     assert second.wait(timeout=400) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert f"resuming from {step_dir(out / 'checkpoints', stopped_at)}" in text
-    assert f"resuming from {step_dir(out / 'checkpoints', restart_from)}" in text  # the restart
-    steps = logged(out)
-    assert [m["step"] for m in steps] == list(range(1, 31))
-    assert all(m["time"] > killed_at for m in steps if m["step"] > restart_from)
+    assert [m["step"] for m in logged(out)] == list(range(1, 31))
     assert (out / "hf" / "config.json").exists()
     assert [p.name for p in committed(out / "checkpoints")] == ["step_00000020", "step_00000030"]
     assert [damage(p) for p in committed(out / "checkpoints")] == [None, None]

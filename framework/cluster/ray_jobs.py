@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient, JobType
 
@@ -111,15 +114,60 @@ def submit(address: str, overrides: list[str], python: str) -> tuple[JobSubmissi
     return client, job_id
 
 
-def follow(client: JobSubmissionClient, job_id: str, write: Callable[[str], None]) -> JobDetails:
-    """Hand the job's logs to `write` as they come, until it ends; returns the ended job."""
+class HeadLost(ConnectionError):
+    """The cluster's head stopped answering while a job was followed: its host is lost,
+    and the job's driver with it (Ray Jobs run their drivers on the head)."""
+
+
+# How often `follow` checks that the head still takes connections, and how long one check
+# waits: a host that went away without a word (powered off, cut off) closes no
+# connection, and the log stream would wait on it forever.
+HEAD_CHECK_EVERY_S = 15.0
+HEAD_CHECK_TIMEOUT_S = 10.0
+
+
+def head_answers(address: str) -> bool:
+    """Whether the dashboard at `address` (http://HOST:PORT) takes a connection."""
+    url = urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        socket.create_connection((url.hostname, url.port or 80), HEAD_CHECK_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def follow(
+    client: JobSubmissionClient, job_id: str, address: str, write: Callable[[str], None]
+) -> JobDetails:
+    """Hand the job's logs to `write` as they come, until it ends; returns the ended job.
+    Raises HeadLost when the head at `address` stops answering first."""
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             write(chunk)
 
-    asyncio.run(tail())
-    return client.get_job_info(job_id)
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(HEAD_CHECK_EVERY_S)
+            if not await asyncio.to_thread(head_answers, address):
+                raise HeadLost(address)
+
+    async def tail_while_the_head_answers() -> None:
+        tasks = {asyncio.create_task(tail()), asyncio.create_task(watch())}
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            task.result()  # the error that ended it, if any
+
+    try:
+        asyncio.run(tail_while_the_head_answers())
+        return client.get_job_info(job_id)
+    except (RuntimeError, OSError, aiohttp.ClientError) as err:
+        # A connection the head's end closed or reset; requests' errors are OSErrors.
+        if isinstance(err, HeadLost) or not head_answers(address):
+            raise HeadLost(address) from None
+        raise
 
 
 def exit_code(job: JobDetails) -> int:

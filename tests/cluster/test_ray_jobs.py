@@ -4,21 +4,37 @@ logs, stop; and submissions refused before they reach the cluster.
 
 The jobs run on the session's one-node cluster (conftest's ray_cluster: 2 CPUs; its own
 ports, temp dir and authentication token; the venv's bin first on PATH, so the job's
-`python` is the venv's), which the end-to-end training runs join too."""
+`python` is the venv's), which the end-to-end training runs join too; a head lost mid-job,
+on clusters of the test's own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
+import torch
 
 from framework.cluster.ray_jobs import EXIT_STOPPED
-from tests.helpers import ROOT, TINY_RUN, free_port, logged
+from framework.run.checkpoints import committed
+from tests.helpers import (
+    ROOT,
+    RUN,
+    TINY_RUN,
+    ZERO3_RUN,
+    free_port,
+    logged,
+    losses,
+    weights,
+)
 from tests.helpers.cluster import RayCluster
 
 SECRET = "sentinel-secret-3b7e1d"
@@ -143,3 +159,60 @@ def _wait_for(condition, what: str, log: Path) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{what} never came:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def own_ray_cluster():
+    """A Ray cluster of the test's own (start_ray_cluster), to lose; stopped at the end,
+    lost or not."""
+    from tests.helpers.cluster import start_ray_cluster, stop_ray_cluster
+
+    cluster = start_ray_cluster()
+    yield cluster
+    stop_ray_cluster(cluster)
+
+
+@pytest.mark.slow
+def test_a_lost_head_ends_the_follower_in_one_line_and_its_command_resumes(
+    own_ray_cluster, cluster, zero3_run, tmp_path
+):
+    """The head of the cluster running a job lost mid-run (SIGKILL to every process of
+    it: the job's driver and workers go with it): submit.py ends with one line saying so
+    and the command to run; that command, on another cluster (the session's), resumes
+    from the newest checkpoint and ends as the same run on 2 gloo ranks without Ray or a
+    loss (conftest's zero3_run)."""
+    out, log = tmp_path / "run", tmp_path / "submit.log"
+    overrides = [
+        *RUN, *ZERO3_RUN, "checkpoint.every=1", f"run.cache_dir={zero3_run / 'cache'}",
+        f"run.output_dir={out}",
+    ]  # fmt: skip
+    lost = own_ray_cluster
+    follower = subprocess.Popen(
+        _command(lost.address, ["--", *overrides]),
+        cwd=ROOT,
+        env=lost.client_env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for(lambda: committed(out / "checkpoints"), "a checkpoint", log)
+    head = psutil.Process(lost.process.pid)
+    for process in [head, *head.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert follower.wait(timeout=60) == 1
+    said = log.read_text()
+    job = said.split("submitted ")[1].split()[0]
+    assert f"error: the Ray head at {lost.address} stopped answering while {job} ran" in said
+    command = shlex.split(said.split("resume from the newest with: ")[1].splitlines()[0])
+    assert command[:4] == ["python", "launch/submit.py", "--address", lost.address]
+    assert command[4:] == ["--", *overrides]
+
+    again = submit_py(cluster, *command[4:])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming from " in again.stdout
+    got, want = losses(out), losses(zero3_run / "run")
+    assert list(got) == list(want) == [1, 2, 3, 4]  # each step logged once
+    np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-6)
+    trained, straight = weights(out), weights(zero3_run / "run")
+    for name, weight in straight.items():
+        torch.testing.assert_close(trained[name], weight, rtol=1e-5, atol=1e-7)
