@@ -39,9 +39,9 @@ from pathlib import Path
 
 import common  # first: it puts the repository root on sys.path
 from launchers import read_metrics
-from multi_host import ray_node, wait_for_head
+from multi_host import ray_node, root_plan, wait_for_head
 
-from tests.helpers.netns import Host, namespace_hosts, refused
+from tests.helpers.netns import Host, namespace_hosts
 
 COLLECTIVE_TIMEOUT_S = 30
 DASHBOARD_PORT = 8265
@@ -208,11 +208,7 @@ def _faults(hosts: list[Host], workdir: Path, plan: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = common.arg_parser(__doc__, "host_faults", quick="faults 2 steps apart")
-    args = parser.parse_args()
-    if why := refused():
-        sys.exit(f"error: {why}")
-    plan = QUICK if args.quick else FULL
+    args, plan = root_plan("host_faults", "faults 2 steps apart", FULL, QUICK)
     with (
         common.bench_workdir("host-faults-") as workdir,
         namespace_hosts(["login", "node1", "node2", "node3"]) as hosts,

@@ -96,12 +96,18 @@ def one_run(hosts: list[Host], layout: str, run_dir: Path, cache: Path, steps: i
             host.stop_all()
 
 
-def main() -> None:
-    parser = common.arg_parser(__doc__, "multi_host", quick="1 round of 8 steps")
-    args = parser.parse_args()
+def root_plan(page: str, quick: str, full_plan: dict, quick_plan: dict) -> tuple:
+    """A namespace benchmark's arguments (its docstring, its results `page`) and plan; it
+    stops at once with why where namespaces are refused."""
+    caller = sys.modules["__main__"].__doc__
+    args = common.arg_parser(caller, page, quick=quick).parse_args()
     if why := refused():
         sys.exit(f"error: {why}")
-    plan = QUICK if args.quick else FULL
+    return args, quick_plan if args.quick else full_plan
+
+
+def main() -> None:
+    args, plan = root_plan("multi_host", "1 round of 8 steps", FULL, QUICK)
     rows: dict[str, list[dict]] = {ONE_HOST: [], TWO_HOSTS: []}
     with (
         common.bench_workdir("multi-host-") as workdir,

@@ -70,6 +70,20 @@ def submit_py(cluster: RayCluster, *args: str, timeout: int = 300) -> subprocess
     )
 
 
+def submit_in_background(cluster: RayCluster, overrides: list[str], log: Path):
+    """submit.py following its job, its output to `log`."""
+    return subprocess.Popen(
+        _command(cluster.address, ["--", *overrides]),
+        cwd=ROOT,
+        env=cluster.client_env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        # As at a terminal: a shell's background job (`make test &`) starts every child
+        # with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def job_id(result: subprocess.CompletedProcess) -> str:
     return next(
         line.split()[1] for line in result.stdout.splitlines() if line.startswith("submitted ")
@@ -124,16 +138,7 @@ def test_runs_stream_their_logs_and_exit_with_the_job_status(cluster, tmp_path):
 def test_ctrl_c_leaves_the_job_running_and_stop_ends_it(cluster, tmp_path):
     log = tmp_path / "submit.log"
     overrides = [f"run.output_dir={tmp_path / 'run'}", *SMALL_RUN, "trainer.max_steps=100000"]
-    follower = subprocess.Popen(
-        _command(cluster.address, ["--", *overrides]),
-        cwd=ROOT,
-        env=cluster.client_env(),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        # As at a terminal: a shell's background job (`make test &`) starts every child
-        # with SIGINT ignored, and Python then never raises KeyboardInterrupt.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    follower = submit_in_background(cluster, overrides, log)
     _wait_for(lambda: "submitted " in log.read_text(), "the job id", log)
     job = log.read_text().split("submitted ")[1].split()[0]
     _wait_for(lambda: cluster.get(f"/api/jobs/{job}")["status"] == "RUNNING", "RUNNING", log)
@@ -187,13 +192,7 @@ def test_a_lost_head_ends_the_follower_in_one_line_and_its_command_resumes(
         f"run.output_dir={out}",
     ]  # fmt: skip
     lost = own_ray_cluster
-    follower = subprocess.Popen(
-        _command(lost.address, ["--", *overrides]),
-        cwd=ROOT,
-        env=lost.client_env(),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    follower = submit_in_background(lost, overrides, log)
     _wait_for(lambda: committed(out / "checkpoints"), "a checkpoint", log)
     head = psutil.Process(lost.process.pid)
     for process in [head, *head.children(recursive=True)]:
