@@ -22,6 +22,7 @@ import asyncio
 import os
 import shlex
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -165,9 +166,20 @@ def follow(
         return client.get_job_info(job_id)
     except (RuntimeError, OSError, aiohttp.ClientError) as err:
         # A connection the head's end closed or reset; requests' errors are OSErrors.
-        if isinstance(err, HeadLost) or not head_answers(address):
+        if isinstance(err, HeadLost) or not _head_stays(address):
             raise HeadLost(address) from None
         raise
+
+
+def _head_stays(address: str, checks: int = 5, apart_s: float = 2.0) -> bool:
+    """Whether the head answers `checks` checks `apart_s` apart: a head being killed can
+    still take a connection for a moment after its log stream broke."""
+    for check in range(checks):
+        if not head_answers(address):
+            return False
+        if check < checks - 1:
+            time.sleep(apart_s)
+    return True
 
 
 def exit_code(job: JobDetails) -> int:

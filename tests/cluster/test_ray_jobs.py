@@ -13,6 +13,7 @@ import contextlib
 import json
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import psutil
 import pytest
 import torch
 
-from framework.cluster.ray_jobs import EXIT_STOPPED
+from framework.cluster.ray_jobs import EXIT_STOPPED, head_answers
 from framework.run.checkpoints import committed
 from tests.helpers import (
     ROOT,
@@ -97,6 +98,15 @@ def test_submission_without_an_absolute_output_dir_is_refused_before_the_cluster
         assert result.returncode == 2, result.stderr
         assert "needs run.output_dir=<absolute path" in result.stderr
         assert "submitted" not in result.stdout
+
+
+def test_a_head_answers_while_its_dashboard_takes_connections():
+    with socket.socket() as dashboard:
+        dashboard.bind(("127.0.0.1", 0))
+        dashboard.listen()
+        address = f"http://127.0.0.1:{dashboard.getsockname()[1]}"
+        assert head_answers(address)
+    assert not head_answers(address)
 
 
 @pytest.mark.slow

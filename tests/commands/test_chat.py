@@ -4,6 +4,7 @@ template, streamed, with history; and launch/chat.py as a user runs it."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -222,9 +223,14 @@ def test_the_prompt_flag_reaches_the_config_exactly_as_written(text):
 
 
 def _chat_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    # As many threads as this process, whose replies the tests compare: another count
+    # sums the tiny model's logits in another order, and its near-ties break otherwise
+    # (this process has 1 after a test that joined a process group here).
+    threads = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.run(
         [sys.executable, "launch/chat.py", *args],
         cwd=ROOT,
+        env=threads,
         input=stdin,
         capture_output=True,
         text=True,
