@@ -1,11 +1,15 @@
-"""The batch scripts of slurm/ on a real one-node Slurm, which slurm/install_local_slurm.sh
-installs and starts on this machine: a preempted training job requeues itself and resumes,
-a job-array sweep gives each task its own overrides and output directory, and a GPU job's
-Ray step (on the node's stand-in GPUs) is accepted and sees every GPU.
+"""The batch scripts of slurm/ on a real Slurm: a preempted training job on two hosts
+requeues itself and resumes, a job-array sweep gives each task its own overrides and output
+directory, and a GPU job's Ray step (on the node's stand-in GPUs) is accepted and sees every
+GPU.
 
-The sweep's tasks run a stand-in for Python that records its arguments (the training
-itself is what the preemption test runs); everything else is real Slurm. Installing it
-needs root and apt-get: without them the tests skip, except under CI=true, where they fail.
+slurm/install_local_slurm.sh installs Debian's Slurm and starts a one-node cluster on this
+machine (the sweep and GPU tests run on it). The preemption test makes a cluster of its own
+from that one's configuration: two hosts of their own network (tests/helpers/netns.py),
+each running a `slurmd`, the first the `slurmctld` as well. The sweep's tasks run a
+stand-in for Python that records its arguments (the training itself is what the preemption
+test runs); everything else is real Slurm. Installing it needs root and apt-get: without
+them the tests skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT, TINY_RUN, logged
+from tests.helpers.netns import Host, namespace_hosts, refused
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 INSTALL = ROOT / "slurm" / "install_local_slurm.sh"
+LOCAL_CONF = Path("/etc/slurm/slurm.conf")  # the one-node cluster's, which INSTALL writes
 MAX_STEPS = 10
 TRAINING = [
     f"trainer.max_steps={MAX_STEPS}",
@@ -48,6 +56,57 @@ ENDED = {
     "PREEMPTED",
     "TIMEOUT",
 }
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """A running Slurm, whose commands run `on` a host of it (None: this machine) with
+    `env` (the submitter's environment, which sbatch passes on to the job)."""
+
+    env: dict[str, str]
+    on: Host | None = None
+
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = self.on.command(*argv) if self.on else list(argv)
+        result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True)
+        assert result.returncode == 0 or not check, f"{' '.join(argv)}: {result.stderr}"
+        return result
+
+    def job_environment(self, **variables: str) -> dict[str, str]:
+        return dict(self.env, **variables)
+
+    @contextmanager
+    def submitted(self, script: str, *overrides: str, options: list[str], env: dict):
+        """sbatch from the repository root, on the nodes' CPUs; yields the job id. On
+        leaving, the job is cancelled (if still there) and its logs in slurm/logs/ removed."""
+        # The scripts ask for the GPUs and CPUs of a GPU node; these have neither to give.
+        command = ["sbatch", "--parsable", "--gpus-per-node=0", *options, script, *overrides]
+        job = Slurm(env, self.on).run(*command).stdout.strip().split(";")[0]  # "<id>[;<cluster>]"
+        try:
+            yield job
+        finally:
+            self.run("scancel", job, check=False)
+            for log in self.logs(job):
+                log.unlink(missing_ok=True)
+
+    def records(self, job: str) -> list[dict[str, str]]:
+        """scontrol's record of a job: one per array task."""
+        shown = self.run("scontrol", "show", "job", "--oneliner", job).stdout
+        return [dict(f.partition("=")[::2] for f in line.split()) for line in shown.splitlines()]
+
+    def logs(self, job: str) -> list[Path]:
+        return [Path(record["StdOut"]) for record in self.records(job)]
+
+    def ended(self, job: str) -> bool:
+        return all(record["JobState"] in ENDED for record in self.records(job))
+
+    def wait_until(self, condition: Callable[[], bool], timeout_s: float, what: str, job: str):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                tails = [log.read_text()[-3000:] for log in self.logs(job) if log.exists()]
+                raise AssertionError(f"timed out waiting for {what}; logs:\n" + "\n".join(tails))
+            time.sleep(0.5)
 
 
 def _missing_prerequisite() -> str | None:
@@ -75,85 +134,142 @@ def slurm_cluster():
     was_up = _controller_up()
     result = subprocess.run([INSTALL], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    yield
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    yield Slurm(env)
     if not was_up:
         subprocess.run([INSTALL, "--stop"], check=True, timeout=60)
 
 
-def job_environment(**variables: str) -> dict[str, str]:
-    """The submitter's environment, which sbatch passes on to the job."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **variables)
-    env.pop("RAY_ADDRESS", None)
-    return env
+# Keys of the one-node configuration that a cluster on namespace hosts sets for itself: its
+# controller, nodes and partition, the daemons' files, and no stand-in GPUs. The rest (the
+# plugins, the credentials' lifetime, scheduling and requeueing) is the same cluster's.
+OWN_KEYS = {
+    "SlurmctldHost",
+    "StateSaveLocation",
+    "SlurmdSpoolDir",
+    "SlurmctldPidFile",
+    "SlurmdPidFile",
+    "SlurmctldLogFile",
+    "SlurmdLogFile",
+    "GresTypes",
+    "NodeName",
+    "PartitionName",
+}
+# `ip netns exec` gives a host a sysfs of its own, without the machine's cgroup file
+# systems, and slurmd 22.05 will not start without cgroup v1's named systemd hierarchy
+# (although these clusters track processes without cgroups: proctrack/linuxproc).
+CGROUP_MOUNT = (
+    "mount -t tmpfs cgroup /sys/fs/cgroup && mkdir /sys/fs/cgroup/systemd && "
+    "mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd"
+)
+
+
+def _hosts_conf(hosts: list[Host], directory: Path) -> str:
+    """slurm.conf of a cluster whose nodes are `hosts`, the first one's slurmctld its
+    controller, its files under `directory`."""
+    kept = [
+        line
+        for line in LOCAL_CONF.read_text().splitlines()
+        if line and not line.startswith("#") and line.partition("=")[0] not in OWN_KEYS
+    ]
+    # slurmctld checks that it runs on the controller's host name: namespaces share it.
+    controller = socket.gethostname().split(".")[0]
+    return "\n".join([
+        *kept,
+        f"SlurmctldHost={controller}({hosts[0].address})",
+        f"StateSaveLocation={directory}/state",
+        f"SlurmdSpoolDir={directory}/%n",
+        f"SlurmctldPidFile={directory}/slurmctld.pid",
+        f"SlurmdPidFile={directory}/%n/slurmd.pid",
+        f"SlurmctldLogFile={directory}/slurmctld.log",
+        f"SlurmdLogFile={directory}/%n/slurmd.log",
+        *(f"NodeName={h.name} NodeAddr={h.address} CPUs={os.cpu_count()}" for h in hosts),
+        f"PartitionName=hosts Nodes={','.join(h.name for h in hosts)} Default=YES State=UP",
+    ]) + "\n"  # fmt: skip
 
 
 @contextmanager
-def submitted(script: str, *overrides: str, options: list[str], env: dict) -> Iterator[str]:
-    """sbatch from the repository root, on this node's CPUs; yields the job id. On leaving,
-    the job is cancelled (if still there) and its logs in slurm/logs/ removed."""
-    # The scripts ask for the GPUs and CPUs of a GPU node; this one has neither to give.
-    command = ["sbatch", "--parsable", "--gpus-per-node=0", *options, script, *overrides]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    job = result.stdout.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
+def _slurm_daemons(hosts: list[Host]) -> Iterator[Slurm]:
+    """A slurmd on each host (named as the host), slurmctld on the first; yields the
+    cluster once every node is idle, and stops the daemons on leaving."""
+    directory = hosts[0].tmp / "slurm"  # removed with the hosts
+    for path in [directory / "state", *(directory / h.name for h in hosts)]:
+        path.mkdir(parents=True)
+    shutil.chown(directory, "slurm", "slurm")  # slurmctld runs as SlurmUser
+    shutil.chown(directory / "state", "slurm", "slurm")
+    (directory / "slurm.conf").write_text(_hosts_conf(hosts, directory))
+    slurm = Slurm(dict(os.environ, SLURM_CONF=str(directory / "slurm.conf")), hosts[0])
+    daemons = [subprocess.Popen(hosts[0].command("slurmctld", "-D"), env=slurm.env)]
+    for host in hosts:
+        slurmd = f"{CGROUP_MOUNT} && exec slurmd -D -N {host.name}"
+        daemons.append(subprocess.Popen(host.command("sh", "-c", slurmd), env=slurm.env))
     try:
-        yield job
+        _wait_until_idle(slurm, len(hosts), directory)
+        yield slurm
     finally:
-        subprocess.run(["scancel", job], capture_output=True)
-        for log in job_logs(job):
-            log.unlink(missing_ok=True)
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
 
 
-def job_records(job: str) -> list[dict[str, str]]:
-    """scontrol's record of a job: one per array task."""
-    shown = subprocess.run(
-        ["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True, check=True
-    ).stdout
-    return [
-        dict(field.partition("=")[::2] for field in line.split()) for line in shown.splitlines()
-    ]
-
-
-def job_logs(job: str) -> list[Path]:
-    return [Path(record["StdOut"]) for record in job_records(job)]
-
-
-def ended(job: str) -> bool:
-    return all(record["JobState"] in ENDED for record in job_records(job))
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, job: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            tails = [log.read_text()[-3000:] for log in job_logs(job) if log.exists()]
-            raise AssertionError(f"timed out waiting for {what}; logs:\n" + "\n".join(tails))
+def _wait_until_idle(slurm: Slurm, nodes: int, directory: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = slurm.run("sinfo", "--noheader", "--Node", "--format=%T", check=False).stdout
+        if states.split() == ["idle"] * nodes:
+            return
         time.sleep(0.5)
+    logs = sorted(directory.glob("**/*.log"))
+    raise AssertionError(
+        f"the nodes are not idle after 60 s (sinfo: {states.split()}):\n"
+        + "\n".join(f"{log}:\n{log.read_text()[-2000:]}" for log in logs)
+    )
+
+
+@pytest.fixture
+def slurm_on_two_hosts(slurm_cluster):
+    """A Slurm of two nodes on two hosts of their own network, made from slurm_cluster's
+    configuration (which also installed Slurm and started munged, whose socket the hosts
+    share)."""
+    if why := refused():
+        pytest.skip(why)
+    with namespace_hosts(["node1", "node2"]) as hosts, _slurm_daemons(hosts) as slurm:
+        yield slurm
 
 
 def last_step(output_dir: Path) -> int:
     return max((m["step"] for m in logged(output_dir)), default=0)
 
 
-def test_preempted_training_requeues_itself_and_resumes(slurm_cluster, tmp_path):
-    """USR1 to the batch shell, as Slurm sends before a time limit: the driver checkpoints
-    and exits 75, the script requeues the job, and the job's second run resumes from the
-    checkpoint and finishes: one job, run twice, every step trained once."""
-    out = tmp_path / "run"
-    env = job_environment(
-        OUTPUT_DIR=str(out), GPUS_PER_NODE="0", WORKERS_PER_NODE="2", CPUS_PER_WORKER="1"
+def test_preempted_training_on_two_hosts_requeues_itself_and_resumes(slurm_on_two_hosts, tmp_path):
+    """train_multi_node.sbatch on two hosts, a worker on each. USR1 to the batch shell, as
+    Slurm sends before a time limit: the driver checkpoints and exits 75, the script
+    requeues the job, and the job's second run (its Ray started again on both hosts)
+    resumes from the checkpoint and finishes: one job, run twice, every step trained once."""
+    slurm, out = slurm_on_two_hosts, tmp_path / "run"
+    # A CPU a node: each Ray node has room for one worker.
+    env = slurm.job_environment(
+        OUTPUT_DIR=str(out), GPUS_PER_NODE="0", WORKERS_PER_NODE="1", CPUS_PER_WORKER="1"
     )
-    script, options = "slurm/train_single_node.sbatch", [f"--cpus-per-task={os.cpu_count()}"]
-    with submitted(script, *TRAINING, options=options, env=env) as job:
-        wait_until(lambda: last_step(out) >= 2 or ended(job), 300, "step 2", job)
-        [log] = job_logs(job)
-        assert not ended(job), log.read_text()[-3000:]
-        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-        wait_until(lambda: ended(job), 300, "the requeued job to finish", job)
+    script, options = "slurm/train_multi_node.sbatch", ["--cpus-per-task=1"]
+    with slurm.submitted(script, *TRAINING, options=options, env=env) as job:
+        slurm.wait_until(lambda: last_step(out) >= 2 or slurm.ended(job), 300, "step 2", job)
+        [log] = slurm.logs(job)
+        assert not slurm.ended(job), log.read_text()[-3000:]
+        slurm.run("scancel", "--signal=USR1", "--batch", job)
+        slurm.wait_until(lambda: slurm.ended(job), 300, "the requeued job to finish", job)
 
-        [record], text = job_records(job), log.read_text()
+        [record], text = slurm.records(job), log.read_text()
         outcome = (record["JobState"], record["ExitCode"], record["Restarts"])
         assert outcome == ("COMPLETED", "0:0", "1"), text[-3000:]
+        joined = f"all 2 Ray nodes joined: node1 node2 (head {slurm.on.address}:"
+        assert text.count(joined) == 2, text[-3000:]  # the head's address on its network
         assert "requeue" in text and "resuming from" in text  # one log, both runs
         assert [m["step"] for m in logged(out)] == list(range(1, MAX_STEPS + 1))
         assert {"config.json", "model.safetensors"} <= {p.name for p in (out / "hf").iterdir()}
@@ -168,6 +284,7 @@ def sweep_entries() -> list[list[str]]:
 
 
 def test_sweep_array_tasks_get_their_own_overrides_and_output_dirs(slurm_cluster, tmp_path):
+    slurm = slurm_cluster
     """Two array tasks of slurm/sweep.sbatch, each running a stand-in for Python that
     records its arguments: task i gets SWEEP entry i, then the submitted overrides, and
     an OUTPUT_DIR of its own under outputs/ (the stand-in writes nothing there)."""
@@ -176,12 +293,12 @@ def test_sweep_array_tasks_get_their_own_overrides_and_output_dirs(slurm_cluster
         f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" >{tmp_path}/args-"$SLURM_ARRAY_TASK_ID"\n'
     )
     stand_in.chmod(0o755)
-    env = job_environment(PYTHON=str(stand_in), GPUS_PER_NODE="0")
+    env = slurm.job_environment(PYTHON=str(stand_in), GPUS_PER_NODE="0")
     options = ["--array=0-1", "--cpus-per-task=1"]
-    with submitted("slurm/sweep.sbatch", "trainer.seed=7", options=options, env=env) as job:
-        wait_until(lambda: ended(job), 120, "both array tasks", job)
+    with slurm.submitted("slurm/sweep.sbatch", "trainer.seed=7", options=options, env=env) as job:
+        slurm.wait_until(lambda: slurm.ended(job), 120, "both array tasks", job)
 
-        records = sorted(job_records(job), key=lambda record: record["ArrayTaskId"])
+        records = sorted(slurm.records(job), key=lambda record: record["ArrayTaskId"])
         assert [(r["ArrayTaskId"], r["JobState"], r["ExitCode"]) for r in records] == [
             ("0", "COMPLETED", "0:0"),
             ("1", "COMPLETED", "0:0"),
@@ -199,7 +316,8 @@ def test_a_gpu_jobs_ray_step_is_accepted_and_its_task_sees_every_gpu(slurm_clust
     flags of slurm/common.sh, is accepted and its one task sees both GPUs, as many as
     `ray start` is told. (Debian's Slurm 22.05 here would accept --gres=gpu:2 as well:
     26.05 is the one that refuses it beside the SLURM_GPUS_PER_NODE sbatch exports.)"""
-    node = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout
+    slurm = slurm_cluster
+    node = slurm.run("scontrol", "show", "node").stdout
     if "Gres=gpu:2" not in node:
         pytest.skip("the local Slurm has no stand-in GPUs: this container may not mknod")
     script, log = tmp_path / "ray_step.sh", tmp_path / "job.out"
@@ -211,10 +329,10 @@ def test_a_gpu_jobs_ray_step_is_accepted_and_its_task_sees_every_gpu(slurm_clust
         'srun "${RAY_NODE_STEP_FLAGS[@]}" -w "$(hostname -s)" printenv CUDA_VISIBLE_DEVICES\n'
     )
     options = ["--gpus-per-node=2", "--cpus-per-task=1", f"--output={log}"]
-    with submitted(str(script), options=options, env=job_environment()) as job:
-        wait_until(lambda: ended(job), 60, "the job", job)
+    with slurm.submitted(str(script), options=options, env=slurm.env) as job:
+        slurm.wait_until(lambda: slurm.ended(job), 60, "the job", job)
 
-        [record] = job_records(job)
+        [record] = slurm.records(job)
         assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log.read_text()
         start, visible = log.read_text().splitlines()
         assert start.split()[1] == "--num-gpus=2" and visible == "0,1"
