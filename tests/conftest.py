@@ -27,22 +27,17 @@ def pytest_terminal_summary(terminalreporter):
     )
 
 
-# Fixtures of tests that start or join a Ray cluster (the session's, or one of their own).
-CLUSTER_FIXTURES = {"ray_cluster", "ray_port", "own_ray_cluster"}
+# Fixtures of tests that start or join a Ray cluster or a Slurm job.
+CLUSTER_FIXTURES = {"ray_cluster", "slurm_cluster", "ray_port", "own_ray_cluster"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     """Under `-n 2 --dist loadgroup` (make test), the tests that start or join a Ray cluster
-    run one after another on one worker: two such runs at once would fight for the 2 CPUs
-    their clusters claim. The real-Slurm tests are a group of their own: pytest-xdist
-    hands out the groups of most tests first, so the other worker starts with them, and the Ray
-    tests' worker, whose turn is the suite's longest, has minutes less to run."""
+    or a Slurm job run one after another on one worker, while the other worker takes the
+    rest: two such runs at once would fight for the 2 CPUs their clusters claim."""
     for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        if "slurm_cluster" in names:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif CLUSTER_FIXTURES & names:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("clusters"))
 
 
