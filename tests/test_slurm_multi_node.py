@@ -171,7 +171,9 @@ def test_hosts_lost_mid_run_lose_nothing_and_the_job_leaves_no_ray(tmp_path, ray
     assert re.search(rf"(no answer from|lost).* \({cut.address}\)", notices[0]), notices[0]
     assert f"({killed.address}): lost (its process or its host died" in notices[1]
     assert all("restarting every worker from the newest checkpoint" in n for n in notices)
-    assert output.count("resuming from ") == 2
+    # Distinct lines: a host that comes back starts a log monitor that may print again the
+    # lines of the workers that host ran before it went (one "resuming from" seen twice).
+    assert len({line for line in output.splitlines() if "resuming from " in line}) == 2
     got, want = losses(tmp_path / "run"), losses(zero3_run / "run")
     assert list(got) == list(want) == [1, 2, 3, 4]  # each step logged once
     np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-6)
