@@ -52,12 +52,7 @@ def _train(cfg: TrainConfig) -> None:
         cfg = prepared.cfg  # sized from the data: what the workers train on
         resume_from = check_resume(cfg)
     print(f"data ({prepared.artifact}):\n{format_stats(prepared.stats)}", flush=True)
-    trainer = cfg.trainer
-    print(
-        f"training {trainer.max_steps} steps of {cfg.cluster.num_workers} workers x "
-        f"{trainer.micro_batch_size} rows x {trainer.grad_accum_steps} accumulation steps",
-        flush=True,
-    )
+    print(f"training {cfg.trainer.max_steps} steps of {cfg.layout()}", flush=True)
     if resume_from is not None:
         print(f"resuming from {resume_from}", flush=True)
 

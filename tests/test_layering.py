@@ -20,7 +20,12 @@ ORDER = [
 # library -> the folders (ending in /) and modules of framework/ that may import it
 ALLOWED = {
     "ray": {"cluster/"},
-    "deepspeed": {"train/", "hf/engine_export.py", "hf/checkpoint_export.py"},
+    "deepspeed": {
+        "train/",
+        "hf/engine_export.py",
+        "hf/checkpoint_export.py",
+        "model/sequence_parallel.py",  # DeepSpeed's Ulysses attention
+    },
     "hydra": {"commands/compose.py"},
     "wandb": {"tracking/"},
     "peft": {"model/adapters.py", "hf/adapter_export.py"},

@@ -238,7 +238,7 @@ def size_the_run(cfg: TrainConfig, stats: dict, plan: PackingPlan | None) -> Tra
     """A copy of `cfg` with trainer.global_batch_tokens / _examples turned into
     grad_accum_steps and trainer.epochs into max_steps, as the workers get it (the composed
     config stays as it was given); fails when the data cannot fill one step."""
-    trainer, workers = cfg.trainer, cfg.cluster.num_workers
+    trainer, workers = cfg.trainer, cfg.data_workers
     rows = len(plan) if plan is not None else stats["examples"]
     micro_steps = micro_steps_per_epoch(rows, trainer.micro_batch_size, workers)
     per_micro_step = {

@@ -56,6 +56,7 @@ _POSITIVE = (
     "eval.batch_size",
     "loss.chunk_tokens",
     "cluster.num_workers",
+    "parallelism.sequence_parallel",
     "cluster.cpus_per_worker",
     "cluster.gpus_per_worker",
     "cluster.collective_timeout_s",
@@ -129,6 +130,43 @@ def check_train_config(cfg: TrainConfig) -> None:
     _check_curate(cfg.data.curate)
     _check_adapter(cfg)
     _check_objective(cfg)
+    _check_sequence_parallel(cfg)
+
+
+# Attention a sequence-parallel group can split: found from positions (not a dense mask,
+# nor flex_attention's block mask, which the split would rebuild causal over the row).
+SPLITTABLE_ATTENTION = ("auto", "document_sdpa", "flash_attention_2")
+
+
+def _check_sequence_parallel(cfg: TrainConfig) -> None:
+    size, workers = cfg.parallelism.sequence_parallel, cfg.cluster.num_workers
+    if size == 1:
+        return
+    key = f"parallelism.sequence_parallel={size}"
+    if workers % size:
+        raise ConfigError(f"cluster.num_workers={workers} is not a multiple of {key}: set one")
+    if cfg.objective.name != "sft":
+        raise ConfigError(
+            f"{key} trains objective=sft only (objective={cfg.objective.name} is not split "
+            "yet); set parallelism.sequence_parallel=1"
+        )
+    if cfg.model.attention not in SPLITTABLE_ATTENTION:
+        raise ConfigError(
+            f"{key} cannot split model.attention={cfg.model.attention}: use one of "
+            f"{list(SPLITTABLE_ATTENTION)}"
+        )
+    if cfg.model.name_or_path is None:  # a pretrained model's heads: check_model_source
+        check_split_heads(cfg.model.num_heads, cfg.model.num_kv_heads, size)
+
+
+def check_split_heads(heads: int, kv_heads: int, size: int) -> None:
+    """Raise ConfigError unless a sequence-parallel group of `size` can share out the heads."""
+    if heads % size or (kv_heads % size and size % kv_heads):
+        raise ConfigError(
+            f"parallelism.sequence_parallel={size} cannot split the model's {heads} attention "
+            f"heads ({kv_heads} key-value heads), 1/{size} to each worker: set it to a divisor "
+            f"of {heads} that divides {kv_heads} or is a multiple of it"
+        )
 
 
 def _check_curate(curate) -> None:

@@ -213,6 +213,10 @@ class ParallelismConfig:
     zero_stage: int = 2
     offload_optimizer: bool = False
     offload_params: bool = False
+    # Workers that share each packed row, a slice of its positions each, for rows longer
+    # than one worker holds (Ulysses: attention gets the whole row by an all-to-all over
+    # heads). cluster.num_workers is a multiple of it; data parallelism is over the groups.
+    sequence_parallel: int = 1
 
 
 @dataclass
@@ -347,3 +351,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Not a field (never saved): what null took, for the start-up line.
         self.sized_for_device: list[str] = fill_device_sizes(self)
+
+    @property
+    def data_workers(self) -> int:
+        """Workers with rows of their own: a sequence-parallel group shares its rows."""
+        return self.cluster.num_workers // self.parallelism.sequence_parallel
+
+    def layout(self) -> str:
+        """How a step's rows are laid out: workers (groups), rows, accumulation."""
+        size, workers = self.parallelism.sequence_parallel, f"{self.cluster.num_workers} workers"
+        if size > 1:
+            groups = "1 group" if self.data_workers == 1 else f"{self.data_workers} groups"
+            workers = f"{groups} of {size} workers sharing each row"
+        return (
+            f"{workers} x {self.trainer.micro_batch_size} rows x "
+            f"{self.trainer.grad_accum_steps} accumulation steps"
+        )

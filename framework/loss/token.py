@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from framework.config.sections import LossConfig
 from framework.data.pack import IGNORE_INDEX
 from framework.model.attention import packed_hidden_states, packed_logits
+from framework.model.sequence_parallel import sequence_parallel
 
 # (ids, positions, labels) -> the loss of predicting labels[:, t+1] at each position t,
 # [rows, length - 1], 0 where untrained.
@@ -35,14 +36,32 @@ TokenLosses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-position loss of predicting labels[:, t+1] from logits[:, t]; 0 where untrained."""
-    shifted = labels[:, 1:]
+    return _target_losses(logits, labels[:, 1:])
+
+
+def _target_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # targets[:, t] is what position t predicts; the logits may have a last position more.
     losses = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        shifted.flatten(),
+        logits[:, : targets.shape[1]].flatten(0, 1).float(),
+        targets.flatten(),
         ignore_index=IGNORE_INDEX,
         reduction="none",
     )
-    return losses.view_as(shifted)
+    return losses.view_as(targets)
+
+
+def _targets(model: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """What each position of `model`'s forward predicts: the next label (under sequence
+    parallelism, at this worker's slice of the positions)."""
+    sp = sequence_parallel(model)
+    return labels[:, 1:] if sp is None else sp.targets(labels, IGNORE_INDEX)
+
+
+def _whole(model: torch.nn.Module, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The whole rows' losses [rows, length - 1], from this worker's (sequence parallelism:
+    from every worker of its group)."""
+    sp = sequence_parallel(model)
+    return losses if sp is None else sp.whole(losses, labels.shape[1] - 1)
 
 
 def _chunk_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
@@ -90,20 +109,29 @@ def token_loss_fn(model: torch.nn.Module, cfg: LossConfig) -> TokenLosses:
     loss.positions says."""
     if cfg.positions == "all":
         logits = packed_logits(model)
-        return lambda ids, positions, labels: token_losses(logits(ids, positions), labels)
+
+        def every_position(ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
+            found = _target_losses(logits(ids, positions), _targets(model, labels))
+            return _whole(model, found, labels)
+
+        return every_position
     hidden_states = packed_hidden_states(model)
 
-    def losses(ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
+    def trained_positions(ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
         hidden, head = hidden_states(ids, positions)
-        targets = labels[:, 1:]
+        targets = _targets(model, labels)
         trained = targets != IGNORE_INDEX
         picked = chunked_cross_entropy(
-            hidden[:, :-1][trained], targets[trained], head, chunk_tokens=cfg.chunk_tokens
+            hidden[:, : targets.shape[1]][trained],
+            targets[trained],
+            head,
+            chunk_tokens=cfg.chunk_tokens,
         )
         # masked_scatter keeps the graph through `picked` even when nothing is trained.
-        return picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+        found = picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+        return _whole(model, found, labels)
 
-    return losses
+    return trained_positions
 
 
 def summed_loss(losses: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

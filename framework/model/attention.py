@@ -36,6 +36,7 @@ from transformers.masking_utils import sdpa_mask
 
 from framework.config.schema import ConfigError
 from framework.data.pack import example_bounds
+from framework.model.sequence_parallel import SEQUENCE_PARALLEL, sequence_parallel
 
 DOCUMENT_SDPA = "document_sdpa"
 FLASH_ATTENTION = "flash_attention_2"
@@ -176,24 +177,19 @@ def packed_attention_kwargs(position_ids: torch.Tensor, implementation: str) -> 
 
 def packed_logits(model: torch.nn.Module) -> Forward:
     """(input ids, position ids) -> logits of packed rows, through `model` (a DeepSpeed
-    engine or a plain model). No cache: with one, transformers lets packed examples
-    attend to each other."""
+    engine or a plain model; one splitting its rows: this worker's slice of them). No
+    cache: with one, transformers lets packed examples attend to each other."""
     implementation = _implementation(model)
     return lambda ids, positions: (
-        model(
-            input_ids=ids,
-            position_ids=positions,
-            use_cache=False,
-            **packed_attention_kwargs(positions, implementation),
-        ).logits
+        model(use_cache=False, **_packed_inputs(model, ids, positions, implementation)).logits
     )
 
 
 def packed_hidden_states(model: torch.nn.Module) -> HiddenForward:
     """(input ids, position ids) -> (the decoder's final hidden states, the LM head) of
-    packed rows, through `model`'s own forward (ZeRO-3's hooks on the whole model run as
-    usual), with the head applied to the last position only: the caller applies it where
-    it needs logits."""
+    packed rows (a model splitting its rows: this worker's slice of them), through
+    `model`'s own forward (ZeRO-3's hooks on the whole model run as usual), with the head
+    applied to the last position only: the caller applies it where it needs logits."""
     inner = getattr(model, "module", model)  # a DeepSpeed engine's model
     decoder, head = inner.get_decoder(), inner.get_output_embeddings()
     implementation = _implementation(model)
@@ -203,17 +199,29 @@ def packed_hidden_states(model: torch.nn.Module) -> HiddenForward:
         hook = decoder.register_forward_hook(lambda m, a, out: captured.append(out))
         try:
             model(
-                input_ids=ids,
-                position_ids=positions,
                 use_cache=False,
                 logits_to_keep=1,
-                **packed_attention_kwargs(positions, implementation),
+                **_packed_inputs(model, ids, positions, implementation),
             )
         finally:
             hook.remove()
         return captured[0].last_hidden_state, head
 
     return forward
+
+
+def _packed_inputs(model, ids: torch.Tensor, positions: torch.Tensor, implementation: str) -> dict:
+    """The forward's inputs for packed rows: the tokens, their positions and what keeps the
+    documents apart; under sequence parallelism, this worker's slice of the tokens, and the
+    documents found in the whole rows."""
+    sp = sequence_parallel(model)
+    if sp is None:
+        kwargs = packed_attention_kwargs(positions, implementation)
+        return {"input_ids": ids, "position_ids": positions, **kwargs}
+    positions = sp.padded_positions(positions)
+    kwargs = packed_attention_kwargs(positions, implementation)
+    ids, positions = sp.tokens(ids, positions)
+    return {"input_ids": ids, "position_ids": positions, SEQUENCE_PARALLEL: sp, **kwargs}
 
 
 def _implementation(model: torch.nn.Module) -> str:

@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from framework.config.checks import check_split_heads
 from framework.config.schema import MODEL_FORMS, ConfigError, ModelConfig, TrainConfig
 from framework.model import attention as _registers_document_sdpa  # noqa: F401
 from framework.model.adapters import check_adapter
@@ -38,6 +39,9 @@ def check_model_source(cfg: TrainConfig, source: str | None) -> None:
         ) from None
     check_adapter(cfg, config)
     _check_plain_head(cfg, config)
+    if (size := cfg.parallelism.sequence_parallel) > 1:
+        text = config.get_text_config()
+        check_split_heads(text.num_attention_heads, text.num_key_value_heads, size)
 
 
 # Config fields of models whose forward changes the logits after the LM head (Gemma 2's

@@ -111,8 +111,7 @@ def _setup(run: Run) -> list[str]:
     sources = [s.name or s.path for s in cfg.data.sources]
     data = ", ".join(sources) or f"the built-in suite ({cfg.data.suite.train_examples} examples)"
     layout = (
-        f"{cfg.cluster.num_workers} workers x {cfg.trainer.micro_batch_size} rows x "
-        f"{cfg.trainer.grad_accum_steps} accumulation, {cfg.data.max_seq_len} tokens a row, "
+        f"{cfg.layout()}, {cfg.data.max_seq_len} tokens a row, "
         f"{'packed' if cfg.data.packing else 'padded'}, ZeRO-{cfg.parallelism.zero_stage}, "
         f"{cfg.trainer.precision}, {cfg.trainer.max_steps} steps at lr {cfg.trainer.lr:g}"
     )

@@ -17,6 +17,12 @@ from framework.model.adapters import prepare_for_training, quantization
 from framework.model.attention import choose_attention
 from framework.model.build import TORCH_DTYPES, build_model
 from framework.model.precision import auto_precision, float32_matmul_precision
+from framework.model.sequence_parallel import (
+    SEQUENCE_PARALLEL,
+    SequenceParallel,
+    check_splittable,
+    split_attention,
+)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -247,4 +253,12 @@ def build_training_engine(
         quantization=quantization(cfg.adapter, dtype),
     )
     model = prepare_for_training(model, cfg.model, cfg.adapter)
-    return build_engine(model, cfg, ds_config=ds_config, device=device), zero3
+    size = cfg.parallelism.sequence_parallel
+    if size > 1:
+        check_splittable(model.config, attention, size)
+    engine = build_engine(model, cfg, ds_config=ds_config, device=device)
+    if size > 1:  # the engine's forwards then take a slice of every row (sequence_parallel.py)
+        split_attention(attention)
+        group = SequenceParallel.join(size, cfg.cluster.collective_timeout_s)
+        setattr(engine, SEQUENCE_PARALLEL, group)
+    return engine, zero3

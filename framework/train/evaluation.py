@@ -143,7 +143,10 @@ def evaluate(
     evalset, questions = inputs.evalset, inputs.questions
     metrics, samples, answers, times = {}, [], [], {}
     if evalset is not None:
-        where = {"rank": rank, "world": world_size, "device": device}
+        # Split over sequence-parallel groups: a group's workers share each row's forward
+        # (its generation, below, is each worker's own).
+        size = cfg.parallelism.sequence_parallel
+        where = {"rank": rank // size, "world": world_size // size, "device": device}
         with _timed(times, "loss"):
             metrics = _eval_split(engine, tokenizer, inputs, cfg, **where)
         with _timed(times, "samples"):

@@ -120,6 +120,13 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, float]:
     return metrics
 
 
+def _data_rank(cfg: TrainConfig, ctx: WorkerContext) -> dict[str, int]:
+    """This worker's share of the data: under sequence parallelism a group's workers share
+    their rows (framework/model/sequence_parallel.py), and the data is split over groups."""
+    size = cfg.parallelism.sequence_parallel
+    return {"rank": ctx.rank // size, "world_size": ctx.world_size // size}
+
+
 def _rank_state(sampler) -> dict | None:
     # grpo's rollouts keep their current round per rank; the packed data needs nothing.
     return sampler.rank_state() if isinstance(sampler, Rollouts) else None
@@ -175,9 +182,7 @@ def _start_or_resume(cfg: TrainConfig, ctx: WorkerContext, tokenizer, artifact: 
     if cfg.objective.online:
         sampler = build_rollouts(cfg, engine, tokenizer, artifact, generator=ctx.generator, **where)
     else:
-        sampler = run_batches(
-            artifact, cfg, rank=ctx.rank, world_size=ctx.world_size, pad_id=tokenizer.pad_token_id
-        )
+        sampler = run_batches(artifact, cfg, **_data_rank(cfg, ctx), pad_id=tokenizer.pad_token_id)
     reference = None
     if cfg.objective.needs_reference:
         reference = prepare_reference(

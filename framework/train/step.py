@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from framework.config.schema import TrainConfig
 from framework.loss.token import backward_scale
+from framework.model.sequence_parallel import sequence_parallel
 from framework.tracking.tracker import SKIP_COUNTS
 from framework.train.metrics import ModelShape, clock, gather, peak_memory_gb, summarize
 from framework.train.objective import Objective
@@ -134,10 +135,7 @@ def train_step(
         loss_sum += summed.detach()
     dist.all_reduce(loss_sum)
     local = {
-        "tokens": sum(int(b["num_tokens"].sum()) for b in micro),
-        "trained_tokens": sum(int((b["loss_weights"][:, 1:] > 0).sum()) for b in micro),
-        "slots": sum(b["input_ids"].numel() for b in micro),
-        "sum_sq_lengths": sum(int(b["sum_sq_lengths"].sum()) for b in micro),
+        **_row_counts(micro, engine),
         "data_wait_s": data_done - start,
         "compute_s": compute_s,
         "optimizer_s": optimizer_s,
@@ -153,6 +151,18 @@ def train_step(
         "grad_norm": _float(engine.get_global_grad_norm() if plain_norm is None else plain_norm),
         **objective.step_metrics(device),
         **summarize(gather(local, device), ModelShape.of(engine.module) if peak else None, peak),
+    }
+
+
+def _row_counts(micro: list[dict[str, torch.Tensor]], engine) -> dict[str, float]:
+    """The tokens, trained tokens, slots and attention work of this rank's micro batches;
+    under sequence parallelism a share of them, as a group's workers count the same rows."""
+    share = 1 / (sp.size if (sp := sequence_parallel(engine)) else 1)
+    return {
+        "tokens": share * sum(int(b["num_tokens"].sum()) for b in micro),
+        "trained_tokens": share * sum(int((b["loss_weights"][:, 1:] > 0).sum()) for b in micro),
+        "slots": share * sum(b["input_ids"].numel() for b in micro),
+        "sum_sq_lengths": share * sum(int(b["sum_sq_lengths"].sum()) for b in micro),
     }
 
 

@@ -191,6 +191,15 @@ def test_unknown_group_option_is_rejected():
             "model.name_or_path=x",
             "rollout.generator=actors",
         ),
+        ("parallelism.sequence_parallel=0", "parallelism.sequence_parallel"),
+        ("parallelism.sequence_parallel=3", "cluster.num_workers=2 is not a multiple"),
+        ("parallelism.sequence_parallel=2 objective=dpo data=dpo_demo", "objective=sft only"),
+        ("parallelism.sequence_parallel=2 model.attention=sdpa", "model.attention=sdpa"),
+        (
+            "parallelism.sequence_parallel=2 cluster.num_workers=4 model=tiny_llama "
+            "model.num_heads=6 model.num_kv_heads=3",
+            "cannot split the model's 6 attention heads (3 key-value heads)",
+        ),
     ],
 )
 def test_bad_values_name_their_key(override, key):

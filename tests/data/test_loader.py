@@ -63,6 +63,21 @@ def _epoch(loader):
         yield batch
 
 
+def test_rows_of_tens_of_thousands_of_tokens_hold_long_examples_whole():
+    """Long context (rows a sequence-parallel group shares): examples of 40,000, 30,000 and
+    20,000 tokens among short ones, rows of 65,536 tokens: each example sits whole in one
+    row, its positions 0 to its length - 1, and every token is handed out once."""
+    lengths = [40_000, 30_000, 20_000, 5_000, 500, 300]
+    batches = _take(_loader(_dataset(lengths), 0, world=1, max_seq_len=65_536, mbs=1), 2)
+    tokens = np.concatenate([b["input_ids"].numpy().ravel() for b in batches])
+    positions = np.concatenate([b["position_ids"].numpy().ravel() for b in batches])
+    assert all(b["input_ids"].shape == (1, 65_536) for b in batches)
+    for example, length in enumerate(lengths):
+        at = np.flatnonzero(tokens == example + 1)
+        assert len(at) == length
+        np.testing.assert_array_equal(positions[at], np.arange(length))
+
+
 def test_sampler_state_resumes_exactly_mid_epoch_and_across_epochs():
     dataset = _dataset(np.random.default_rng(1).integers(5, 40, size=60))
     straight = _take(_loader(dataset, 1), 12)

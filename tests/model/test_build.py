@@ -55,3 +55,20 @@ def test_a_model_that_changes_its_logits_after_the_head_needs_the_full_logit_los
     cfg = _train(str(model), tmp_path)
     cfg.loss.positions = "all"
     assert _checked(cfg) == str(model)
+
+
+def test_a_pretrained_models_heads_that_a_split_cannot_share_out_are_named(tmp_path):
+    """Checked on the driver from the model's config: SmolLM2-135M's 9 heads over 3
+    key-value heads split in 3, not in 2."""
+    from transformers import LlamaConfig
+
+    model = tmp_path / "model"
+    LlamaConfig(num_attention_heads=9, num_key_value_heads=3, hidden_size=576).save_pretrained(
+        model
+    )
+    cfg = _train(str(model), tmp_path)
+    cfg.parallelism.sequence_parallel = 2
+    with pytest.raises(ConfigError, match=r"sequence_parallel=2 cannot split .* 9 attention"):
+        _checked(cfg)
+    cfg.parallelism.sequence_parallel = 3
+    assert _checked(cfg) == str(model)
