@@ -102,8 +102,14 @@ class SequenceParallel:
                 core, rows, heads, head_size, kv_heads, num_hidden_layers=1,
                 process_group=self.group, seq_length_is_variable=True,
             )  # fmt: skip
-        # A mask would be the slice's; the core attention finds the documents itself.
-        return self._attention[shape](module, query, key, value, None, *args, **kwargs)
+        # With fewer key-value heads than workers DeepSpeed replicates them and rewrites
+        # the module's num_key_value_groups, which an unsplit forward (generation) reads.
+        groups = getattr(module, "num_key_value_groups", None)
+        try:  # A mask would be the slice's; the core attention finds the documents itself.
+            return self._attention[shape](module, query, key, value, None, *args, **kwargs)
+        finally:
+            if groups is not None:
+                module.num_key_value_groups = groups
 
 
 def sequence_parallel(model: torch.nn.Module) -> SequenceParallel | None:

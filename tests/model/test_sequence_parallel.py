@@ -44,6 +44,10 @@ from tests.helpers import (
 SIX_HEADS = ModelConfig(
     hidden_size=48, intermediate_size=96, num_layers=2, num_heads=6, num_kv_heads=3
 )
+# One key-value head for 4 query heads: split in 2, DeepSpeed replicates it.
+ONE_KV_HEAD = ModelConfig(
+    hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=1
+)
 # Two rows of 37 positions: documents of 10, 15 and 12 tokens, and of 20 and 17.
 DOCUMENTS = [[10, 15, 12], [20, 17]]
 
@@ -82,15 +86,21 @@ def _split_rank(rank, world, port, cfg, tokenizer, positions, out):
         dist.all_reduce(gradient)
     gathered = [torch.empty_like(found) for _ in range(world)]
     dist.all_gather(gathered, found)
+    groups = [layer.self_attn.num_key_value_groups for layer in model.model.layers]
     if rank == 0:
-        torch.save({"losses": gathered, "gradients": gradients}, out)
+        torch.save({"losses": gathered, "gradients": gradients, "groups": groups}, out)
     leave_group()
 
 
 @pytest.mark.parametrize(
     "cfg, world, positions",
-    [(TINY, 2, "trained"), (TINY, 2, "all"), (SIX_HEADS, 3, "trained")],
-    ids=["2-trained", "2-all", "3-trained"],
+    [
+        (TINY, 2, "trained"),
+        (TINY, 2, "all"),
+        (SIX_HEADS, 3, "trained"),
+        (ONE_KV_HEAD, 2, "trained"),
+    ],
+    ids=["2-trained", "2-all", "3-trained", "2-one-key-value-head"],
 )
 def test_split_rows_give_the_whole_rows_losses_and_gradients(
     cfg, world, positions, tokenizer, tmp_path
@@ -104,6 +114,8 @@ def test_split_rows_give_the_whole_rows_losses_and_gradients(
     assert (whole > 0).sum() > 40  # trained positions on both sides of every boundary
     for on_rank in split["losses"]:
         torch.testing.assert_close(on_rank, whole, rtol=1e-5, atol=1e-6)
+    # What unsplit forwards (generation) read of the heads is left as it was.
+    assert split["groups"] == [cfg.num_heads // cfg.num_kv_heads] * cfg.num_layers
     for name, gradient in gradients.items():
         torch.testing.assert_close(split["gradients"][name] / world, gradient, rtol=1e-4, atol=1e-6)
 
