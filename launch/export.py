@@ -4,6 +4,7 @@ any other model name converted (a .gguf file, a preset such as smollm2_135m).
 python launch/export.py model=outputs/tiny-sft/checkpoints out=outputs/tiny-sft/export
 python launch/export.py model=outputs/tiny-sft/checkpoints/step_00000100 out=step100
 python launch/export.py model=smollm2_135m out=smollm2-hf
+python launch/export.py model=outputs/tiny-sft/hf out=tiny.gguf format=gguf gguf_type=q8_0
 
 `model` takes every form framework/hf/resolve.py accepts; for a checkpoint, a step_*
 directory or a run's checkpoint directory (run.checkpoint_dir) for its newest committed
@@ -32,6 +33,9 @@ def main(raw: DictConfig) -> None:
         from framework.hf.checkpoint_export import export_model
 
         out = export_model(cfg)
+    if cfg.format == "gguf":  # export_model said how close the file came back
+        print(f"done: {out} holds the model", flush=True)
+        return
     print(
         f"done: {out} holds the model (reloaded and verified: every weight equal to the "
         "checkpoint's, logits matching)",

@@ -184,7 +184,17 @@ def export_config(raw: DictConfig) -> ExportConfig:
             "directory, run.checkpoint_dir for its newest, a .gguf file or a preset> "
             "out=<directory>"
         )
-    return OmegaConf.to_object(raw)
+    cfg: ExportConfig = OmegaConf.to_object(raw)
+    if cfg.format not in ("hf", "gguf"):
+        raise ConfigError(f"format={cfg.format!r} is not one of ['hf', 'gguf']")
+    if cfg.format == "gguf":
+        from framework.hf.gguf_export import GGUF_TYPES  # gguf loads only when asked for
+
+        if cfg.gguf_type not in GGUF_TYPES:
+            raise ConfigError(f"gguf_type={cfg.gguf_type!r} is not one of {list(GGUF_TYPES)}")
+        if not cfg.out.endswith(".gguf"):
+            raise ConfigError(f"out={cfg.out!r}: format=gguf writes a file; name it *.gguf")
+    return cfg
 
 
 def improve_config(raw: DictConfig) -> ImproveConfig:

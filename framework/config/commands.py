@@ -82,8 +82,12 @@ class ExportConfig:
     # Any MODEL_FORMS: a step_* checkpoint or run.checkpoint_dir (its newest committed
     # one), a .gguf file or preset to convert, a Hugging Face directory to copy.
     model: str = MISSING
-    # The Hugging Face model directory to write.
+    # The Hugging Face model directory to write (format=gguf: the .gguf file).
     out: str = MISSING
+    # hf: a Hugging Face directory; gguf: one GGUF file (llama.cpp, Ollama) of the Llama
+    # family in gguf_type (f32, f16, bf16 or q8_0), with an Ollama Modelfile beside it.
+    format: str = "hf"
+    gguf_type: str = "f16"
     trust_remote_code: bool = False
     cache_dir: str = DEFAULT_CACHE_DIR
 

@@ -6,6 +6,8 @@ model name, converted or copied through the resolver."""
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import torch
@@ -57,7 +59,23 @@ def find_checkpoint(path: str | Path) -> Path:
 def export_model(cfg: ExportConfig) -> Path:
     """launch/export.py: the checkpoint cfg.model names, or the model any other form names
     (converted or copied through the resolver), written to cfg.out through
-    `write_verified`."""
+    `write_verified`; format=gguf: written so to a temporary directory, then as cfg.out's
+    GGUF file (framework/hf/gguf_export.py)."""
+    if cfg.format == "gguf":
+        from framework.hf.gguf_export import export_gguf
+
+        out = Path(cfg.out).absolute()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as staging:
+            hf_dir = export_model(dataclasses.replace(cfg, format="hf", out=f"{staging}/hf"))
+            gap = export_gguf(hf_dir, out, cfg.gguf_type)
+        print(
+            f"{out}: {cfg.gguf_type}, read back through transformers' GGUF loader with logits "
+            f"within {gap:.1e} of the largest of the exported model's; Ollama: "
+            f"{out.with_name('Modelfile')}",
+            flush=True,
+        )
+        return out
     path = Path(cfg.model).expanduser()
     if path.is_dir() and (path.name.startswith("step_") or committed(path)):
         try:
