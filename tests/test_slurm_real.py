@@ -14,6 +14,8 @@ them the tests skip, except under CI=true, where they fail.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shlex
@@ -26,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import ROOT, TINY_RUN, logged
@@ -125,20 +128,42 @@ def _controller_up() -> bool:
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
-    """A running one-node Slurm; stopped afterwards unless it was running before."""
+    """A running one-node Slurm; stopped by the last test process done with it, unless it
+    was running before the tests."""
     missing = _missing_prerequisite()
     if missing and os.environ.get("CI") == "true":
         pytest.fail(f"{missing}: under CI=true the Slurm tests must run")
     if missing:
         pytest.skip(missing)
-    was_up = _controller_up()
-    result = subprocess.run([INSTALL], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with _users() as users:
+        if not users["pids"]:
+            users["started"] = not _controller_up()
+        result = subprocess.run([INSTALL], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        users["pids"].append(os.getpid())
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     yield Slurm(env)
-    if not was_up:
-        subprocess.run([INSTALL, "--stop"], check=True, timeout=60)
+    with _users() as users:
+        users["pids"] = [p for p in users["pids"] if p != os.getpid() and psutil.pid_exists(p)]
+        if not users["pids"] and users.get("started"):
+            subprocess.run([INSTALL, "--stop"], check=True, timeout=60)
+
+
+# The test processes using the one-node Slurm now, and whether they started it: pytest's
+# workers may run this module's tests at once, and the last one done stops what the first
+# started (a cluster running before the tests is left running).
+USERS = Path("/run/instruct-framework-slurm-tests.json")
+
+
+@contextmanager
+def _users() -> Iterator[dict]:
+    """USERS read and written back, under a lock no other test process passes meanwhile."""
+    with open(USERS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        users = json.loads(USERS.read_text()) if USERS.exists() else {"pids": []}
+        yield users
+        USERS.write_text(json.dumps(users))
 
 
 # Keys of the one-node configuration that a cluster on namespace hosts sets for itself: its
