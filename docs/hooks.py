@@ -34,6 +34,7 @@ COMMANDS_IN_ORDER = (
     ("launch/eval.py", "EvalConfig"),
     ("launch/export.py", "ExportConfig"),
     ("launch/improve.py", "ImproveConfig"),
+    ("launch/serve.py", "ServeConfig"),
 )
 
 

@@ -6,7 +6,7 @@ import sys
 
 from tests.helpers import ROOT
 
-COMMANDS = ("train", "prepare", "chat", "eval", "export", "improve")
+COMMANDS = ("train", "prepare", "chat", "eval", "export", "improve", "serve")
 TRAIN_GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
 
 

@@ -15,8 +15,19 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from framework.config.checks import check_chat_config, check_eval_config, check_train_config
-from framework.config.commands import ChatConfig, EvalConfig, ExportConfig, ImproveConfig
+from framework.config.checks import check_train_config
+from framework.config.command_checks import (
+    check_chat_config,
+    check_device_and_dtype,
+    check_eval_config,
+)
+from framework.config.commands import (
+    ChatConfig,
+    EvalConfig,
+    ExportConfig,
+    ImproveConfig,
+    ServeConfig,
+)
 from framework.config.presets import CONF_DIR
 from framework.config.schema import ConfigError, SourceConfig, TrainConfig
 from framework.config.sections import RENAMED_KEYS
@@ -26,13 +37,14 @@ from framework.suite.build import check_family_names, check_suite
 
 def register_schemas() -> None:
     """Make the schemas available to the defaults lists of conf/train.yaml,
-    launch/conf/*.yaml (chat, eval, export, improve)."""
+    launch/conf/*.yaml (chat, eval, export, improve, serve)."""
     schemas = {
         "train_schema": _train_schema(),
         "chat_schema": ChatConfig,
         "eval_schema": EvalConfig,
         "export_schema": ExportConfig,
         "improve_schema": ImproveConfig,
+        "serve_schema": ServeConfig,
     }
     store = ConfigStore.instance()
     for name, schema in schemas.items():
@@ -206,6 +218,8 @@ def improve_config(raw: DictConfig) -> ImproveConfig:
     cfg.out = _absolute(cfg.out)
     if Path(cfg.model).expanduser().exists():
         cfg.model = _absolute(cfg.model)
+    if cfg.feedback is not None:
+        cfg.feedback = _absolute(cfg.feedback)
     for key in ("rounds", "prompts_per_family", "samples", "max_new_tokens", "workers"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key}={getattr(cfg, key)} must be > 0")
@@ -215,4 +229,24 @@ def improve_config(raw: DictConfig) -> ImproveConfig:
             "answers to one prompt, so sample at least 2 at a temperature above 0"
         )
     _check_families(cfg.held_out, "held_out")
+    return cfg
+
+
+def serve_config(raw: DictConfig) -> ServeConfig:
+    """The composed Hydra config of launch/serve.py as a checked ServeConfig."""
+    _require_model(raw, "serve", "model=outputs/smollm2-sft/hf or model=smollm2_135m")
+    cfg: ServeConfig = OmegaConf.to_object(raw)
+    check_device_and_dtype(cfg)
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"port={cfg.port} is not a TCP port (1 to 65535)")
+    for key in ("max_request_bytes", "max_tokens", "max_concurrent", "log_retention_days"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be > 0")
+    if cfg.max_model_len is not None and cfg.max_model_len <= cfg.max_tokens:
+        raise ConfigError(
+            f"max_model_len={cfg.max_model_len} leaves no room for a prompt beside "
+            f"max_tokens={cfg.max_tokens} reply tokens; raise it, or null for the model's context"
+        )
+    if cfg.log_dir is not None:
+        cfg.log_dir = _absolute(cfg.log_dir)
     return cfg

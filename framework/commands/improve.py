@@ -80,11 +80,14 @@ def score(cfg: ImproveConfig, model: str, out: Path) -> dict:
 
 
 def train_round(cfg: ImproveConfig, model: str, pairs: Path, out: Path) -> str:
-    """One preference training run on `pairs` from `model`, as launch/train.py runs it;
-    returns the trained model's directory."""
+    """One preference training run on `pairs` (and the feedback log's, cfg.feedback) from
+    `model`, as launch/train.py runs it; returns the trained model's directory."""
+    data = f"{{path: '{pairs}'}}"
+    if cfg.feedback is not None:
+        data += f", {{path: '{cfg.feedback}', format: feedback}}"
     overrides = [
         f"model.name_or_path={model}",
-        f"data.path={pairs}",
+        f"data.sources=[{data}]",
         f"run.output_dir={out}",
         f"run.cache_dir={cfg.cache_dir}",
         *cfg.train,

@@ -1,5 +1,6 @@
 """The schemas of the commands beside training: launch/chat.py, launch/eval.py,
-launch/export.py and launch/improve.py. Defaults here are the only ones, as in schema.py."""
+launch/export.py, launch/improve.py and launch/serve.py. Defaults here are the only ones,
+as in schema.py."""
 
 from __future__ import annotations
 
@@ -115,6 +116,9 @@ class ImproveConfig:
     eval_per_family: int = 20
     # Overrides of each round's training run (launch/train.py), after model and data.
     train: list[str] = field(default_factory=lambda: ["objective=dpo"])
+    # A conversation log (launch/serve.py log_dir=...): its users' ratings, as preference
+    # pairs (framework/data/feedback.py), join every round's training data. null: none.
+    feedback: str | None = None
     # Ray tasks that sample, and their CPUs; the cluster to sample on (None: a local Ray).
     workers: int = 2
     cpus_per_worker: int = 1
@@ -122,3 +126,40 @@ class ImproveConfig:
     seed: int = 0
     cache_dir: str = DEFAULT_CACHE_DIR
     logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(project="instruct-improve"))
+
+
+@dataclass
+class ServeConfig:
+    """launch/serve.py (launch/conf/serve.yaml): an OpenAI-compatible HTTP server."""
+
+    # Any MODEL_FORMS (a run's hf/, a checkpoint, smollm2_135m, a .gguf file, ...).
+    model: str = MISSING
+    # The name clients give as `model` and /v1/models lists; null: `model` as given.
+    name: str | None = None
+    # 127.0.0.1 serves this machine only; another address (0.0.0.0) needs a key.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The bearer key every request but /health must send (Authorization: Bearer <key>);
+    # null: the SERVE_API_KEY environment variable, else no key (127.0.0.1 only).
+    api_key: str | None = None
+    # Limits, each refused with its own HTTP status and message: a request body's bytes
+    # (413); a reply's tokens (400 above it; a request without max_tokens gets it); prompt
+    # plus reply tokens (400; null: the model's context); requests in flight (429).
+    max_request_bytes: int = 1_000_000
+    max_tokens: int = 512
+    max_model_len: int | None = None
+    max_concurrent: int = 32
+    # Concurrent requests decode together in one batch (transformers' continuous batching
+    # with paged attention); false: one request at a time.
+    continuous_batching: bool = True
+    # The conversation log: null, off; a directory, where each exchange is appended to
+    # conversations.jsonl and each rating (POST /v1/feedback) to feedback.jsonl, secrets
+    # redacted, and where records older than log_retention_days are deleted (at start and
+    # daily). Nothing is sent anywhere. Prepare reads it as preference pairs
+    # (data.sources: [{path: <dir>, format: feedback}]).
+    log_dir: str | None = None
+    log_retention_days: int = 30
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    cache_dir: str = DEFAULT_CACHE_DIR

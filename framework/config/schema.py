@@ -74,7 +74,8 @@ class SourceConfig:
     # A JSON / JSONL / Parquet / CSV file, a folder of them, a local `datasets` directory
     # (save_to_disk) or a Hugging Face hub data set name.
     path: str = MISSING
-    # auto | alpaca | sharegpt | messages | prompt_completion | text
+    # auto | alpaca | sharegpt | messages | prompt_completion | text | feedback (the
+    # log_dir of launch/serve.py, its ratings as preference pairs: framework/data/feedback.py)
     format: str = "auto"
     split: str = "train"  # hub / local `datasets` only
     subset: str | None = None  # hub config name

@@ -24,6 +24,7 @@ from framework.config.schema import DataConfig, SourceConfig, SuiteConfig
 from framework.data.curate.decontam import EvalIndex
 from framework.data.curate.references import eval_texts
 from framework.data.curate.stage import Removal, curate, removal_counts
+from framework.data.feedback import feedback_records
 from framework.data.formats import (
     Conversation,
     DataError,
@@ -283,5 +284,7 @@ def _read(source: SourceConfig, suite: SuiteConfig) -> Iterator[Raw]:
     """Every record of the source with its location string."""
     if source.path.startswith("<suite"):
         yield from _read_suite(source.path, suite)
+    elif source.format == "feedback":
+        yield from feedback_records(source.path)
     else:
         yield from read_source(source)

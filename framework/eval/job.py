@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from framework.config.checks import NO_EVAL_MODEL
+from framework.config.command_checks import NO_EVAL_MODEL
 from framework.config.commands import EvalConfig
 from framework.config.saved import load_train_config
 from framework.config.schema import ConfigError, SuiteConfig

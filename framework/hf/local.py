@@ -1,6 +1,6 @@
-"""A model loaded for inference (chat, eval): named any way framework/hf/resolve.py
-accepts, safetensors only, no remote code unless asked, on the device and dtype asked for
-("auto" allowed), with a chat template."""
+"""A model loaded for inference (chat, eval; serve finds its weights here): named any way
+framework/hf/resolve.py accepts, safetensors only, no remote code unless asked, on the
+device and dtype asked for ("auto" allowed), with a chat template."""
 
 from __future__ import annotations
 
@@ -30,13 +30,8 @@ def load_for_inference(
     mode on cfg.device and cfg.dtype ("auto" allowed), and its tokenizer with a chat
     template (ChatML when it has none, as in training). Safetensors weights only."""
     model, trust_remote_code = cfg.model, cfg.trust_remote_code
-    path = resolve_model(model, cfg.cache_dir)
+    path = local_weights(model, cfg.cache_dir)
     where = resolve_device(cfg.device)
-    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
-        raise ConfigError(
-            f"model={model}: {path} holds no *.safetensors weights (only safetensors are "
-            "loaded); give a training run's hf/ export"
-        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         loaded = AutoModelForCausalLM.from_pretrained(
@@ -56,6 +51,18 @@ def load_for_inference(
         ) from None
     apply_template_choice(tokenizer, None)
     return loaded.eval(), tokenizer
+
+
+def local_weights(model: str, cache_dir: str) -> str:
+    """The local path `model` resolves to (framework/hf/resolve.py): ConfigError for a
+    directory without safetensors weights, the only ones loaded."""
+    path = resolve_model(model, cache_dir)
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise ConfigError(
+            f"model={model}: {path} holds no *.safetensors weights (only safetensors are "
+            "loaded); give a training run's hf/ export"
+        )
+    return path
 
 
 def resolve_device(name: str) -> torch.device:

@@ -66,6 +66,10 @@ UNIVERSAL_DIR = "universal"
 # What launch/eval.py writes in its output directory.
 EVAL_FILE = "eval.json"
 
+# launch/serve.py's conversation log (log_dir): its exchanges, and their ratings.
+CONVERSATIONS_FILE = "conversations.jsonl"
+FEEDBACK_FILE = "feedback.jsonl"
+
 
 def write_atomically(file: str | Path, text: str) -> None:
     """Write `text` to `file` whole or not at all: a reader (or a restart after a crash)

@@ -21,7 +21,7 @@ from framework.commands.chat import (
     prompt_flag_as_override,
 )
 from framework.commands.compose import chat_config
-from framework.config.checks import check_chat_config
+from framework.config.command_checks import check_chat_config
 from framework.config.commands import ChatConfig
 from framework.config.schema import ConfigError
 from framework.data.templates import CHAT_TEMPLATES

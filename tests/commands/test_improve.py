@@ -1,6 +1,6 @@
 """Improvement rounds (framework/commands/improve.py, framework/cluster/ray_sampling.py): pairs only
 where the checker splits a prompt's answers, new prompts each round, and a round that
-samples on Ray, trains and logs."""
+samples on Ray, trains (with a served model's rated replies too) and logs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from framework.commands.improve import ROUNDS_FILE, build_pairs, round_prompts, run_rounds
 from framework.config.commands import ImproveConfig
 from framework.config.schema import DEFAULT_HELD_OUT
+from framework.run.files import STATS_FILE
+from framework.serve.conversations import ConversationLog
 from framework.suite.families import FAMILIES
 from tests.helpers import TINY_RUN, logged
 
@@ -49,10 +51,13 @@ def test_a_round_samples_on_ray_trains_on_its_pairs_and_logs(
     real path."""
     from framework.cluster.ray_sampling import sample_answers
 
+    feedback = ConversationLog(str(tmp_path / "served"), retention_days=30)  # a server's log
+    feedback.record_exchange("a", [{"role": "user", "content": "Name a colour."}], "7")
+    feedback.record_feedback({"id": "a", "preferred": "Blue."})
     cfg = ImproveConfig(
         model=str(tiny_model_dir), out=str(tmp_path / "improve"), rounds=1,
         prompts_per_family=2, samples=2, max_new_tokens=8, eval_per_family=1,
-        cache_dir=str(tmp_path / "cache"),
+        cache_dir=str(tmp_path / "cache"), feedback=str(tmp_path / "served"),
         train=[*TINY_RUN, "objective=dpo", "trainer.max_steps=2", "trainer.log_every=1"],
     )  # fmt: skip
     items = round_prompts(cfg, 1)
@@ -82,6 +87,8 @@ def test_a_round_samples_on_ray_trains_on_its_pairs_and_logs(
         check = FAMILIES[pair["family"]].check
         reference = next(i.reference for i in items if i.prompt == pair["prompt"])
         assert check(pair["chosen"], reference) and not check(pair["rejected"], reference)
+    sources = json.loads((out / "round_1" / "run" / STATS_FILE).read_text())["sources"]
+    assert sources["served"]["kept"] == 1  # the feedback log's pair joined the round's
     steps = logged(out / "round_1" / "run")
     assert [m["step"] for m in steps] == [1, 2] and all("rewards/accuracy" in m for m in steps)
     assert (out / "round_1" / "run" / "hf" / "model.safetensors").is_file()

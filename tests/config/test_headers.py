@@ -18,6 +18,7 @@ from framework.commands.compose import (
     eval_config,
     export_config,
     improve_config,
+    serve_config,
 )
 
 COMMAND = re.compile(r"#\s+python (launch/\S+\.py.*)")
@@ -30,6 +31,7 @@ OTHER_SCRIPTS = {
     "eval": eval_config,
     "export": export_config,
     "improve": improve_config,
+    "serve": serve_config,
 }
 
 
