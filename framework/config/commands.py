@@ -152,6 +152,11 @@ class ServeConfig:
     # Concurrent requests decode together in one batch (transformers' continuous batching
     # with paged attention); false: one request at a time.
     continuous_batching: bool = True
+    # A request's temperature and top_p are honoured (OpenAI's default: it samples unless
+    # it sends temperature 0). false: every reply greedy, and a request asking to sample
+    # refused (400); with continuous batching, a little faster (results/serve.md): no
+    # request pays for the sampling steps (top-k, top-p) every decoded token goes through.
+    sampling: bool = True
     # The conversation log: null, off; a directory, where each exchange is appended to
     # conversations.jsonl and each rating (POST /v1/feedback) to feedback.jsonl, secrets
     # redacted, and where records older than log_retention_days are deleted (at start and

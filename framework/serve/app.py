@@ -83,6 +83,7 @@ def build_app(cfg: ServeConfig, model_dir: str, api_key: str | None) -> FastAPI:
         max_request_bytes=cfg.max_request_bytes,
         max_tokens=cfg.max_tokens,
         max_concurrent=cfg.max_concurrent,
+        sampling=cfg.sampling,
     )
 
     @app.post("/v1/chat/completions")
@@ -123,7 +124,9 @@ class SamplingModelLoader(ModelLoader):
     config set to sample through a temperature, a top-k and a top-p processor: continuous
     batching builds its processors from that config once, and a request's temperature,
     top_k and top_p (which every request sends, _model_manager) apply only through
-    processors that exist. A config that decodes greedily would answer all greedily."""
+    processors that exist. A config that decodes greedily would answer all greedily.
+    Each processor costs every request, greedy ones too (those go through top-k = 1):
+    sampling=false loads the model as it is."""
 
     def load_model_and_processor(self, model_id: str, on_progress=None):
         model, processor = super().load_model_and_processor(model_id, on_progress)
@@ -135,7 +138,7 @@ class SamplingModelLoader(ModelLoader):
 
 def _model_manager(cfg: ServeConfig, model_dir: str) -> ModelManager:
     device = resolve_device(cfg.device)
-    loader = SamplingModelLoader(
+    loader = (SamplingModelLoader if cfg.sampling else ModelLoader)(
         device=str(device),
         dtype=str(inference_dtype(cfg.dtype, device)).removeprefix("torch."),
         trust_remote_code=cfg.trust_remote_code,
@@ -152,7 +155,7 @@ def _model_manager(cfg: ServeConfig, model_dir: str) -> ModelManager:
         # OpenAI's meaning: a request samples (at its temperature, else the model's) unless
         # it asks for temperature 0; transformers would decode greedily any temperature
         # of a model whose generation config does not sample.
-        config.do_sample = True
+        config.do_sample = cfg.sampling
         config.temperature, config.top_p = config.temperature or 1.0, config.top_p or 1.0
     return manager
 

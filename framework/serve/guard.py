@@ -38,10 +38,11 @@ def error_body(status: int, message: str, kind: str) -> dict:
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
-def check_chat_request(request: Any, max_tokens: int) -> dict:
+def check_chat_request(request: Any, max_tokens: int, sampling: bool = True) -> dict:
     """`request` (a chat completion's JSON body) within the server's limits: RequestError
     (400) naming the first field that is not; a request without a token limit gets
-    `max_tokens`."""
+    `max_tokens`. Without `sampling`, one that asks to sample is refused, and any other
+    decodes greedily."""
     if not isinstance(request, dict):
         raise RequestError(400, "the body must be a JSON object (OpenAI's chat completion)")
     for name in REFUSED_FIELDS:
@@ -65,13 +66,21 @@ def check_chat_request(request: Any, max_tokens: int) -> dict:
             )
     if not given:
         request["max_tokens"] = max_tokens
+    if not sampling:
+        if request.get("temperature") not in (None, 0):
+            raise RequestError(
+                400,
+                f"temperature={request['temperature']!r}: this server decodes greedily "
+                "(sampling=false); send 0 or none",
+            )
+        request["temperature"] = 0
     return request
 
 
 class RequestGuard:
     """ASGI middleware: a request without the key (when one is set) gets 401, a body over
     `max_request_bytes` 413, a body that is not JSON or a chat completion outside the
-    limits 400, one beyond `max_concurrent` in flight 429."""
+    limits (check_chat_request) 400, one beyond `max_concurrent` in flight 429."""
 
     def __init__(
         self,
@@ -81,8 +90,10 @@ class RequestGuard:
         max_request_bytes: int,
         max_tokens: int,
         max_concurrent: int,
+        sampling: bool = True,
     ):
         self.app = app
+        self.sampling = sampling
         self.expected = None if api_key is None else f"Bearer {api_key}".encode()
         self.max_request_bytes, self.max_tokens = max_request_bytes, max_tokens
         self.max_concurrent, self.in_flight = max_concurrent, 0
@@ -128,7 +139,7 @@ class RequestGuard:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise RequestError(400, f"the body is not JSON ({err})") from None
         if scope["path"] == CHAT_PATH:
-            request = check_chat_request(request, self.max_tokens)
+            request = check_chat_request(request, self.max_tokens, self.sampling)
         return json.dumps(request).encode()
 
 

@@ -22,6 +22,11 @@ def test_a_chat_request_outside_the_limits_is_refused_naming_the_field():
     assert check_chat_request({"messages": USER, "max_completion_tokens": 8}, 64).get(
         "max_tokens"
     ) is None  # fmt: skip
+    greedy = check_chat_request({"messages": USER, "temperature": 0.0}, 64, sampling=False)
+    assert greedy["temperature"] == 0
+    assert check_chat_request({"messages": USER}, 64, sampling=False)["temperature"] == 0
+    with pytest.raises(RequestError, match=r"temperature=0.7: .* greedily \(sampling=false\)"):
+        check_chat_request({"messages": USER, "temperature": 0.7}, 64, sampling=False)
     refused = {
         "max_tokens=65": {"messages": USER, "max_tokens": 65},
         "max_completion_tokens=0": {"messages": USER, "max_completion_tokens": 0},
