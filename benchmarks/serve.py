@@ -46,7 +46,7 @@ from framework.config.schema import DEFAULT_CACHE_DIR
 from framework.hf.gguf_export import export_gguf
 from framework.hf.resolve import resolve_model
 from tests.helpers import SHARED_DATA
-from tests.helpers.serving import served
+from tests.helpers.serving import served, wait_until_answering
 
 MODEL = "smollm2_135m"
 NEW_TOKENS = 32
@@ -119,14 +119,7 @@ def llama_cpp_served(python: str, gguf: Path) -> Iterator[str]:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(240):  # bounded: 2 minutes
-                if process.poll() is not None:
-                    output.seek(0)
-                    raise RuntimeError(f"llama.cpp's server exited:\n{output.read()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                        break
-                time.sleep(0.5)
+            wait_until_answering(process, output, f"{url}/v1/models", within=120)
             yield url
         finally:
             process.terminate()

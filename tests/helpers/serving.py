@@ -35,7 +35,7 @@ def served(*overrides: str, ready_within: float = 300) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_until_healthy(process, output, url, ready_within)
+            wait_until_answering(process, output, f"{url}/health", ready_within)
             yield url
         finally:
             process.terminate()
@@ -48,14 +48,16 @@ def served(*overrides: str, ready_within: float = 300) -> Iterator[str]:
             process.wait(timeout=30)
 
 
-def _wait_until_healthy(process: subprocess.Popen, output: IO, url: str, within: float) -> None:
+def wait_until_answering(process: subprocess.Popen, output: IO, url: str, within: float) -> None:
+    """Return once GET `url` answers 200; raise with the server's output if `process` exits
+    first, or after `within` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output.seek(0)
             raise RuntimeError(f"the server exited ({process.returncode}):\n{output.read()}")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+            if httpx.get(url, timeout=5).status_code == 200:
                 return
         time.sleep(0.5)
-    raise TimeoutError(f"the server at {url} did not answer /health within {within:.0f} s")
+    raise TimeoutError(f"{url} did not answer within {within:.0f} s")
