@@ -247,6 +247,9 @@ def serve_config(raw: DictConfig) -> ServeConfig:
             f"max_model_len={cfg.max_model_len} leaves no room for a prompt beside "
             f"max_tokens={cfg.max_tokens} reply tokens; raise it, or null for the model's context"
         )
+    share = cfg.cache_memory_share
+    if share is not None and not 0 < share < 1:
+        raise ConfigError(f"cache_memory_share={share} must be in (0, 1), or null")
     if cfg.log_dir is not None:
         cfg.log_dir = _absolute(cfg.log_dir)
     return cfg

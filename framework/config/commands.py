@@ -157,6 +157,10 @@ class ServeConfig:
     # refused (400); with continuous batching, a little faster (results/serve.md): no
     # request pays for the sampling steps (top-k, top-p) every decoded token goes through.
     sampling: bool = True
+    # The share of the device's free memory continuous batching takes for its KV cache and
+    # working tensors, allocated at start; null: 0.9 on a GPU (transformers' default) and
+    # 0.1 on a CPU, where transformers would take 0.6 of the machine's RAM.
+    cache_memory_share: float | None = None
     # The conversation log: null, off; a directory, where each exchange is appended to
     # conversations.jsonl and each rating (POST /v1/feedback) to feedback.jsonl, secrets
     # redacted, and where records older than log_retention_days are deleted (at start and

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, ContinuousBatchingConfig
 from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.model_manager import ModelLoader, ModelManager
 from transformers.cli.serving.utils import CancelOnDisconnect, EngineDeadError, GenerationState
@@ -28,6 +28,8 @@ from framework.serve.conversations import ConversationLog
 from framework.serve.guard import RequestError, RequestGuard, error_body
 
 LOCAL_HOST = "127.0.0.1"
+# Of a CPU machine's free RAM, for continuous batching's cache: the rest is the machine's.
+CPU_CACHE_SHARE = 0.1
 
 
 def serving_key(cfg: ServeConfig, environ: dict[str, str]) -> str | None:
@@ -144,8 +146,11 @@ def _model_manager(cfg: ServeConfig, model_dir: str) -> ModelManager:
         trust_remote_code=cfg.trust_remote_code,
         continuous_batching=cfg.continuous_batching,
     )
+    share = cfg.cache_memory_share or (0.9 if device.type == "cuda" else CPU_CACHE_SHARE)
     state = GenerationState(
-        continuous_batching=cfg.continuous_batching, max_model_len=cfg.max_model_len
+        continuous_batching=cfg.continuous_batching,
+        cb_config=ContinuousBatchingConfig(max_memory_percent=share),
+        max_model_len=cfg.max_model_len,
     )
     manager = ModelManager(loader, state, model_timeout=-1, force_model=model_dir)
     for engine in manager.engines.values():

@@ -41,7 +41,7 @@ def server(tiny_model_dir, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("conversations")
     overrides = [f"model={tiny_model_dir}", f"name={MODEL}", f"api_key={KEY}", f"log_dir={log_dir}",
                  f"max_tokens={MAX_TOKENS}", "max_request_bytes=20000", "device=cpu",
-                 "dtype=fp32"]  # fmt: skip
+                 "dtype=fp32", "cache_memory_share=0.02"]  # fmt: skip
     with served(*overrides) as url:
         yield url, log_dir
 
@@ -153,7 +153,8 @@ def test_settings_that_cannot_work_are_refused_before_anything_loads(tmp_path):
         model_directory(ServeConfig(model=str(tmp_path)))
     for setting, message in [("port=0", "not a TCP port"), ("max_tokens=0", "must be > 0"),
                              ("max_model_len=16", "no room for a prompt"),
-                             ("dtype=int8", "is not one of")]:  # fmt: skip
+                             ("dtype=int8", "is not one of"),
+                             ("cache_memory_share=1.5", r"must be in \(0, 1\)")]:  # fmt: skip
         raw = OmegaConf.merge(OmegaConf.structured(ServeConfig(model="m")),
                               OmegaConf.from_dotlist([setting]))  # fmt: skip
         with pytest.raises(ConfigError, match=message):
