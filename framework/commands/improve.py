@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -96,7 +97,7 @@ def train_round(cfg: ImproveConfig, model: str, pairs: Path, out: Path) -> str:
     if done.returncode != 0:
         raise RuntimeError(
             f"the round's training run failed (exit {done.returncode}); its output is above "
-            f"and in {out}; rerun it with: python {TRAIN_SCRIPT} {' '.join(overrides)}"
+            f"and in {out}; rerun it with: python {TRAIN_SCRIPT} {shlex.join(overrides)}"
         )
     return str(out / HF_DIR)
 

@@ -62,7 +62,6 @@ class ConversationLog:
         self.retention, self.secrets = retention_days * DAY, secrets
         self.pruned_at = 0.0
         self.prune()
-        self.known = {r["id"] for r in _records(self.directory / CONVERSATIONS)}
 
     def record_exchange(self, exchange_id: str, messages: list[dict], reply: str) -> None:
         messages = [{**m, "content": self._redacted(m.get("content"))} for m in messages]
@@ -130,6 +129,8 @@ class ConversationLog:
             kept = [r for r in records if now - r["time"] <= self.retention]
             if len(kept) < len(records):
                 write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
+            if name == CONVERSATIONS:  # the ids feedback may name: the replies still kept
+                self.known = {r["id"] for r in kept}
         self.pruned_at = now
 
     def _redacted(self, content: Any) -> Any:

@@ -38,7 +38,7 @@ def test_every_kind_of_secret_and_the_server_key_is_redacted_before_it_is_writte
     assert not any(s in written for s in [SECRETS[0], SECRETS[1], "server-key-42"])
 
 
-def test_records_past_the_retention_are_deleted_when_the_log_opens(tmp_path):
+def test_records_past_the_retention_are_deleted_at_open_and_daily_and_forgotten(tmp_path):
     now = time.time()
     old, recent = {"id": "old", "time": now - 31 * DAY}, {"id": "new", "time": now - DAY}
     for record in (old, recent):
@@ -59,3 +59,9 @@ def test_records_past_the_retention_are_deleted_when_the_log_opens(tmp_path):
         with pytest.raises(RequestError) as err:
             log.record_feedback(bad)
         assert err.value.status == 400, bad
+    # A day on, the daily prune drops "new" (now past the retention) and forgets its id.
+    log.retention, log.pruned_at = DAY / 2, 0.0
+    log.record_exchange("newest", [], "r")
+    with pytest.raises(RequestError, match="no logged reply has id 'new'"):
+        log.record_feedback({"id": "new", "rating": 1})
+    log.record_feedback({"id": "newest", "rating": 1})
